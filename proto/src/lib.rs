@@ -1,0 +1,21 @@
+//! Wire types of the signaling cluster, shared by every crate: ROAP messages, ids, tickets and
+//! the internal gRPC services. Frames are parsed once, at the edge, into these types.
+
+pub mod ids;
+pub mod roap;
+pub mod ticket;
+
+pub use ids::{IdError, NodeId, SessionId, UserId};
+pub use roap::{ErrorType, Message, ParseError};
+
+/// Node-to-node relay service (generated).
+pub mod relay {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("signal.relay.v1");
+}
+
+/// Central's node registry service (generated).
+pub mod registry {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("signal.registry.v1");
+}

@@ -1,0 +1,625 @@
+//! ROAP messages as typed serde enums, and the one function that turns a text frame into one.
+//!
+//! Every message is a JSON object with a `type` tag. Fields are named as in the original ROAP
+//! format (`to`, `from`, `sessionID`, `sdp`, `errorType`); unknown extra fields are kept in
+//! `extra` and written back untouched when the message is relayed.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{NodeId, SessionId, UserId};
+
+/// Extra, unknown fields of a message, relayed untouched.
+pub type Extra = Map<String, Value>;
+
+/// Fields every relayed ROAP message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub to: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<UserId>,
+    #[serde(rename = "sessionID")]
+    pub session_id: SessionId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    #[serde(flatten)]
+    pub head: Head,
+    pub sdp: String,
+    #[serde(
+        rename = "tieBreaker",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tie_breaker: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    #[serde(flatten)]
+    pub head: Head,
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OkMsg {
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shutdown {
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+/// The browser's `RTCIceCandidateInit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+    #[serde(
+        rename = "usernameFragment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub username_fragment: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateMsg {
+    #[serde(flatten)]
+    pub head: Head,
+    /// `None` (JSON `null`) means end of candidates. The field itself is required.
+    #[serde(deserialize_with = "required_nullable")]
+    pub candidate: Option<IceCandidate>,
+}
+
+/// Error types: the first six are sent by peers, the rest by the node itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorType {
+    #[serde(rename = "NOMATCH")]
+    NoMatch,
+    #[serde(rename = "TIMEOUT")]
+    Timeout,
+    #[serde(rename = "REFUSED")]
+    Refused,
+    #[serde(rename = "CONFLICT")]
+    Conflict,
+    #[serde(rename = "DOUBLECONFLICT")]
+    DoubleConflict,
+    #[serde(rename = "FAILED")]
+    Failed,
+    #[serde(rename = "OFFLINE")]
+    Offline,
+    #[serde(rename = "BADMESSAGE")]
+    BadMessage,
+    #[serde(rename = "FORBIDDEN")]
+    Forbidden,
+    #[serde(rename = "TOOLARGE")]
+    TooLarge,
+    #[serde(rename = "RATELIMITED")]
+    RateLimited,
+    #[serde(rename = "UNAVAILABLE")]
+    Unavailable,
+}
+
+impl ErrorType {
+    /// The wire name, e.g. `"OFFLINE"` (also used as a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::NoMatch => "NOMATCH",
+            ErrorType::Timeout => "TIMEOUT",
+            ErrorType::Refused => "REFUSED",
+            ErrorType::Conflict => "CONFLICT",
+            ErrorType::DoubleConflict => "DOUBLECONFLICT",
+            ErrorType::Failed => "FAILED",
+            ErrorType::Offline => "OFFLINE",
+            ErrorType::BadMessage => "BADMESSAGE",
+            ErrorType::Forbidden => "FORBIDDEN",
+            ErrorType::TooLarge => "TOOLARGE",
+            ErrorType::RateLimited => "RATELIMITED",
+            ErrorType::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// All error types, for metrics pre-registration and reports.
+    pub const ALL: [ErrorType; 12] = [
+        ErrorType::NoMatch,
+        ErrorType::Timeout,
+        ErrorType::Refused,
+        ErrorType::Conflict,
+        ErrorType::DoubleConflict,
+        ErrorType::Failed,
+        ErrorType::Offline,
+        ErrorType::BadMessage,
+        ErrorType::Forbidden,
+        ErrorType::TooLarge,
+        ErrorType::RateLimited,
+        ErrorType::Unavailable,
+    ];
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Value of `origin` on errors the node itself sends.
+pub const ORIGIN_SERVER: &str = "server";
+
+/// An Error message: sent by a peer (relayed), or by the node (`origin: "server"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub to: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<UserId>,
+    /// Required from clients; a server error about an unparsable frame may lack it.
+    #[serde(rename = "sessionID", default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(rename = "errorType")]
+    pub error_type: ErrorType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ErrorMsg {
+    /// Whether the node (not a peer) sent this error.
+    pub fn is_from_server(&self) -> bool {
+        self.origin.as_deref() == Some(ORIGIN_SERVER)
+    }
+}
+
+/// First frame a node sends after the upgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub user: UserId,
+    pub node: NodeId,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Every frame of the WebSocket protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Message {
+    Offer(Offer),
+    Answer(Answer),
+    Ok(OkMsg),
+    Candidate(CandidateMsg),
+    Shutdown(Shutdown),
+    Error(ErrorMsg),
+    Welcome(Welcome),
+    Ping,
+    Pong,
+}
+
+/// Names of the types a client may send, for error messages.
+const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ping";
+
+/// Why a frame is not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("frame is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("frame is not a JSON object")]
+    NotObject,
+    #[error("missing field `type`")]
+    MissingType,
+    #[error("field `type` must be a string")]
+    TypeNotString,
+    #[error(
+        "unknown message type {0:?} (expected one of {CLIENT_TYPES}; names are case-sensitive)"
+    )]
+    UnknownType(String),
+    #[error("{ty} is sent by the server, not by clients")]
+    ServerOnly { ty: &'static str },
+    #[error("{ty}: {detail}")]
+    BadField { ty: &'static str, detail: String },
+}
+
+/// A frame that was refused, with what could be read of it so that the error reply can name
+/// the peer it was meant for and the sender's session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub error: ParseError,
+    pub to: Option<UserId>,
+    pub session_id: Option<SessionId>,
+}
+
+impl Message {
+    /// Parses a frame from any party (used by clients of the cluster: loadgen, tests).
+    pub fn parse(text: &str) -> Result<Message, Rejected> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Rejected {
+            error: ParseError::NotJson(e.to_string()),
+            to: None,
+            session_id: None,
+        })?;
+        let Value::Object(map) = value else {
+            return Err(Rejected {
+                error: ParseError::NotObject,
+                to: None,
+                session_id: None,
+            });
+        };
+        let to = map
+            .get("to")
+            .and_then(Value::as_str)
+            .and_then(|s| UserId::new(s).ok());
+        let session_id = map
+            .get("sessionID")
+            .and_then(Value::as_str)
+            .and_then(|s| SessionId::new(s).ok());
+        let reject = |error| Rejected {
+            error,
+            to: to.clone(),
+            session_id: session_id.clone(),
+        };
+        let ty: &'static str = match map.get("type") {
+            None => return Err(reject(ParseError::MissingType)),
+            Some(Value::String(s)) => match s.as_str() {
+                "Offer" => "Offer",
+                "Answer" => "Answer",
+                "Ok" => "Ok",
+                "Candidate" => "Candidate",
+                "Shutdown" => "Shutdown",
+                "Error" => "Error",
+                "Welcome" => "Welcome",
+                "Ping" => "Ping",
+                "Pong" => "Pong",
+                other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
+            },
+            Some(_) => return Err(reject(ParseError::TypeNotString)),
+        };
+        let detail = |e: serde_json::Error| ParseError::BadField {
+            ty,
+            detail: e.to_string(),
+        };
+        match serde_json::from_value::<Message>(Value::Object(map.clone())) {
+            Ok(m) => Ok(m),
+            Err(e) => Err(reject(detail(e))),
+        }
+    }
+
+    /// Parses a frame a client sent: refuses server-only types, requires `sessionID` on Error,
+    /// and drops a client's claim to be the server (`origin`).
+    pub fn parse_client(text: &str) -> Result<Message, Rejected> {
+        let mut msg = Message::parse(text)?;
+        match &mut msg {
+            Message::Welcome(_) | Message::Pong => {
+                return Err(Rejected {
+                    error: ParseError::ServerOnly { ty: msg.kind() },
+                    to: None,
+                    session_id: None,
+                });
+            }
+            Message::Error(e) => {
+                if e.session_id.is_none() {
+                    return Err(Rejected {
+                        error: ParseError::BadField {
+                            ty: "Error",
+                            detail: "missing field `sessionID`".to_owned(),
+                        },
+                        to: Some(e.to.clone()),
+                        session_id: None,
+                    });
+                }
+                e.origin = None;
+            }
+            _ => {}
+        }
+        Ok(msg)
+    }
+
+    /// The type name, e.g. `"Offer"` (also used as a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Offer(_) => "Offer",
+            Message::Answer(_) => "Answer",
+            Message::Ok(_) => "Ok",
+            Message::Candidate(_) => "Candidate",
+            Message::Shutdown(_) => "Shutdown",
+            Message::Error(_) => "Error",
+            Message::Welcome(_) => "Welcome",
+            Message::Ping => "Ping",
+            Message::Pong => "Pong",
+        }
+    }
+
+    fn head(&self) -> Option<&Head> {
+        match self {
+            Message::Offer(m) => Some(&m.head),
+            Message::Answer(m) => Some(&m.head),
+            Message::Ok(m) => Some(&m.head),
+            Message::Candidate(m) => Some(&m.head),
+            Message::Shutdown(m) => Some(&m.head),
+            _ => None,
+        }
+    }
+
+    fn head_mut(&mut self) -> Option<&mut Head> {
+        match self {
+            Message::Offer(m) => Some(&mut m.head),
+            Message::Answer(m) => Some(&mut m.head),
+            Message::Ok(m) => Some(&mut m.head),
+            Message::Candidate(m) => Some(&mut m.head),
+            Message::Shutdown(m) => Some(&mut m.head),
+            _ => None,
+        }
+    }
+
+    /// The addressee of a relayed message (`None` for Welcome, Ping, Pong).
+    pub fn to(&self) -> Option<&UserId> {
+        match self {
+            Message::Error(e) => Some(&e.to),
+            _ => self.head().map(|h| &h.to),
+        }
+    }
+
+    /// The sender as written in the frame.
+    pub fn from(&self) -> Option<&UserId> {
+        match self {
+            Message::Error(e) => e.from.as_ref(),
+            _ => self.head().and_then(|h| h.from.as_ref()),
+        }
+    }
+
+    /// Sets `from` (the node fills it with the authenticated user).
+    pub fn set_from(&mut self, from: UserId) {
+        match self {
+            Message::Error(e) => e.from = Some(from),
+            _ => {
+                if let Some(h) = self.head_mut() {
+                    h.from = Some(from);
+                }
+            }
+        }
+    }
+
+    pub fn session_id(&self) -> Option<&SessionId> {
+        match self {
+            Message::Error(e) => e.session_id.as_ref(),
+            _ => self.head().map(|h| &h.session_id),
+        }
+    }
+
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Message::Error(e) => e.seq,
+            _ => self.head().and_then(|h| h.seq),
+        }
+    }
+
+    /// Whether the message is relayed to a peer (everything but Welcome, Ping, Pong).
+    pub fn is_relayed(&self) -> bool {
+        self.to().is_some()
+    }
+
+    /// An error the node sends back to `to` about a message meant for `peer`.
+    pub fn server_error(
+        to: UserId,
+        peer: Option<UserId>,
+        session_id: Option<SessionId>,
+        error_type: ErrorType,
+        description: impl Into<String>,
+    ) -> Message {
+        Message::Error(ErrorMsg {
+            to,
+            from: peer,
+            session_id,
+            seq: None,
+            error_type,
+            description: Some(description.into()),
+            origin: Some(ORIGIN_SERVER.to_owned()),
+            extra: Extra::new(),
+        })
+    }
+
+    /// The JSON text of this message.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every map key is a string and serde_json's
+        // `Value` cannot hold a non-finite number.
+        #[allow(clippy::expect_used)]
+        serde_json::to_string(self).expect("ROAP messages always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bad(text: &str) -> ParseError {
+        match Message::parse_client(text) {
+            Ok(m) => panic!("accepted {text}: {m:?}"),
+            Err(r) => r.error,
+        }
+    }
+
+    #[test]
+    fn parses_every_type() {
+        let offer =
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","seq":1,"tieBreaker":7}"#;
+        let Message::Offer(o) = Message::parse_client(offer).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.head.to.as_str(), "bob");
+        assert_eq!(o.head.seq, Some(1));
+        assert_eq!(o.tie_breaker, Some(7));
+        for text in [
+            r#"{"type":"Answer","to":"bob","sessionID":"s1","sdp":"v=0"}"#,
+            r#"{"type":"Ok","to":"bob","sessionID":"s1"}"#,
+            r#"{"type":"Shutdown","to":"bob","sessionID":"s1","seq":3}"#,
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":null}"#,
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}}"#,
+            r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"NOMATCH","description":"x"}"#,
+            r#"{"type":"Ping"}"#,
+        ] {
+            let m = Message::parse_client(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(
+                m.kind(),
+                serde_json::from_str::<Value>(text).unwrap()["type"]
+            );
+        }
+    }
+
+    #[test]
+    fn extra_fields_survive_a_round_trip() {
+        let text =
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","x-app":{"k":[1,2]},"n":5}"#;
+        let mut m = Message::parse_client(text).unwrap();
+        m.set_from(UserId::new("alice").unwrap());
+        let out: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(
+            out,
+            json!({"type":"Offer","to":"bob","from":"alice","sessionID":"s1","sdp":"v=0","x-app":{"k":[1,2]},"n":5})
+        );
+        let cand = r#"{"type":"Candidate","to":"b","sessionID":"s","candidate":{"candidate":"c","foo":1}}"#;
+        let out: Value =
+            serde_json::from_str(&Message::parse_client(cand).unwrap().to_json()).unwrap();
+        assert_eq!(out["candidate"], json!({"candidate":"c","foo":1}));
+    }
+
+    #[test]
+    fn refuses_malformed_frames() {
+        assert!(matches!(bad("not json"), ParseError::NotJson(_)));
+        assert!(matches!(bad(""), ParseError::NotJson(_)));
+        assert_eq!(bad("[1,2]"), ParseError::NotObject);
+        assert_eq!(bad("\"Offer\""), ParseError::NotObject);
+        assert_eq!(bad("null"), ParseError::NotObject);
+        assert_eq!(bad(r#"{"to":"bob"}"#), ParseError::MissingType);
+        assert_eq!(bad(r#"{"type":5}"#), ParseError::TypeNotString);
+        assert_eq!(
+            bad(r#"{"type":"offer","to":"b","sessionID":"s","sdp":""}"#),
+            ParseError::UnknownType("offer".into())
+        );
+        assert_eq!(
+            bad(r#"{"type":"Bogus"}"#),
+            ParseError::UnknownType("Bogus".into())
+        );
+        assert!(matches!(
+            bad(r#"{"type":"Welcome","user":"a","node":"n"}"#),
+            ParseError::ServerOnly { .. }
+        ));
+        assert!(matches!(
+            bad(r#"{"type":"Pong"}"#),
+            ParseError::ServerOnly { .. }
+        ));
+        // Missing and mistyped fields.
+        for text in [
+            r#"{"type":"Offer","to":"bob","sessionID":"s1"}"#,
+            r#"{"type":"Offer","sessionID":"s1","sdp":"x"}"#,
+            r#"{"type":"Offer","to":"bob","sdp":"x"}"#,
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":5}"#,
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","seq":-1}"#,
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","seq":"1"}"#,
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","tieBreaker":4294967296}"#,
+            r#"{"type":"Offer","to":7,"sessionID":"s1","sdp":"x"}"#,
+            r#"{"type":"Offer","to":"bob","sessionID":7,"sdp":"x"}"#,
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1"}"#,
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":"x"}"#,
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":{"sdpMid":"0"}}"#,
+            r#"{"type":"Error","to":"bob","sessionID":"s1"}"#,
+            r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"nomatch"}"#,
+            r#"{"type":"Error","to":"bob","errorType":"NOMATCH"}"#,
+            r#"{"type":"Answer","to":"b","sessionID":"s"}"#,
+            r#"{"type":"Ok","to":"b"}"#,
+            r#"{"type":"Shutdown","sessionID":"s"}"#,
+        ] {
+            assert!(matches!(bad(text), ParseError::BadField { .. }), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_user_ids() {
+        for to in ["", "a b", "a\u{1}b", &"x".repeat(129)] {
+            let text = json!({"type":"Ok","to":to,"sessionID":"s"}).to_string();
+            assert!(matches!(bad(&text), ParseError::BadField { .. }), "{to:?}");
+        }
+        let text = json!({"type":"Ok","to":"bob","from":"a b","sessionID":"s"}).to_string();
+        assert!(matches!(bad(&text), ParseError::BadField { .. }));
+    }
+
+    #[test]
+    fn refuses_absurd_nesting() {
+        let deep = format!(
+            r#"{{"type":"Ok","to":"b","sessionID":"s","x":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(bad(&deep), ParseError::NotJson(_)));
+    }
+
+    #[test]
+    fn rejection_keeps_context_for_the_reply() {
+        let r =
+            Message::parse_client(r#"{"type":"Offer","to":"bob","sessionID":"s9"}"#).unwrap_err();
+        assert_eq!(r.to.unwrap().as_str(), "bob");
+        assert_eq!(r.session_id.unwrap().as_str(), "s9");
+    }
+
+    #[test]
+    fn client_cannot_claim_server_origin() {
+        let m = Message::parse_client(
+            r#"{"type":"Error","to":"bob","sessionID":"s","errorType":"FAILED","origin":"server"}"#,
+        )
+        .unwrap();
+        let Message::Error(e) = m else { panic!() };
+        assert!(!e.is_from_server());
+    }
+
+    #[test]
+    fn server_error_shape() {
+        let m = Message::server_error(
+            UserId::new("alice").unwrap(),
+            Some(UserId::new("bob").unwrap()),
+            Some(SessionId::new("s1").unwrap()),
+            ErrorType::Offline,
+            "bob is not connected",
+        );
+        let v: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"Error","to":"alice","from":"bob","sessionID":"s1","errorType":"OFFLINE","description":"bob is not connected","origin":"server"})
+        );
+        let back = Message::parse(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn welcome_ping_pong() {
+        assert_eq!(Message::Ping.to_json(), r#"{"type":"Ping"}"#);
+        assert_eq!(Message::Pong.to_json(), r#"{"type":"Pong"}"#);
+        let w = Message::parse(r#"{"type":"Welcome","user":"a","node":"n1"}"#).unwrap();
+        assert!(matches!(w, Message::Welcome(_)));
+    }
+}

@@ -1,0 +1,318 @@
+//! Test support for the workspace's integration tests: free ports, a real `redis-server`,
+//! child processes that are killed when dropped, a JSON WebSocket client, and waiting on
+//! conditions instead of sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `cond` every 20 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    wait_until(&format!("port {addr} to accept"), timeout, || async move {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+/// Root of the cargo workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by number (e.g. 15 for SIGTERM, 9 for SIGKILL).
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {} failed", self.name);
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("{} did not exit within {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of `redis-server`, or a panic telling how to install it.
+pub fn redis_server_bin() -> PathBuf {
+    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("redis-server not found: run ./scripts/test.sh (installs it) or apt-get install redis-server");
+}
+
+/// A real `redis-server` on a free loopback port, without persistence, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let port = free_port();
+        let mut r = Redis { port, proc: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as an outage would.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.proc = None;
+        let proc = Proc::spawn(
+            "redis-server",
+            Command::new(redis_server_bin())
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--loglevel", "warning"])
+                .stdout(Stdio::null()),
+        );
+        self.proc = Some(proc);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        wait_until(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || async move { redis_ping(addr).await },
+        )
+        .await;
+    }
+}
+
+async fn redis_ping(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+    )
+}
+
+/// What a [`WsClient`] received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Json(Value),
+    /// A close frame with its code (1005 when none was given).
+    Closed(u16),
+    /// The stream ended without a close frame.
+    Ended,
+}
+
+/// A real WebSocket client that speaks JSON text frames.
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// Why a WebSocket connection was refused: the HTTP status, if there was a response.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: Option<u16>,
+    pub error: String,
+}
+
+impl WsClient {
+    /// Connects; `Err` carries the HTTP status of a refused upgrade.
+    pub async fn try_connect(url: &str) -> Result<WsClient, Refused> {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => Ok(WsClient { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Refused {
+                status: Some(resp.status().as_u16()),
+                error: format!("{resp:?}"),
+            }),
+            Err(e) => Err(Refused {
+                status: None,
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    pub async fn connect(url: &str) -> WsClient {
+        Self::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
+    }
+
+    /// Connects and consumes the Welcome frame, returning it.
+    pub async fn connect_welcomed(url: &str) -> (WsClient, Value) {
+        let mut c = Self::connect(url).await;
+        let w = c.next_json().await;
+        assert_eq!(w["type"], "Welcome", "first frame must be Welcome: {w}");
+        (c, w)
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.ws
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws
+            .send(WsMessage::Text(s.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        self.ws.send(WsMessage::Binary(b.into())).await.unwrap();
+    }
+
+    /// Next JSON frame, close or end, within 10 s (panics on timeout). Pings are skipped.
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(Duration::from_secs(10))
+            .await
+            .expect("nothing received within 10 s")
+    }
+
+    /// Like [`recv`](Self::recv) with a timeout; `None` when nothing came.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match next {
+                None => Received::Ended,
+                Some(Err(_)) => Received::Ended,
+                Some(Ok(WsMessage::Text(t))) => Received::Json(
+                    serde_json::from_str(t.as_str()).expect("node sent invalid JSON"),
+                ),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    Received::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005))
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                Some(Ok(WsMessage::Binary(_))) => panic!("node sent a binary frame"),
+            });
+        }
+    }
+
+    /// Next JSON frame (panics on close, end or timeout).
+    pub async fn next_json(&mut self) -> Value {
+        match self.recv().await {
+            Received::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close code (skipping JSON frames in between).
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.recv().await {
+                Received::Json(_) => continue,
+                Received::Closed(code) => return code,
+                Received::Ended => return 1006,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}

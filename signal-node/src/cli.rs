@@ -1,0 +1,209 @@
+//! The `signal-node` command line (every flag also reads an environment variable) and its
+//! translation into a [`Config`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use signal_proto::NodeId;
+
+use crate::config::{Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES};
+use crate::directory::Directory;
+
+/// A flag whose value cannot be used. The message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for --{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    #[error("--secret (SIGNAL_SECRET) is required unless --dev-auth is set")]
+    MissingSecret,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn default_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| NodeId::new(s.as_str()).is_ok())
+        .unwrap_or_else(|| "signal-node".to_owned())
+}
+
+/// Stateless WebSocket relay node of the signaling cluster.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "signal-node", version, about)]
+pub struct Args {
+    /// Unique node id (default: the host name).
+    #[arg(long, env = "SIGNAL_ID", default_value_t = default_id())]
+    pub id: String,
+    /// Address of the HTTP server: WebSocket /ws, /healthz, /readyz, /metrics.
+    #[arg(long, env = "SIGNAL_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// The WebSocket URL central hands to clients (default: ws://(listen)/ws).
+    #[arg(long, env = "SIGNAL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Address of the node-to-node relay (gRPC).
+    #[arg(long, env = "SIGNAL_GRPC_LISTEN", default_value = "0.0.0.0:9091")]
+    pub grpc_listen: SocketAddr,
+    /// What other nodes dial to reach this one (default: http://(grpc-listen)).
+    #[arg(long, env = "SIGNAL_GRPC_ADVERTISE")]
+    pub grpc_advertise: Option<String>,
+    /// Central's gRPC URL, e.g. http://central:9090 (default: do not register).
+    #[arg(long, env = "SIGNAL_CENTRAL")]
+    pub central: Option<String>,
+    /// Redis URL of the user directory (default: in memory, single node).
+    #[arg(long, env = "SIGNAL_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Secret that verifies the tickets central mints (required unless --dev-auth).
+    #[arg(long, env = "SIGNAL_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Also accept /ws?user=ID without a ticket (development only).
+    #[arg(long, env = "SIGNAL_DEV_AUTH")]
+    pub dev_auth: bool,
+    /// Capacity weight for load balancing.
+    #[arg(long, env = "SIGNAL_WEIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub weight: u32,
+    /// Text frames larger than this get TOOLARGE (above 4x it the connection is closed, 1009).
+    #[arg(long, env = "SIGNAL_MAX_MESSAGE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=(64 * 1024 * 1024)))]
+    pub max_message_bytes: u64,
+    /// Messages per second per connection (0 = unlimited).
+    #[arg(long, env = "SIGNAL_RATE_LIMIT", default_value_t = 200)]
+    pub rate_limit: u32,
+    /// Burst of the per-connection rate limit.
+    #[arg(long, env = "SIGNAL_RATE_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+    /// Window over which a draining node closes its connections (1012), in milliseconds.
+    #[arg(long, env = "SIGNAL_DRAIN_MS", default_value_t = 10_000)]
+    pub drain_ms: u64,
+    /// Outbound queue per connection, in messages: a connection whose queue is full is closed
+    /// (1013) and the sender of the message that did not fit gets UNAVAILABLE.
+    #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub outbound_queue: u64,
+    /// Outbound queue per connection, in bytes.
+    #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub outbound_queue_bytes: u64,
+    /// Interval of server WebSocket pings, in milliseconds.
+    #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is closed, in milliseconds.
+    #[arg(long, env = "SIGNAL_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub idle_timeout_ms: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SIGNAL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+fn check_url(flag: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(flag, format!("{url:?}: {e}")))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    if !schemes.contains(&scheme) {
+        return Err(invalid(
+            flag,
+            format!("{url:?}: scheme must be one of {}", schemes.join(", ")),
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid(flag, format!("{url:?}: no host")));
+    }
+    Ok(())
+}
+
+impl Args {
+    /// Validates the flags into a [`Config`]. Needs a tokio runtime for `--redis-url` (the
+    /// directory handle starts its health check; it does not connect yet).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let id = NodeId::new(self.id.as_str()).map_err(|e| invalid("id", format!("{e}")))?;
+        if let Some(u) = &self.advertise_url {
+            check_url("advertise-url", u, &["ws", "wss"])?;
+        }
+        if let Some(u) = &self.grpc_advertise {
+            check_url("grpc-advertise", u, &["http", "https"])?;
+        }
+        if let Some(u) = &self.central {
+            check_url("central", u, &["http", "https"])?;
+        }
+        let directory = match &self.redis_url {
+            None => DirectoryConfig::Memory(Directory::memory()),
+            Some(u) => {
+                redis::Client::open(u.as_str())
+                    .map_err(|e| invalid("redis-url", format!("{u:?}: {e}")))?;
+                DirectoryConfig::Redis(u.clone())
+            }
+        };
+        let secret = self.secret.filter(|s| !s.is_empty());
+        if secret.is_none() && !self.dev_auth {
+            return Err(ConfigError::MissingSecret);
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return Err(invalid("rate-burst", "must be at least 1"));
+        }
+        let mut c = Config::dev(id.as_str());
+        c.id = id;
+        c.advertise_url = self.advertise_url;
+        c.grpc_advertise = self.grpc_advertise;
+        c.central = self.central;
+        c.directory = directory;
+        c.secret = secret;
+        c.dev_auth = self.dev_auth;
+        c.weight = self.weight;
+        c.max_message_bytes = usize::try_from(self.max_message_bytes)
+            .map_err(|_| invalid("max-message-bytes", "too large"))?;
+        c.rate_limit = self.rate_limit;
+        c.rate_burst = self.rate_burst;
+        c.drain = Duration::from_millis(self.drain_ms);
+        c.ping_interval = Duration::from_millis(self.ping_interval_ms);
+        c.idle_timeout = Duration::from_millis(self.idle_timeout_ms);
+        c.outbound_queue = usize::try_from(self.outbound_queue)
+            .map_err(|_| invalid("outbound-queue", "too large"))?;
+        c.outbound_queue_bytes = usize::try_from(self.outbound_queue_bytes)
+            .map_err(|_| invalid("outbound-queue-bytes", "too large"))?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut v = vec!["signal-node"];
+        v.extend_from_slice(args);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        a.into_config().map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn defaults_and_errors() {
+        let c = parse(&["--secret", "s", "--id", "n1"]).unwrap();
+        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!((c.rate_limit, c.rate_burst), (200, 400));
+        assert_eq!(c.drain, Duration::from_secs(10));
+        assert!(!c.dev_auth);
+        assert!(parse(&["--id", "n1"]).unwrap_err().contains("--secret"));
+        assert!(parse(&["--dev-auth", "--id", "n1"]).is_ok());
+        assert!(parse(&["--dev-auth", "--listen", "nope"])
+            .unwrap_err()
+            .contains("--listen"));
+        assert!(parse(&["--dev-auth", "--central", "ftp://x"])
+            .unwrap_err()
+            .contains("--central"));
+        assert!(parse(&["--dev-auth", "--redis-url", "nope://"])
+            .unwrap_err()
+            .contains("--redis-url"));
+        assert!(parse(&["--dev-auth", "--advertise-url", "http://x/ws"])
+            .unwrap_err()
+            .contains("--advertise-url"));
+        assert!(parse(&["--dev-auth", "--id", "a b"])
+            .unwrap_err()
+            .contains("--id"));
+    }
+}

@@ -1,0 +1,123 @@
+//! The node's configuration as a plain struct (the command line is parsed into it by `cli`).
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use signal_proto::NodeId;
+
+use crate::directory::Directory;
+
+/// Default `--max-message-bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default outbound queue length (messages) per connection.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Default outbound queue size (bytes) per connection.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+
+/// Where the user directory lives.
+#[derive(Clone, Debug)]
+pub enum DirectoryConfig {
+    /// A shared in-process directory (single node, or several nodes in one process).
+    Memory(Directory),
+    /// A Redis URL, e.g. `redis://127.0.0.1:6379/`.
+    Redis(String),
+}
+
+/// Everything a node needs to run. Build it with [`Config::dev`] or from the command line
+/// (`cli::Args::into_config`).
+#[derive(Clone)]
+pub struct Config {
+    /// Unique node id.
+    pub id: NodeId,
+    /// The WebSocket URL handed to clients; `None` -> `ws://<bound http addr>/ws`.
+    pub advertise_url: Option<String>,
+    /// The gRPC URL other nodes dial; `None` -> `http://<bound grpc addr>`.
+    pub grpc_advertise: Option<String>,
+    /// Central's gRPC URL; `None` -> the node does not register anywhere.
+    pub central: Option<String>,
+    pub directory: DirectoryConfig,
+    /// Ticket secret shared with central; `None` only with `dev_auth`.
+    pub secret: Option<String>,
+    /// Also accept `/ws?user=ID` without a ticket.
+    pub dev_auth: bool,
+    pub weight: u32,
+    /// Text frames above this size get TOOLARGE; above 4x it the connection is closed (1009).
+    pub max_message_bytes: usize,
+    /// Messages per second per connection (0 = unlimited).
+    pub rate_limit: u32,
+    /// Token bucket size.
+    pub rate_burst: u32,
+    /// Window over which a draining node closes its connections.
+    pub drain: Duration,
+    /// Interval of server WebSocket pings.
+    pub ping_interval: Duration,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Outbound queue per connection, in messages.
+    pub outbound_queue: usize,
+    /// Outbound queue per connection, in bytes (one message larger than this still passes
+    /// when the queue is empty).
+    pub outbound_queue_bytes: usize,
+    /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("id", &self.id)
+            .field("advertise_url", &self.advertise_url)
+            .field("grpc_advertise", &self.grpc_advertise)
+            .field("central", &self.central)
+            .field("directory", &self.directory)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("dev_auth", &self.dev_auth)
+            .field("weight", &self.weight)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_burst", &self.rate_burst)
+            .field("drain", &self.drain)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Contract defaults with dev-auth on, no secret, a fresh in-memory directory and no
+    /// central: for tests and in-process clusters (set `directory` to share one directory).
+    ///
+    /// # Panics
+    /// If `id` is not a valid node id (a programming error in the caller).
+    pub fn dev(id: &str) -> Config {
+        #[allow(clippy::expect_used)]
+        let id = NodeId::new(id).expect("Config::dev needs a valid node id");
+        Config {
+            id,
+            advertise_url: None,
+            grpc_advertise: None,
+            central: None,
+            directory: DirectoryConfig::Memory(Directory::memory()),
+            secret: None,
+            dev_auth: true,
+            weight: 1,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            rate_limit: 200,
+            rate_burst: 400,
+            drain: Duration::from_millis(10_000),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            metrics: None,
+        }
+    }
+
+    /// Largest frame read at all; frames between `max_message_bytes` and this get TOOLARGE and
+    /// keep the connection, larger ones close it with 1009.
+    pub fn hard_frame_cap(&self) -> usize {
+        self.max_message_bytes.saturating_mul(4).max(1024)
+    }
+}

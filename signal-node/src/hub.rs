@@ -1,0 +1,71 @@
+//! The local connection table: which users are connected to this node, and the handle to
+//! reach each one (its outbound queue and closer).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use signal_proto::relay::Location;
+use signal_proto::UserId;
+
+use crate::outbound::Outbound;
+
+/// One live connection of this node.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    /// Per-connection id inside this node instance.
+    pub conn: u64,
+    /// Where the directory says this connection is.
+    pub location: Location,
+    pub out: Outbound,
+}
+
+/// User -> connection on this node. A cheap `Clone` handle.
+#[derive(Clone, Debug, Default)]
+pub struct Hub {
+    map: Arc<Mutex<HashMap<UserId, ConnHandle>>>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, ConnHandle>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `handle` the user's connection; returns the one it replaces.
+    pub fn insert(&self, user: UserId, handle: ConnHandle) -> Option<ConnHandle> {
+        let mut map = self.lock();
+        let prev = map.insert(user, handle);
+        metrics::gauge!("signal_connections").set(map.len() as f64);
+        prev
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<ConnHandle> {
+        self.lock().get(user).cloned()
+    }
+
+    /// Removes the user's entry only if it is still connection `conn`.
+    pub fn remove_if(&self, user: &UserId, conn: u64) -> bool {
+        let mut map = self.lock();
+        let removed = match map.get(user) {
+            Some(h) if h.conn == conn => map.remove(user).is_some(),
+            _ => false,
+        };
+        metrics::gauge!("signal_connections").set(map.len() as f64);
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every connection, for draining and for reasserting the directory.
+    pub fn snapshot(&self) -> Vec<(UserId, ConnHandle)> {
+        self.lock()
+            .iter()
+            .map(|(u, h)| (u.clone(), h.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,51 @@
+//! Logging and metrics set-up shared by every binary of the workspace: `tracing` subscriber
+//! and the global Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Buckets (seconds) of every latency histogram.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+/// Installs the `tracing` subscriber (filter from `RUST_LOG`, default `info`). Idempotent: a
+/// second call is a no-op.
+pub fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The handle of the global Prometheus recorder, installing it on first use. Idempotent.
+/// Render `/metrics` with `handle.render()`.
+pub fn metrics_handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by an embedding application);
+            // then this handle renders an empty registry, which is still valid output.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a global metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}

@@ -251,7 +251,10 @@ export function chunkCount(size, chunkSize = CHUNK_SIZE) {
   return Math.ceil(size / chunkSize);
 }
 
-/** Expected length of chunk `chunkID` of a file of `size` bytes. */
+/**
+ * Expected length of chunk `chunkID` of a file of `size` bytes.
+ * @param {number} size @param {number} chunkID @param {number} [chunkSize]
+ */
 export function chunkLength(size, chunkID, chunkSize = CHUNK_SIZE) {
   return Math.max(0, Math.min(chunkSize, size - chunkID * chunkSize));
 }
@@ -263,7 +266,7 @@ export function chunkLength(size, chunkID, chunkSize = CHUNK_SIZE) {
  */
 export async function sha256Hex(data) {
   const buf = data instanceof Blob ? await data.arrayBuffer() : data;
-  return bytesToHex(new Uint8Array(await crypto.subtle.digest('SHA-256', buf)));
+  return bytesToHex(new Uint8Array(await crypto.subtle.digest('SHA-256', /** @type {BufferSource} */ (buf))));
 }
 
 /**
@@ -349,7 +352,7 @@ export class IncomingFile {
   /** The reassembled file (only once complete). @returns {Blob} */
   assemble() {
     if (!this.complete) throw new Error('file is not complete');
-    return new Blob(/** @type {Uint8Array[]} */ (this.chunks), { type: this.desc.type });
+    return new Blob(/** @type {BlobPart[]} */ (this.chunks), { type: this.desc.type });
   }
 
   /**

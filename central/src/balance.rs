@@ -172,7 +172,11 @@ mod tests {
         }
     }
 
-    fn counts(b: &mut Balancer<&'static str>, n: usize, rng: &mut StdRng) -> HashMap<&'static str, usize> {
+    fn counts(
+        b: &mut Balancer<&'static str>,
+        n: usize,
+        rng: &mut StdRng,
+    ) -> HashMap<&'static str, usize> {
         let mut c = HashMap::new();
         for _ in 0..n {
             *c.entry(b.pick(rng).unwrap()).or_default() += 1;

@@ -1,1 +1,187 @@
-//! placeholder
+//! Central, the coordinator of the signaling cluster: the node registry (gRPC), weighted least
+//! connections, the login API that hands each user a node and a ticket, and the dev cluster.
+//!
+//! `main.rs` parses the flags into a [`Config`], binds the [`Listeners`] and calls [`run`].
+
+pub mod assets;
+pub mod auth;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod liveness;
+pub mod login;
+pub mod registry;
+pub mod telemetry;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_proto::registry::registry_server::RegistryServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::CentralError;
+
+use crate::grpc::RegistryService;
+use crate::http::AppState;
+use crate::login::Login;
+use crate::registry::Registry;
+
+/// How long in-flight requests get to finish after shutdown began.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The bound sockets central serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Login API, /v1/nodes, health, metrics, demo.
+    pub http: TcpListener,
+    /// Node registry (gRPC).
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners; the error names the address that failed.
+    pub async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, CentralError> {
+        let bind = |flag: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CentralError::Config(format!("{flag} {addr}: cannot listen: {e}")))
+        };
+        Ok(Listeners {
+            http: bind("--http-listen", http).await?,
+            grpc: bind("--grpc-listen", grpc).await?,
+        })
+    }
+}
+
+/// Serves until `shutdown` resolves; then `/readyz` answers 503, the servers stop accepting,
+/// finish the requests in flight (up to [`SHUTDOWN_GRACE`]) and `run` returns `Ok`.
+///
+/// A Redis that is down is not an error: logins answer 503 and `/readyz` shows it until it is
+/// back.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CentralError> {
+    let registry = match &config.redis_url {
+        Some(url) => Registry::redis(url)?,
+        None => Registry::memory(),
+    };
+    serve(config, listeners, registry, shutdown).await
+}
+
+/// [`run`] with a registry made by the caller (the dev cluster keeps a handle on it).
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CentralError> {
+    telemetry::describe();
+    let http_addr = listeners.http.local_addr()?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+
+    let background = CancellationToken::new();
+    let sweeper = tokio::spawn(liveness::sweep(
+        registry.clone(),
+        config.node_timeout,
+        background.clone(),
+    ));
+    let prober = tokio::spawn(liveness::probe(
+        registry.clone(),
+        config.probe_interval,
+        config.node_timeout,
+        background.clone(),
+    ));
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState {
+        login: Login::new(
+            registry.clone(),
+            &config.secret,
+            config.jwt_secret.as_deref(),
+            config.ticket_ttl,
+        ),
+        registry: registry.clone(),
+        ready: ready.clone(),
+        metrics: config.metrics.clone(),
+    };
+
+    let stop = CancellationToken::new();
+    let mut http = tokio::spawn(
+        axum::serve(listeners.http, http::router(state))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let service = RegistryService::new(
+        registry.clone(),
+        config.heartbeat_interval,
+        config.node_timeout,
+    );
+    let mut grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistryServer::new(service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    tracing::info!(
+        http = %http_addr,
+        grpc = %grpc_addr,
+        registry = ?registry,
+        jwt = config.jwt_secret.is_some(),
+        heartbeat_ms = config.heartbeat_interval.as_millis() as u64,
+        node_timeout_ms = config.node_timeout.as_millis() as u64,
+        "central serving"
+    );
+
+    let early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut http => Some(match r {
+            Ok(Ok(())) => CentralError::Task("http server stopped unexpectedly".into()),
+            Ok(Err(e)) => CentralError::Http(e),
+            Err(e) => CentralError::Task(e.to_string()),
+        }),
+        r = &mut grpc => Some(match r {
+            Ok(Ok(())) => CentralError::Task("grpc server stopped unexpectedly".into()),
+            Ok(Err(e)) => CentralError::Grpc(e),
+            Err(e) => CentralError::Task(e.to_string()),
+        }),
+    };
+    ready.store(false, Ordering::SeqCst);
+    stop.cancel();
+    background.cancel();
+    if let Some(e) = early {
+        http.abort();
+        grpc.abort();
+        return Err(e);
+    }
+    tracing::info!("central shutting down: finishing requests in flight");
+    let servers = async {
+        let _ = (&mut http).await;
+        let _ = (&mut grpc).await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, servers).await.is_err() {
+        tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "requests still in flight after the grace period: stopping anyway"
+        );
+        http.abort();
+        grpc.abort();
+    }
+    let _ = sweeper.await;
+    let _ = prober.await;
+    tracing::info!("central stopped");
+    Ok(())
+}

@@ -58,7 +58,9 @@ pub enum Registered {
     /// Same node id and instance (e.g. after central restarted).
     Again,
     /// Same node id, new instance: the old one is gone.
-    Replaced { old_instance: String },
+    Replaced {
+        old_instance: String,
+    },
 }
 
 /// The node a login was assigned to.
@@ -92,6 +94,15 @@ pub enum StoreHealth {
 pub enum Registry {
     Memory(MemoryRegistry),
     Redis(RedisRegistry),
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Registry::Memory(_) => "Registry(memory)",
+            Registry::Redis(_) => "Registry(redis)",
+        })
+    }
 }
 
 impl Registry {
@@ -376,7 +387,10 @@ mod tests {
         let r = Registry::memory();
         let n1 = NodeId::new("n1").unwrap();
         assert_eq!(r.register(info("n1", "a", 1), 0).await, Ok(Registered::New));
-        assert_eq!(r.register(info("n1", "a", 1), 0).await, Ok(Registered::Again));
+        assert_eq!(
+            r.register(info("n1", "a", 1), 0).await,
+            Ok(Registered::Again)
+        );
         assert_eq!(r.heartbeat(&n1, "a", 3, false).await, Ok(true));
         assert_eq!(r.heartbeat(&n1, "zzz", 3, false).await, Ok(false));
         assert_eq!(

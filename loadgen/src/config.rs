@@ -196,7 +196,7 @@ impl Config {
 /// Shutdown. Latency is measured from the moment a setup was scheduled (open loop), so a
 /// stalled server shows up as latency rather than as fewer samples.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version)]
+#[command(name = "loadgen", version, allow_negative_numbers = true)]
 pub struct Args {
     /// Start central + nodes in this process and run against them (one-line demo).
     #[arg(long, env = "LOADGEN_EMBEDDED", conflicts_with_all = ["central", "node"])]
@@ -215,7 +215,12 @@ pub struct Args {
     pub node: Vec<String>,
 
     /// Log in with HS256 JWTs signed with this secret (central in JWT mode).
-    #[arg(long, env = "LOADGEN_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LOADGEN_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// What the users do.
@@ -398,7 +403,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
         return Err("must be between 0 and 86400 seconds".to_owned());
     }
     Ok(Duration::from_secs_f64(v))
@@ -456,7 +461,14 @@ mod tests {
         let list = BindIps::parse("127.0.0.5, 127.0.0.9-127.0.0.10").unwrap();
         assert_eq!(list.len(), 3);
         assert_eq!(list.nth(1), Some(Ipv4Addr::new(127, 0, 0, 9)));
-        for bad in ["", "x", "127.0.0.5-127.0.0.1", "127.0.0.0/33", "::1", "1.2.3/8"] {
+        for bad in [
+            "",
+            "x",
+            "127.0.0.5-127.0.0.1",
+            "127.0.0.0/33",
+            "::1",
+            "1.2.3/8",
+        ] {
             assert!(BindIps::parse(bad).is_err(), "{bad}");
         }
     }
@@ -466,11 +478,22 @@ mod tests {
         let c = args(&["--embedded"]).unwrap().into_config().unwrap();
         assert_eq!(c.target, Target::Embedded);
         assert!(c.open_loop());
-        let c = args(&["--node", "ws://127.0.0.1:1/ws", "--node", "ws://127.0.0.1:2/ws"])
-            .unwrap()
-            .into_config()
-            .unwrap();
-        assert_eq!(c.target, Target::Nodes(vec!["ws://127.0.0.1:1/ws".into(), "ws://127.0.0.1:2/ws".into()]));
+        let c = args(&[
+            "--node",
+            "ws://127.0.0.1:1/ws",
+            "--node",
+            "ws://127.0.0.1:2/ws",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            c.target,
+            Target::Nodes(vec![
+                "ws://127.0.0.1:1/ws".into(),
+                "ws://127.0.0.1:2/ws".into()
+            ])
+        );
         let c = args(&["--central", "http://127.0.0.1:8080/", "--rate", "0"])
             .unwrap()
             .into_config()

@@ -1,1 +1,257 @@
-//! placeholder
+//! Load generator for the signaling cluster: simulated users log in like real clients, pairs
+//! of them set up calls on an open-loop schedule (or closed loop), and the run reports call
+//! setup latency per route, throughput and failures. `run(config)` is the whole run.
+
+pub mod client;
+pub mod config;
+pub mod embedded;
+pub mod plot;
+pub mod progress;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
+pub mod sdp;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::Rng;
+use signal_proto::UserId;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, Config, Scenario, Target};
+pub use report::Report;
+
+use client::Connector;
+use embedded::Embedded;
+use progress::Progress;
+use scenario::{Pair, Shared};
+use schedule::Schedule;
+use stats::{Failure, Recorder};
+
+/// Runs the load described by `config` and returns what was measured; also writes `--json`
+/// and `--plot` when asked. With `--embedded`, starts the cluster first and stops it after.
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    raise_open_files(&config);
+    let cluster = match config.target {
+        Target::Embedded => Some(
+            Embedded::start(&config)
+                .await
+                .context("--embedded: starting the cluster")?,
+        ),
+        _ => None,
+    };
+    let (target, label) = match (&cluster, &config.target) {
+        (Some(c), _) => (
+            Target::Central(c.central_url()),
+            format!(
+                "embedded cluster ({} nodes, central {})",
+                c.node_ids().len(),
+                c.central_url()
+            ),
+        ),
+        (None, Target::Central(url)) => (config.target.clone(), format!("central {url}")),
+        (None, Target::Nodes(urls)) => {
+            (config.target.clone(), format!("nodes {}", urls.join(", ")))
+        }
+        (None, Target::Embedded) => bail!("embedded cluster missing"),
+    };
+    let result = drive(&config, &target, cluster.as_ref()).await;
+    if let Some(c) = cluster {
+        c.shutdown().await;
+    }
+    let stats = result?;
+    let report = Report::build(&config, label, &stats);
+    if let Some(path) = &config.json {
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("--json: writing {}", path.display()))?;
+    }
+    if let Some(path) = &config.plot {
+        plot::write_svg(&report, path).context("--plot")?;
+    }
+    Ok(report)
+}
+
+/// Raises the open-file limit for this many connections: the soft limit up to the hard one,
+/// and (as root) the hard one too when it is below what the run needs.
+fn raise_open_files(config: &Config) {
+    use rlimit::Resource;
+    // An embedded cluster holds the server side of every connection in this process too.
+    let per_user = if config.target == Target::Embedded {
+        2
+    } else {
+        1
+    };
+    let needed = (config.pairs as u64) * 2 * per_user + 1024;
+    if let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) {
+        if hard < needed {
+            let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(needed);
+            let want = needed.min(cap);
+            if let Err(e) = rlimit::setrlimit(Resource::NOFILE, soft.max(want), want) {
+                tracing::debug!(error = %e, "cannot raise the hard open-file limit");
+            }
+        }
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is too low for this many connections; raise the hard limit (ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+fn run_id() -> String {
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+async fn drive(
+    config: &Config,
+    target: &Target,
+    cluster: Option<&Embedded>,
+) -> anyhow::Result<stats::Stats> {
+    let recorder = Arc::new(Recorder::new());
+    let connector = Connector::new(
+        target,
+        config.jwt_secret.as_deref(),
+        config.bind_ips.clone(),
+        config.timeout,
+        config.connect_concurrency,
+    )?;
+    let (start_tx, start_rx) = watch::channel(None);
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        connector,
+        recorder: recorder.clone(),
+        start: start_rx,
+        candidates: config.candidates,
+        timeout: config.timeout,
+        stop: stop.clone(),
+    });
+    let nodes = match target {
+        Target::Nodes(urls) => urls.len().max(1),
+        _ => 1,
+    };
+    let run = run_id();
+    let progress = Progress::new(config.progress);
+    progress.connecting(config.pairs as u64 * 2);
+
+    // Ramp-up: every pair connects its two users at its slot of the ramp.
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1024);
+    let mut churn = Vec::with_capacity(config.pairs);
+    let mut tasks = JoinSet::new();
+    let ramp_start = Instant::now();
+    for i in 0..config.pairs {
+        let user = |s: &str| {
+            UserId::new(format!("{}-{run}-{i}{s}", config.user_prefix)).context("--user-prefix")
+        };
+        let users = (user("a")?, user("b")?);
+        // With --node, half the pairs have both users on one node, half on two.
+        let slots = (i, i + i / nodes);
+        let (churn_tx, churn_rx) = mpsc::channel(1);
+        churn.push(churn_tx);
+        let at = ramp_start + config.ramp_up.mul_f64(i as f64 / config.pairs as f64);
+        let pair = Pair::new(i, users, slots, shared.clone(), churn_rx);
+        tasks.spawn(pair.run(at, ready_tx.clone()));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    while ready < config.pairs {
+        tokio::select! {
+            r = ready_rx.recv() => match r {
+                Some(()) => ready += 1,
+                None => break,
+            },
+            _ = tick.tick() => {}
+        }
+        let s = recorder.live().open();
+        progress.set_connected(s.max(0) as u64, 0);
+    }
+    if recorder.live().open() <= 0 {
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        progress.finish();
+        bail!(
+            "no user could connect to {target:?} (is the cluster up? see RUST_LOG=loadgen=debug)"
+        );
+    }
+    tracing::info!(
+        open = recorder.live().open(),
+        "ramp-up done, starting the schedule"
+    );
+
+    // The run.
+    let schedule = Arc::new(Schedule::new(
+        Instant::now(),
+        config.rate,
+        config.warmup,
+        config.duration,
+    ));
+    recorder.start_window(&schedule);
+    let _ = start_tx.send(Some(schedule.clone()));
+    let ticker = progress.follow(schedule.clone(), recorder.clone());
+    let mut helpers = JoinSet::new();
+    if config.churn_rate > 0.0 {
+        helpers.spawn(churn_users(churn, config.churn_rate, schedule.clone()));
+    }
+    if config.scenario == Scenario::Reconnect {
+        let c = cluster.context("--scenario reconnect needs --embedded")?;
+        let at = schedule.warmup_end() + config.duration / 4;
+        tokio::time::sleep_until(at).await;
+        let ids = c.node_ids();
+        let node = ids
+            .get(config.drain_node)
+            .with_context(|| format!("--drain-node {} out of range", config.drain_node))?;
+        tracing::info!(node, "draining");
+        recorder.drain_started(node);
+        c.drain_node(config.drain_node)?;
+    }
+    // Pairs finish their last call after the end; calls still hanging after a grace period
+    // are cut off and count as failed.
+    let grace = schedule.end() + config.timeout + Duration::from_secs(1);
+    tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => {}
+        _ = tokio::time::sleep_until(grace) => {
+            tracing::warn!("calls still running after the grace period: stopping them");
+            stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    helpers.abort_all();
+    ticker.abort();
+    progress.finish();
+    // Setups that were due but never started (every pair stuck) failed too: no omission.
+    while let Some(job) = schedule.claim() {
+        recorder.record_failure(None, job.due, Failure::NotStarted);
+    }
+    Ok(recorder.finish())
+}
+
+/// Churn: at `rate` per second, one user of a random pair logs out and in again.
+async fn churn_users(pairs: Vec<mpsc::Sender<()>>, rate: f64, schedule: Arc<Schedule>) {
+    if pairs.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < schedule.end() {
+        tick.tick().await;
+        let i = rand::rng().random_range(0..pairs.len());
+        // A pair that has not handled its last churn yet is skipped.
+        let _ = pairs[i].try_send(());
+    }
+}

@@ -83,7 +83,7 @@ pub struct Args {
     pub drain_ms: u64,
     /// Outbound queue per connection, in messages: a connection whose queue is full is closed
     /// (1013) and the sender of the message that did not fit gets UNAVAILABLE.
-    #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub outbound_queue: u64,
     /// Outbound queue per connection, in bytes.
     #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]

@@ -10,7 +10,7 @@ use crate::directory::Directory;
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Default outbound queue length (messages) per connection.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default outbound queue size (bytes) per connection.
 pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 

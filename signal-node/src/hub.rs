@@ -53,6 +53,14 @@ impl Hub {
         removed
     }
 
+    /// Puts `old` back if the user's entry is still connection `conn` (an open that failed).
+    pub fn restore(&self, user: &UserId, conn: u64, old: ConnHandle) {
+        let mut map = self.lock();
+        if map.get(user).is_some_and(|h| h.conn == conn) {
+            map.insert(user.clone(), old);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

@@ -1,2 +1,167 @@
-//! placeholder
+//! Signal node: the stateless WebSocket relay of the signaling cluster. Holds its users'
+//! connections, relays ROAP messages to peers on the same node or over gRPC to the node that
+//! holds the peer (found in the directory), registers with central, drains gracefully.
+//!
+//! Entry point: [`run`] with a [`Config`] and bound [`Listeners`].
+
+pub mod cli;
+pub mod config;
+pub mod connection;
 pub mod directory;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod node;
+pub mod outbound;
+pub mod peers;
+pub mod ratelimit;
+pub mod registration;
+pub mod relay;
+pub mod router;
+pub mod telemetry;
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use signal_proto::relay::relay_server::RelayServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, DirectoryConfig};
+pub use directory::Directory;
+pub use error::NodeError;
+pub use node::Node;
+
+/// The node's bound sockets (bind port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSocket `/ws`, `/healthz`, `/readyz`, `/metrics`.
+    pub http: tokio::net::TcpListener,
+    /// The `Relay` gRPC service.
+    pub grpc: tokio::net::TcpListener,
+}
+
+/// Time given to the servers to stop after the drain.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` resolves, then drains: deregisters from central, answers 503 on
+/// `/readyz` and new upgrades, closes the connections with 1012 spread over `config.drain`,
+/// lets in-flight forwards finish, stops gRPC, returns `Ok`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let http_addr = listeners.http.local_addr()?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let ws_url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{http_addr}/ws"));
+    let grpc_url = config
+        .grpc_advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let directory = match &config.directory {
+        DirectoryConfig::Memory(d) => d.clone(),
+        DirectoryConfig::Redis(url) => Directory::redis(url)?,
+    };
+    let metrics = config
+        .metrics
+        .clone()
+        .unwrap_or_else(telemetry::metrics_handle);
+    let central = config.central.clone();
+    let drain = config.drain;
+    let node = Node::new(config, directory, ws_url, grpc_url);
+    metrics::gauge!("signal_draining").set(0.0);
+
+    let grpc_stop = CancellationToken::new();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                grpc_stop.clone().cancelled_owned(),
+            ),
+    );
+    let http_stop = CancellationToken::new();
+    let app = http::router(node.clone(), metrics);
+    let listener = listeners.http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let reg_stop = CancellationToken::new();
+    let registration = central.map(|url| {
+        tokio::spawn(registration::run(node.clone(), url, reg_stop.clone()))
+    });
+    let reassert = {
+        let node = node.clone();
+        let mut changes = node.directory().reconnects();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                node.reassert().await;
+            }
+        })
+    };
+    tracing::info!(
+        node = %node.id(),
+        instance = node.instance(),
+        http = %http_addr,
+        grpc = %grpc_addr,
+        ws_url = node.ws_url(),
+        grpc_url = node.grpc_url(),
+        "signal node serving"
+    );
+
+    shutdown.await;
+    tracing::info!(node = %node.id(), "shutting down");
+    node.set_draining();
+    reg_stop.cancel();
+    if let Some(reg) = registration {
+        let _ = reg.await;
+    }
+    node.drain(drain).await;
+    http_stop.cancel();
+    grpc_stop.cancel();
+    reassert.abort();
+    let mut result = Ok(());
+    match tokio::time::timeout(STOP_GRACE, grpc).await {
+        Ok(Ok(Err(e))) => {
+            result = Err(NodeError::Serve {
+                server: "gRPC",
+                reason: e.to_string(),
+            })
+        }
+        Ok(Err(e)) => {
+            result = Err(NodeError::Serve {
+                server: "gRPC",
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => tracing::warn!("gRPC server did not stop in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    match tokio::time::timeout(STOP_GRACE, http).await {
+        Ok(Ok(Err(e))) => {
+            result = Err(NodeError::Serve {
+                server: "HTTP",
+                reason: e.to_string(),
+            })
+        }
+        Ok(Err(e)) => {
+            result = Err(NodeError::Serve {
+                server: "HTTP",
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    tracing::info!(node = %node.id(), "stopped");
+    result
+}

@@ -161,6 +161,16 @@ impl OutboundRx {
     }
 }
 
+impl OutboundRx {
+    /// A queued frame if there is one, without waiting.
+    pub fn try_recv(&mut self) -> Option<String> {
+        let text = self.rx.try_recv().ok()?;
+        self.bytes.fetch_sub(text.len(), Ordering::AcqRel);
+        metrics::gauge!("signal_outbound_queued_bytes").decrement(text.len() as f64);
+        Some(text)
+    }
+}
+
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         self.rx.close();

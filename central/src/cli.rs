@@ -1,0 +1,231 @@
+//! Command-line flags (each also read from an environment variable) and their checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{random_secret, Config};
+
+/// Coordinator of the signaling cluster: node registry, weighted least connections, login.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "central", version, about)]
+pub struct Args {
+    /// Login API, /v1/nodes, health and metrics [default: 0.0.0.0:8080, 127.0.0.1:8080 with --dev]
+    #[arg(long, env = "CENTRAL_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Node registry (gRPC) [default: 0.0.0.0:9090, 127.0.0.1:0 with --dev]
+    #[arg(long, env = "CENTRAL_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Signs node tickets; required unless --dev (then random)
+    #[arg(long, env = "CENTRAL_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// When set, login needs an `Authorization: Bearer <JWT>` (HS256) signed with this
+    #[arg(long, env = "CENTRAL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Heartbeat interval told to nodes at registration
+    #[arg(
+        long,
+        env = "CENTRAL_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub heartbeat_interval_ms: u64,
+
+    /// A node silent this long is evicted (and one not answering probes this long is down)
+    #[arg(
+        long,
+        env = "CENTRAL_NODE_TIMEOUT_MS",
+        default_value_t = 6000,
+        value_name = "MS"
+    )]
+    pub node_timeout_ms: u64,
+
+    /// How often central probes every node's Relay.Probe
+    #[arg(
+        long,
+        env = "CENTRAL_PROBE_INTERVAL_MS",
+        default_value_t = 1000,
+        value_name = "MS"
+    )]
+    pub probe_interval_ms: u64,
+
+    /// Lifetime of the node tickets handed out at login
+    #[arg(
+        long,
+        env = "CENTRAL_TICKET_TTL_SECS",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub ticket_ttl_secs: u64,
+
+    /// Share the registry between central replicas, e.g. redis://127.0.0.1:6379/
+    #[arg(long, env = "CENTRAL_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// All-in-one local cluster: central plus in-process signal nodes on loopback
+    #[arg(long, env = "CENTRAL_DEV")]
+    pub dev: bool,
+
+    /// Number of in-process signal nodes with --dev
+    #[arg(long, env = "CENTRAL_DEV_NODES", default_value_t = 2, value_name = "N")]
+    pub dev_nodes: usize,
+
+    /// Drain window of the in-process signal nodes with --dev
+    #[arg(
+        long,
+        env = "CENTRAL_DEV_DRAIN_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub dev_drain_ms: u64,
+
+    /// Log as JSON lines
+    #[arg(long, env = "CENTRAL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A flag with a bad value; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+impl Args {
+    /// Checks the flags together and builds the configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let secret = match (self.secret, self.dev) {
+            (Some(s), _) if s.is_empty() => {
+                return Err(bad("--secret (CENTRAL_SECRET)", "must not be empty"))
+            }
+            (Some(s), _) => s,
+            (None, true) => random_secret(),
+            (None, false) => {
+                return Err(bad(
+                    "--secret (CENTRAL_SECRET)",
+                    "is required unless --dev (it signs the node tickets)",
+                ))
+            }
+        };
+        if self.jwt_secret.as_deref() == Some("") {
+            return Err(bad(
+                "--jwt-secret (CENTRAL_JWT_SECRET)",
+                "must not be empty",
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(bad("--heartbeat-interval-ms", "must be at least 1"));
+        }
+        if self.node_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(bad(
+                "--node-timeout-ms",
+                format!(
+                    "must be larger than --heartbeat-interval-ms ({} <= {})",
+                    self.node_timeout_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.probe_interval_ms == 0 {
+            return Err(bad("--probe-interval-ms", "must be at least 1"));
+        }
+        if self.ticket_ttl_secs == 0 {
+            return Err(bad("--ticket-ttl-secs", "must be at least 1"));
+        }
+        if let Some(url) = &self.redis_url {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(bad(
+                    "--redis-url (CENTRAL_REDIS_URL)",
+                    format!("invalid URL {url:?}: {e}"),
+                ));
+            }
+        }
+        if self.dev && self.dev_nodes == 0 {
+            return Err(bad("--dev-nodes", "must be at least 1"));
+        }
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Ok(Config {
+            http_listen: self.http_listen.unwrap_or(if self.dev {
+                loopback(8080)
+            } else {
+                any(8080)
+            }),
+            grpc_listen: self
+                .grpc_listen
+                .unwrap_or(if self.dev { loopback(0) } else { any(9090) }),
+            secret,
+            jwt_secret: self.jwt_secret,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            node_timeout: Duration::from_millis(self.node_timeout_ms),
+            probe_interval: Duration::from_millis(self.probe_interval_ms),
+            ticket_ttl: Duration::from_secs(self.ticket_ttl_secs),
+            redis_url: self.redis_url,
+            dev: self.dev,
+            dev_nodes: self.dev_nodes,
+            dev_drain: Duration::from_millis(self.dev_drain_ms),
+            log_json: self.log_json,
+            metrics: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut v = vec!["central"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--secret", "s"]).unwrap();
+        assert_eq!(c.http_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.node_timeout, Duration::from_secs(6));
+        assert_eq!(c.ticket_ttl, Duration::from_secs(60));
+        assert!(c.jwt_secret.is_none() && c.redis_url.is_none() && !c.dev);
+        let d = parse(&["--dev"]).unwrap();
+        assert_eq!(d.http_listen.to_string(), "127.0.0.1:8080");
+        assert!(!d.secret.is_empty());
+        let d = parse(&["--dev", "--http-listen", "127.0.0.1:9999"]).unwrap();
+        assert_eq!(d.http_listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        assert!(parse(&[]).unwrap_err().contains("--secret"));
+        assert!(parse(&["--secret", ""]).unwrap_err().contains("--secret"));
+        assert!(parse(&["--secret", "s", "--http-listen", "nope"])
+            .unwrap_err()
+            .contains("--http-listen"));
+        assert!(parse(&["--secret", "s", "--redis-url", "http://x"])
+            .unwrap_err()
+            .contains("--redis-url"));
+        assert!(parse(&["--secret", "s", "--node-timeout-ms", "100"])
+            .unwrap_err()
+            .contains("--node-timeout-ms"));
+        assert!(parse(&["--secret", "s", "--heartbeat-interval-ms", "x"])
+            .unwrap_err()
+            .contains("--heartbeat-interval-ms"));
+    }
+}

@@ -1,0 +1,89 @@
+//! Central's configuration as a plain struct (built by `cli::Args` or by hand in tests).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Everything `run` needs besides its listeners.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the login API, /v1/nodes, health and metrics listen (used by `main` to bind).
+    pub http_listen: SocketAddr,
+    /// Where the node registry (gRPC) listens (used by `main` to bind).
+    pub grpc_listen: SocketAddr,
+    /// Cluster secret that signs node tickets.
+    pub secret: String,
+    /// When set, login needs `Authorization: Bearer <JWT>` (HS256) signed with this.
+    pub jwt_secret: Option<String>,
+    /// Told to nodes at registration and in every heartbeat answer.
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is evicted; a node not answering probes this long is down.
+    pub node_timeout: Duration,
+    /// How often central probes each node (`Relay.Probe`).
+    pub probe_interval: Duration,
+    /// Lifetime of the tickets handed out at login.
+    pub ticket_ttl: Duration,
+    /// Share the registry between central replicas.
+    pub redis_url: Option<String>,
+    /// All-in-one local cluster (`central --dev`).
+    pub dev: bool,
+    /// Number of in-process nodes in dev mode.
+    pub dev_nodes: usize,
+    /// Drain window of the in-process nodes in dev mode.
+    pub dev_drain: Duration,
+    /// Log as JSON lines.
+    pub log_json: bool,
+    /// Where `/metrics` renders from; `None` serves an empty page.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_listen", &self.http_listen)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("secret", &"..")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| ".."))
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("node_timeout", &self.node_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("ticket_ttl", &self.ticket_ttl)
+            .field("redis_url", &self.redis_url)
+            .field("dev", &self.dev)
+            .field("dev_nodes", &self.dev_nodes)
+            .field("dev_drain", &self.dev_drain)
+            .field("log_json", &self.log_json)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The contract's defaults, with a random ticket secret, loopback listeners on port 0 and
+    /// no JWT: for tests and in-process clusters.
+    pub fn dev() -> Config {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            http_listen: loopback,
+            grpc_listen: loopback,
+            secret: random_secret(),
+            jwt_secret: None,
+            heartbeat_interval: Duration::from_millis(2000),
+            node_timeout: Duration::from_millis(6000),
+            probe_interval: Duration::from_millis(1000),
+            ticket_ttl: Duration::from_secs(60),
+            redis_url: None,
+            dev: true,
+            dev_nodes: 2,
+            dev_drain: Duration::from_secs(2),
+            log_json: false,
+            metrics: None,
+        }
+    }
+}
+
+/// A fresh random secret (hex), for dev clusters.
+pub fn random_secret() -> String {
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,273 @@
+//! The all-in-one local cluster: central plus N in-process signal nodes on loopback, sharing
+//! one in-memory directory, with dev login and real gRPC between all of them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use signal_node::{Directory, DirectoryConfig, NodeError};
+use signal_proto::NodeId;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Registry;
+use crate::{CentralError, Config, Listeners};
+
+/// How long `start` waits for every node to register.
+const REGISTER_WAIT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for a node or central to stop.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Central's configuration (its `http_listen`/`grpc_listen` are where it binds; port 0
+    /// picks a free port). Dev login is on unless `jwt_secret` is set.
+    pub central: Config,
+    /// Number of signal nodes (ids `node-1`, `node-2`, ...).
+    pub nodes: usize,
+    /// Capacity weight of each node (missing entries are 1).
+    pub weights: Vec<u32>,
+    /// Drain window of the nodes.
+    pub node_drain: Duration,
+    /// Where the nodes' HTTP (WebSocket) listeners bind; port 0 for each.
+    pub node_host: std::net::IpAddr,
+    /// Metrics handle for central and the nodes (`/metrics`).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        Self {
+            central: Config::dev(),
+            nodes: 2,
+            weights: Vec::new(),
+            node_drain: Duration::from_secs(2),
+            node_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            metrics: None,
+        }
+    }
+}
+
+struct DevNode {
+    id: NodeId,
+    ws_url: String,
+    grpc_url: String,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+/// A running dev cluster. Stop it with [`DevCluster::shutdown`]; dropping it stops the
+/// servers' tasks without waiting.
+pub struct DevCluster {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    registry: Registry,
+    stop: CancellationToken,
+    central: Option<JoinHandle<Result<(), CentralError>>>,
+    nodes: Vec<DevNode>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, CentralError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CentralError::Config(format!("{what} {addr}: cannot listen: {e}")))
+}
+
+impl DevCluster {
+    /// Starts central and the nodes and waits until every node has registered.
+    pub async fn start(opts: DevOptions) -> Result<DevCluster, CentralError> {
+        let mut config = opts.central.clone();
+        if config.metrics.is_none() {
+            config.metrics = opts.metrics.clone();
+        }
+        if config.redis_url.is_some() {
+            return Err(CentralError::Config(
+                "the dev cluster keeps its registry in memory: drop --redis-url".into(),
+            ));
+        }
+        let listeners = Listeners {
+            http: bind(config.http_listen, "--http-listen").await?,
+            grpc: bind(config.grpc_listen, "--grpc-listen").await?,
+        };
+        let http = listeners.http.local_addr()?;
+        let grpc = listeners.grpc.local_addr()?;
+        let registry = Registry::memory();
+        let stop = CancellationToken::new();
+        let central = tokio::spawn(crate::serve(
+            config.clone(),
+            listeners,
+            registry.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        let mut cluster = DevCluster {
+            http,
+            grpc,
+            registry,
+            stop,
+            central: Some(central),
+            nodes: Vec::new(),
+        };
+        let directory = Directory::memory();
+        for i in 0..opts.nodes {
+            let id = format!("node-{}", i + 1);
+            let node_id = NodeId::new(id.clone())
+                .map_err(|e| CentralError::Config(format!("node id {id:?} {e}")))?;
+            let mut nc = signal_node::Config::dev(&id);
+            nc.central = Some(format!("http://{grpc}"));
+            nc.directory = DirectoryConfig::Memory(directory.clone());
+            nc.secret = Some(config.secret.clone());
+            nc.dev_auth = true;
+            nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);
+            nc.drain = opts.node_drain;
+            nc.metrics = config.metrics.clone();
+            let node_listeners = signal_node::Listeners {
+                http: bind(SocketAddr::new(opts.node_host, 0), "node http").await?,
+                grpc: bind(SocketAddr::new(opts.node_host, 0), "node grpc").await?,
+            };
+            let ws_url = format!("ws://{}/ws", node_listeners.http.local_addr()?);
+            let grpc_url = format!("http://{}", node_listeners.grpc.local_addr()?);
+            let node_stop = CancellationToken::new();
+            let task = tokio::spawn(signal_node::run(
+                nc,
+                node_listeners,
+                node_stop.clone().cancelled_owned(),
+            ));
+            cluster.nodes.push(DevNode {
+                id: node_id,
+                ws_url,
+                grpc_url,
+                stop: node_stop,
+                task: Some(task),
+            });
+        }
+        cluster.wait_registered().await?;
+        tracing::info!(central = %cluster.central_url(), nodes = ?cluster.node_ws_urls(), "dev cluster up");
+        Ok(cluster)
+    }
+
+    async fn wait_registered(&mut self) -> Result<(), CentralError> {
+        let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
+        loop {
+            let listed = self.registry.list().await?;
+            if self
+                .nodes
+                .iter()
+                .all(|n| listed.iter().any(|r| r.info.id == n.id))
+            {
+                return Ok(());
+            }
+            for n in &mut self.nodes {
+                if n.task.as_ref().is_some_and(|t| t.is_finished()) {
+                    let message = match n.task.take() {
+                        Some(t) => match t.await {
+                            Ok(Ok(())) => "stopped before registering".to_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                        },
+                        None => "stopped".to_owned(),
+                    };
+                    return Err(CentralError::Node {
+                        node: n.id.to_string(),
+                        message,
+                    });
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(CentralError::Task(format!(
+                    "the nodes did not register with central within {REGISTER_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Central's HTTP base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn central_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Central's gRPC URL (what the nodes register with).
+    pub fn central_grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The nodes' WebSocket URLs, in node order.
+    pub fn node_ws_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.ws_url.clone()).collect()
+    }
+
+    /// The nodes' gRPC URLs, in node order.
+    pub fn node_grpc_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc_url.clone()).collect()
+    }
+
+    /// The node ids, in node order (`node-1`, ...).
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    /// Central's registry (in memory).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Starts node `i`'s graceful drain: it deregisters, its clients get close 1012 and go
+    /// back to central. `false` if there is no node `i`.
+    pub fn drain_node(&self, i: usize) -> bool {
+        match self.nodes.get(i) {
+            Some(n) => {
+                n.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the nodes (graceful drain), then central.
+    pub async fn shutdown(mut self) -> Result<(), CentralError> {
+        for n in &self.nodes {
+            n.stop.cancel();
+        }
+        let mut result = Ok(());
+        for n in &mut self.nodes {
+            if let Some(task) = n.task.take() {
+                match tokio::time::timeout(STOP_WAIT, task).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        result = Err(CentralError::Node {
+                            node: n.id.to_string(),
+                            message: e.to_string(),
+                        })
+                    }
+                    Ok(Err(e)) => result = Err(CentralError::Task(e.to_string())),
+                    Err(_) => {
+                        result = Err(CentralError::Node {
+                            node: n.id.to_string(),
+                            message: "did not stop in time".into(),
+                        })
+                    }
+                }
+            }
+        }
+        self.stop.cancel();
+        if let Some(task) = self.central.take() {
+            match tokio::time::timeout(STOP_WAIT, task).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(e)) => return Err(CentralError::Task(e.to_string())),
+                Err(_) => return Err(CentralError::Task("central did not stop in time".into())),
+            }
+        }
+        result
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.stop.cancel();
+        }
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,168 @@
+//! Central's HTTP API: login (`/v1/endpoint`), `/v1/nodes`, health, metrics and the demo.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower_http::cors::CorsLayer;
+
+use crate::error::{ApiError, LoginError};
+use crate::login::{Endpoint, Login};
+use crate::registry::{Registry, StoreHealth};
+
+/// What the HTTP handlers share: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub login: Login,
+    pub registry: Registry,
+    /// False once shutdown began: `/readyz` answers 503.
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/endpoint", get(endpoint))
+        .route("/v1/nodes", get(nodes))
+        .layer(CorsLayer::permissive());
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(crate::assets::serve)
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointQuery {
+    user: Option<String>,
+}
+
+async fn endpoint(
+    State(state): State<AppState>,
+    query: Result<Query<EndpointQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Endpoint>, ApiError> {
+    let query = query.map_err(|e| {
+        ApiError::from(LoginError::BadUser(format!(
+            "bad query string: {}",
+            e.body_text()
+        )))
+    })?;
+    let authorization = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::from(LoginError::Unauthorized(
+                "Authorization header is not ASCII".into(),
+            ))
+        })?),
+    };
+    match state
+        .login
+        .endpoint(query.0.user.as_deref(), authorization)
+        .await
+    {
+        Ok(e) => {
+            tracing::debug!(node = %e.node, "login assigned");
+            Ok(Json(e))
+        }
+        Err(e) => {
+            tracing::info!(status = e.status().as_u16(), error = %e, "login refused");
+            Err(e.into())
+        }
+    }
+}
+
+/// One node as `/v1/nodes` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub id: String,
+    pub url: String,
+    pub weight: u32,
+    pub connections: u64,
+    /// `active` or `draining`.
+    pub state: &'static str,
+    pub seconds_since_heartbeat: f64,
+    /// Logins handed to it since its last heartbeat.
+    pub assigned: u64,
+    /// False when it does not answer central's probes (then it is not handed out).
+    pub reachable: bool,
+    pub grpc_url: String,
+    pub instance: String,
+}
+
+async fn nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let nodes: Vec<NodeView> = state
+        .registry
+        .list()
+        .await?
+        .into_iter()
+        .map(|r| NodeView {
+            state: if r.draining { "draining" } else { "active" },
+            reachable: !r.down,
+            seconds_since_heartbeat: (r.since_heartbeat.as_millis() as f64 / 1000.0),
+            connections: r.connections,
+            assigned: r.assigned,
+            weight: r.info.weight,
+            id: r.info.id.into_string(),
+            url: r.info.ws_url,
+            grpc_url: r.info.grpc_url,
+            instance: r.info.instance,
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let registry = match state.registry.health() {
+        StoreHealth::Memory => json!({"store": "memory", "ok": true}),
+        StoreHealth::RedisUp => json!({"store": "redis", "ok": true}),
+        StoreHealth::RedisDown(e) => json!({"store": "redis", "ok": false, "error": e}),
+    };
+    // A Redis outage alone does not make central unready (contract: a shared dependency's
+    // outage degrades the cluster instead of taking every replica out at once); it shows here.
+    if state.ready.load(Ordering::SeqCst) {
+        (
+            StatusCode::OK,
+            Json(json!({"ready": true, "registry": registry})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "shutting down", "registry": registry})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,115 @@
+{{/* Names, labels and shared snippets of the signal-cluster chart. */}}
+
+{{- define "signal-cluster.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<chart>" unless the release name already holds the chart name. Short enough
+that "<fullname>-node-<ordinal>" stays a valid DNS label (per-pod Services and hosts). */}}
+{{- define "signal-cluster.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "signal-cluster.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "signal-cluster.labels" -}}
+helm.sh/chart: {{ include "signal-cluster.chart" . }}
+app.kubernetes.io/name: {{ include "signal-cluster.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: signal-cluster
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "central"). */}}
+{{- define "signal-cluster.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "signal-cluster.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "signal-cluster.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "signal-cluster.central.fullname" -}}
+{{- printf "%s-central" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
+{{- define "signal-cluster.node.fullname" -}}
+{{- printf "%s-node" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
+{{- define "signal-cluster.node.headless" -}}
+{{- printf "%s-node-headless" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
+{{- define "signal-cluster.redis.fullname" -}}
+{{- printf "%s-redis" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
+{{/* The Secret holding the cluster secret (and the JWT secret when given as a value). */}}
+{{- define "signal-cluster.secretName" -}}
+{{- printf "%s-secret" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
+{{- define "signal-cluster.clusterSecretRef" -}}
+name: {{ default (include "signal-cluster.secretName" .) .Values.clusterSecret.existingSecret }}
+key: {{ .Values.clusterSecret.key }}
+{{- end }}
+
+{{- define "signal-cluster.jwtSecretRef" -}}
+name: {{ default (include "signal-cluster.secretName" .) .Values.jwt.existingSecret }}
+key: {{ .Values.jwt.key }}
+{{- end }}
+
+{{/* Environment entry for the Redis URL of a binary: (dict "ctx" $ "env" "CENTRAL_REDIS_URL"). */}}
+{{- define "signal-cluster.redisEnv" -}}
+{{- $v := .ctx.Values -}}
+- name: {{ .env }}
+{{- if $v.redis.enabled }}
+  value: {{ printf "redis://%s:6379" (include "signal-cluster.redis.fullname" .ctx) | quote }}
+{{- else if $v.redis.external.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.redis.external.existingSecret }}
+      key: {{ $v.redis.external.key }}
+{{- else }}
+  value: {{ required "redis.external.url or redis.external.existingSecret is required when redis.enabled=false" $v.redis.external.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The grace period of a node pod: preStop sleep + drain window (rounded up) + slack. */}}
+{{- define "signal-cluster.node.terminationGrace" -}}
+{{- $n := .Values.signalNode -}}
+{{- add $n.preStopSleepSeconds (div (add $n.drainMs 999) 1000) $n.terminationGraceExtraSeconds }}
+{{- end }}
+
+{{/* Number of per-pod Services/hosts: every pod the StatefulSet may ever have. */}}
+{{- define "signal-cluster.node.maxPods" -}}
+{{- $n := .Values.signalNode -}}
+{{- if $n.autoscaling.enabled }}{{ max $n.replicaCount $n.autoscaling.maxReplicas }}{{ else }}{{ $n.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* The URL central hands to clients for this pod; Kubernetes expands $(VAR) from env. */}}
+{{- define "signal-cluster.node.advertiseUrl" -}}
+{{- $e := .Values.signalNode.exposure -}}
+{{- if $e.advertiseUrlTemplate }}
+{{- $e.advertiseUrlTemplate }}
+{{- else if eq $e.mode "ingress" }}
+{{- printf "%s://$(POD_NAME).%s/ws" (ternary "wss" "ws" (ne $e.ingress.tlsSecretName "")) $e.ingress.domain }}
+{{- else }}
+{{- printf "%s://$(HOST_IP):%d/ws" $e.hostPort.scheme (int $e.hostPort.port) }}
+{{- end }}
+{{- end }}

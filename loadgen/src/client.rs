@@ -1,0 +1,376 @@
+//! One simulated user's connection, made like a real client: log in at central (dev login or a
+//! minted HS256 JWT), or go straight to a node in dev-auth mode; open the WebSocket from a
+//! chosen source address; wait for the Welcome; then send and read ROAP frames.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use signal_proto::{Message, UserId};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::{BindIps, Target};
+
+/// Name of the extra field carrying the sender's clock (µs), relayed untouched by the nodes.
+pub const SENT_FIELD: &str = "lgSent";
+
+/// How users reach the cluster.
+#[derive(Debug, Clone)]
+enum Access {
+    Central {
+        url: String,
+        jwt: Option<EncodingKey>,
+    },
+    Nodes(Vec<String>),
+}
+
+/// Opens connections for every user of the run (shared by all pairs).
+pub struct Connector {
+    http: reqwest::Client,
+    access: Access,
+    bind: BindIps,
+    next_ip: AtomicU64,
+    timeout: Duration,
+    permits: Semaphore,
+}
+
+#[derive(serde::Deserialize)]
+struct Endpoint {
+    url: String,
+    token: String,
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Percent-encodes a query parameter value.
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Small read buffers: tens of thousands of connections, frames of a few KB.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+fn with_query(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={}", encode_query(value))
+}
+
+impl Connector {
+    /// `target` must be resolved (an embedded cluster is given as its central URL).
+    pub fn new(
+        target: &Target,
+        jwt_secret: Option<&str>,
+        bind: BindIps,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> anyhow::Result<Connector> {
+        let access = match target {
+            Target::Central(url) => Access::Central {
+                url: url.trim_end_matches('/').to_owned(),
+                jwt: jwt_secret.map(|s| EncodingKey::from_secret(s.as_bytes())),
+            },
+            Target::Nodes(urls) if !urls.is_empty() => Access::Nodes(urls.clone()),
+            Target::Nodes(_) => bail!("no node URL"),
+            Target::Embedded => bail!("the embedded cluster must be started first"),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(concurrency.min(512))
+            .build()
+            .context("HTTP client")?;
+        Ok(Connector {
+            http,
+            access,
+            bind,
+            next_ip: AtomicU64::new(0),
+            timeout,
+            permits: Semaphore::new(concurrency.max(1)),
+        })
+    }
+
+    /// Logs `user` in and opens its WebSocket (`slot` picks the node with `--node`), waiting
+    /// for the Welcome. At most `--connect-concurrency` of these run at once.
+    pub async fn connect(&self, user: &UserId, slot: usize) -> anyhow::Result<Conn> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| anyhow!("connector closed"))?;
+        let started = Instant::now();
+        tokio::time::timeout(self.timeout, self.connect_inner(user, slot, started))
+            .await
+            .map_err(|_| anyhow!("no Welcome within {:?}", self.timeout))?
+    }
+
+    async fn connect_inner(
+        &self,
+        user: &UserId,
+        slot: usize,
+        started: Instant,
+    ) -> anyhow::Result<Conn> {
+        let url = match &self.access {
+            Access::Nodes(urls) => with_query(&urls[slot % urls.len()], "user", user.as_str()),
+            Access::Central { url, jwt } => {
+                let ep = self.login(url, jwt.as_ref(), user).await?;
+                with_query(&ep.url, "token", &ep.token)
+            }
+        };
+        let stream = self.dial(&url).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                        anyhow!("upgrade refused: HTTP {}", resp.status())
+                    }
+                    e => anyhow!("WebSocket handshake: {e}"),
+                })?;
+        let node = loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => match Message::parse(t.as_str()) {
+                    Ok(Message::Welcome(w)) => break w.node.into_string(),
+                    Ok(other) => bail!("first frame was {} instead of Welcome", other.kind()),
+                    Err(e) => bail!("first frame unreadable: {}", e.error),
+                },
+                Some(Ok(WsMessage::Close(f))) => {
+                    bail!("closed before Welcome ({:?})", f.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("before Welcome: {e}"),
+                None => bail!("connection ended before Welcome"),
+            }
+        };
+        Ok(Conn {
+            ws,
+            user: user.clone(),
+            node,
+            took: started.elapsed(),
+        })
+    }
+
+    async fn login(
+        &self,
+        central: &str,
+        jwt: Option<&EncodingKey>,
+        user: &UserId,
+    ) -> anyhow::Result<Endpoint> {
+        let mut req = self
+            .http
+            .get(format!("{central}/v1/endpoint"))
+            .query(&[("user", user.as_str())]);
+        if let Some(key) = jwt {
+            let now = unix_now();
+            let claims = Claims {
+                sub: user.as_str(),
+                iat: now,
+                exp: now + 3600,
+            };
+            let token =
+                jsonwebtoken::encode(&Header::default(), &claims, key).context("minting JWT")?;
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.context("login request")?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(body);
+            bail!("login refused: HTTP {status}: {msg}");
+        }
+        resp.json::<Endpoint>().await.context("login response")
+    }
+
+    /// Opens the TCP connection, bound to the next source address of `--bind-ips`.
+    async fn dial(&self, url: &str) -> anyhow::Result<TcpStream> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri =
+            url.parse().context("bad WebSocket URL")?;
+        let host = uri.host().ok_or_else(|| anyhow!("no host in {url}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let source = self
+            .bind
+            .nth(self.next_ip.fetch_add(1, Ordering::Relaxed))
+            .map(IpAddr::V4);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| source.is_none() || a.is_ipv4())
+            .copied()
+            .ok_or_else(|| anyhow!("{host} has no usable address"))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .context("socket")?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("binding to {ip}"))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true).ok();
+        Ok(stream)
+    }
+}
+
+/// What a connection yielded.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Frames are moved once, straight into a queue.
+pub enum Frame {
+    /// A ROAP frame, with the moment it was read.
+    Msg(Message, Instant),
+    /// A frame that is not a valid message (logged once, counted as stale).
+    Garbage,
+    /// The connection closed (close code, if a close frame came).
+    Closed(Option<u16>),
+}
+
+/// An open, welcomed connection of one user.
+pub struct Conn {
+    ws: WebSocketStream<TcpStream>,
+    pub user: UserId,
+    /// The node that sent the Welcome.
+    pub node: String,
+    /// Login + upgrade + Welcome.
+    pub took: Duration,
+}
+
+impl Conn {
+    /// Queues a message without flushing (see [`flush`](Self::flush)).
+    pub async fn feed(&mut self, msg: &Message) -> anyhow::Result<()> {
+        self.ws
+            .feed(WsMessage::text(msg.to_json()))
+            .await
+            .context("send")
+    }
+
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        self.ws.flush().await.context("send")
+    }
+
+    pub async fn send(&mut self, msg: &Message) -> anyhow::Result<()> {
+        self.ws
+            .send(WsMessage::text(msg.to_json()))
+            .await
+            .context("send")
+    }
+
+    /// The next frame (pings are answered by the WebSocket layer). Cancel-safe.
+    pub async fn next(&mut self) -> Frame {
+        loop {
+            return match self.ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => match Message::parse(t.as_str()) {
+                    Ok(m) => Frame::Msg(m, Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(user = %self.user, error = %e.error, "unreadable frame from the node");
+                        Frame::Garbage
+                    }
+                },
+                Some(Ok(WsMessage::Binary(_))) => {
+                    tracing::warn!(user = %self.user, "binary frame from the node");
+                    Frame::Garbage
+                }
+                Some(Ok(WsMessage::Close(f))) => {
+                    Frame::Closed(Some(f.map_or(1005, |f| u16::from(f.code))))
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                Some(Err(_)) | None => Frame::Closed(None),
+            };
+        }
+    }
+
+    /// Logs out: a normal close, waiting briefly for the node's close reply.
+    pub async fn close(mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        if self.ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            with_query("ws://h:1/ws", "user", "a b&c"),
+            "ws://h:1/ws?user=a%20b%26c"
+        );
+        assert_eq!(
+            with_query("ws://h:1/ws?x=1", "token", "t.K-_~"),
+            "ws://h:1/ws?x=1&token=t.K-_~"
+        );
+    }
+
+    #[test]
+    fn jwt_has_the_user_as_subject() {
+        let claims = Claims {
+            sub: "alice",
+            iat: 1,
+            exp: unix_now() + 60,
+        };
+        let key = EncodingKey::from_secret(b"s3cret");
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.set_required_spec_claims(&["sub", "exp"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+            &v,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "alice");
+    }
+}

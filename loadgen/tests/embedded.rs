@@ -1,0 +1,105 @@
+//! loadgen's `run` against an embedded cluster (`central::dev::DevCluster`: central + 2 real
+//! nodes on loopback, real gRPC): the setup, JWT login, churn and mass-reconnect scenarios.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use loadgen::{Config, Scenario};
+
+fn small() -> Config {
+    let mut c = Config::embedded();
+    c.pairs = 20;
+    c.rate = 40.0;
+    c.warmup = Duration::from_millis(500);
+    c.duration = Duration::from_secs(2);
+    c.candidates = 2;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_scenario_covers_both_routes_without_errors() {
+    let dir = std::env::temp_dir().join(format!("loadgen-embedded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = small();
+    config.json = Some(dir.join("report.json"));
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.connections, 40, "{report}");
+    assert!(report.setups > 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.warmup_errors, 0, "{report}");
+    assert!(report.errors_by_type.is_empty(), "{report}");
+    // Central spreads the users over both nodes: both routes occur.
+    assert!(report.same_node.setups > 0, "{report}");
+    assert!(report.cross_node.setups > 0, "{report}");
+    assert_eq!(
+        report.same_node.setups + report.cross_node.setups,
+        report.setups
+    );
+    assert!(
+        report.messages > 0 && report.messages_per_s > 0.0,
+        "{report}"
+    );
+    // The JSON file says the same.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(v["setups"], report.setups);
+    assert_eq!(v["errors"], 0);
+    assert!(v["cross_node"]["setups"].as_u64().unwrap() > 0);
+    assert!(
+        v["same_node"]["p99_us"].as_u64().unwrap() >= v["same_node"]["p50_us"].as_u64().unwrap()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_with_jwt_login() {
+    let mut config = small();
+    config.rate = 0.0;
+    config.pairs = 6;
+    config.duration = Duration::from_secs(1);
+    config.jwt_secret = Some("test-jwt-secret".into());
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.connections, 12, "{report}");
+    assert!(report.setups > 0, "{report}");
+    assert!(!report.open_loop);
+    // Only the nodes' per-connection rate limit may refuse messages in a closed loop.
+    for kind in report.errors_by_type.keys() {
+        assert_eq!(kind, "RATELIMITED", "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_logs_users_out_and_in_while_calls_run() {
+    let mut config = small();
+    config.scenario = Scenario::Churn;
+    config.churn_rate = 20.0;
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    assert!(report.churn_logouts > 0, "{report}");
+    assert!(report.churn_logins > 0, "{report}");
+    assert!(report.setups > 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_sends_its_users_back_through_central() {
+    let mut config = small();
+    config.scenario = Scenario::Reconnect;
+    config.duration = Duration::from_secs(4);
+    config.drain_window = Duration::from_millis(500);
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    let r = report.reconnect.clone().expect("reconnect figures");
+    assert_eq!(r.node, "node-1");
+    assert!(r.users_on_node > 0, "{report}");
+    assert_eq!(r.closed_1012, r.users_on_node, "{report}");
+    assert_eq!(r.back, r.closed_1012, "{report}");
+    assert!(r.all_back_ms.is_some(), "{report}");
+    assert_eq!(r.reconnect.count, r.back);
+    // Calls go on after the drain, all on the remaining node.
+    assert!(report.setups > 0, "{report}");
+    let last = report.timeline.iter().rev().find(|s| s.setups > 0).unwrap();
+    assert!(last.setups > 0);
+}

@@ -1,0 +1,71 @@
+//! The node's error types, and the one place where they become HTTP responses and gRPC
+//! statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use signal_proto::IdError;
+
+use crate::directory::DirectoryError;
+
+/// Why `run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryError),
+    #[error("{server} server failed: {reason}")]
+    Serve {
+        server: &'static str,
+        reason: String,
+    },
+}
+
+/// Why an HTTP request (a WebSocket upgrade) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing, bad, expired or other-node ticket; `?user=` without dev-auth.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("node is draining: ask central for another endpoint")]
+    Draining,
+    #[error("directory unavailable, retry later: {0}")]
+    DirectoryUnavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Draining | ApiError::DirectoryUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Why a node-to-node relay call is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("bad user id: {0}")]
+    BadUser(#[from] IdError),
+    #[error("missing location")]
+    MissingLocation,
+}
+
+impl From<RelayError> for tonic::Status {
+    fn from(e: RelayError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}

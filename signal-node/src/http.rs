@@ -1,0 +1,119 @@
+//! The node's HTTP surface: `/ws` (authentication and upgrade), `/healthz`, `/readyz`,
+//! `/metrics`.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+
+use crate::connection;
+use crate::error::ApiError;
+use crate::node::Node;
+
+#[derive(Clone)]
+struct AppState {
+    node: Node,
+    metrics: PrometheusHandle,
+}
+
+/// The axum router of one node.
+pub fn router(node: Node, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { node, metrics })
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    user: Option<String>,
+}
+
+async fn ws(
+    State(st): State<AppState>,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let query: Result<Query<WsQuery>, QueryRejection> = Query::try_from_uri(&uri);
+    let Ok(Query(q)) = query else {
+        return ApiError::BadRequest("malformed query string".into()).into_response();
+    };
+    let user = match st.node.authenticate(q.token.as_deref(), q.user.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");
+            metrics::counter!("signal_upgrades_refused_total", "status" => e.status().as_u16().to_string()).increment(1);
+            return e.into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rej) => return rej.into_response(),
+    };
+    let pending = match st.node.open(user).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");
+            metrics::counter!("signal_upgrades_refused_total", "status" => e.status().as_u16().to_string()).increment(1);
+            return e.into_response();
+        }
+    };
+    let cap = st.node.config().hard_frame_cap();
+    let tasks = st.node.tasks().clone();
+    upgrade
+        .max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| tasks.track_future(connection::serve(socket, pending)))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let node = &st.node;
+    let dir = node.directory().status();
+    let central = node.central_status();
+    let ready = node.is_ready();
+    let body = serde_json::json!({
+        "ready": ready,
+        "node": node.id().as_str(),
+        "instance": node.instance(),
+        "draining": node.is_draining(),
+        "connections": node.hub().len(),
+        "directory": {
+            "backend": dir.backend,
+            "healthy": dir.healthy,
+            "lastError": dir.last_error,
+        },
+        "central": {
+            "configured": node.config().central.is_some(),
+            "registered": central.registered,
+            "lastError": central.last_error,
+        },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn render_metrics(State(st): State<AppState>) -> Response {
+    let dir = st.node.directory().status();
+    metrics::gauge!("signal_directory_healthy").set(if dir.healthy { 1.0 } else { 0.0 });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,157 @@
+//! The other nodes: long-lived, lazily connected gRPC channels to each of them (cached by
+//! gRPC URL), and the set of nodes central last reported alive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use signal_proto::registry::NodeInfo;
+use signal_proto::relay::relay_client::RelayClient;
+use signal_proto::relay::{
+    DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest, ProbeResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Time to establish a TCP connection to a peer node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time for one relay call, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cached channels above this are dropped all at once (URLs come from directory entries).
+const MAX_CHANNELS: usize = 1024;
+
+/// Why a call to a peer node failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    /// Refused, reset or otherwise not reachable: the node is most likely gone.
+    #[error("node unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the request timeout: the node may be overloaded.
+    #[error("node did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The directory entry names a URL that cannot be dialled.
+    #[error("bad gRPC url {0:?}")]
+    BadUrl(String),
+    /// The node answered with an error.
+    #[error("node refused the call: {0}")]
+    Refused(String),
+}
+
+/// What central says about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Listed alive with this instance in a fresh peer list.
+    Alive,
+    /// Absent from a fresh peer list (or listed with another instance).
+    Gone,
+    /// No fresh peer list (no central, or central silent).
+    Unknown,
+}
+
+#[derive(Debug)]
+struct LiveSet {
+    at: Instant,
+    fresh_for: Duration,
+    nodes: HashMap<String, String>,
+}
+
+/// Channels to peer nodes and central's live set. A cheap `Clone` handle.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, RelayClient<Channel>>>>,
+    live: Arc<Mutex<Option<LiveSet>>>,
+}
+
+impl Peers {
+    /// The relay client for `grpc_url`, creating a lazily connected channel on first use.
+    pub fn client(&self, grpc_url: &str) -> Result<RelayClient<Channel>, ForwardError> {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = map.get(grpc_url) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(grpc_url.to_owned())
+            .map_err(|_| ForwardError::BadUrl(grpc_url.to_owned()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let client = RelayClient::new(endpoint.connect_lazy());
+        if map.len() >= MAX_CHANNELS {
+            map.clear();
+        }
+        map.insert(grpc_url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Records central's list of live nodes, considered fresh for `fresh_for`.
+    pub fn set_live(&self, peers: &[NodeInfo], fresh_for: Duration) {
+        let nodes = peers
+            .iter()
+            .map(|p| (p.node_id.clone(), p.instance.clone()))
+            .collect();
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(LiveSet {
+            at: Instant::now(),
+            fresh_for,
+            nodes,
+        });
+    }
+
+    /// Whether central (recently) lists the node instance of `loc` alive.
+    pub fn liveness(&self, loc: &Location) -> Liveness {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*live {
+            Some(set) if set.at.elapsed() <= set.fresh_for => match set.nodes.get(&loc.node_id) {
+                Some(instance) if *instance == loc.instance => Liveness::Alive,
+                _ => Liveness::Gone,
+            },
+            _ => Liveness::Unknown,
+        }
+    }
+
+    /// Asks the node at `loc` to deliver one frame.
+    pub async fn deliver(
+        &self,
+        loc: &Location,
+        req: DeliverRequest,
+    ) -> Result<DeliverStatus, ForwardError> {
+        let mut client = self.client(&loc.grpc_url)?;
+        let start = Instant::now();
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.deliver(req)).await;
+        metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
+        let resp = classify(res)?;
+        Ok(DeliverStatus::try_from(resp.status).unwrap_or(DeliverStatus::Unspecified))
+    }
+
+    /// Asks the node at `loc` to close the user's connection `loc.conn` (4409).
+    pub async fn kick(&self, user: &str, loc: &Location) -> Result<bool, ForwardError> {
+        let mut client = self.client(&loc.grpc_url)?;
+        let req = KickRequest {
+            user: user.to_owned(),
+            location: Some(loc.clone()),
+        };
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.kick(req)).await;
+        Ok(classify(res)?.closed)
+    }
+
+    /// Probes the node at `grpc_url`.
+    pub async fn probe(&self, grpc_url: &str) -> Result<ProbeResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.probe(ProbeRequest {})).await;
+        classify(res)
+    }
+}
+
+fn classify<T>(
+    res: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Result<T, ForwardError> {
+    match res {
+        Err(_) => Err(ForwardError::Timeout(REQUEST_TIMEOUT)),
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Err(status)) => match status.code() {
+            tonic::Code::DeadlineExceeded => Err(ForwardError::Timeout(REQUEST_TIMEOUT)),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                Err(ForwardError::Unreachable(status.message().to_owned()))
+            }
+            _ => Err(ForwardError::Refused(status.message().to_owned())),
+        },
+    }
+}

@@ -1,0 +1,142 @@
+//! The node's registration with central: Register (retried with backoff while central is
+//! down, never blocking service), Heartbeat every interval central asks for (re-registering
+//! when central forgot the node), the live peer set from every answer, Deregister on shutdown.
+
+use std::time::Duration;
+
+use signal_proto::registry::registry_client::RegistryClient;
+use signal_proto::registry::{
+    DeregisterRequest, HeartbeatRequest, NodeInfo, RegisterRequest,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::node::Node;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(2000);
+const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+fn interval_of(ms: u64) -> Duration {
+    if ms == 0 {
+        DEFAULT_HEARTBEAT
+    } else {
+        Duration::from_millis(ms).max(MIN_HEARTBEAT)
+    }
+}
+
+/// A peer list stays authoritative this long without a newer one.
+fn freshness(interval: Duration, node_timeout: Duration) -> Duration {
+    (interval * 3).max(node_timeout)
+}
+
+/// Keeps the node registered until `stop`, then deregisters (bounded by a timeout).
+pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
+    let endpoint = match Endpoint::from_shared(central_url.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)),
+        Err(e) => {
+            tracing::error!(url = %central_url, error = %e, "bad central url: not registering");
+            node.set_central_status(false, Some(format!("bad central url: {e}")));
+            return;
+        }
+    };
+    let mut client = RegistryClient::new(endpoint.connect_lazy());
+    let info = NodeInfo {
+        node_id: node.id().to_string(),
+        instance: node.instance().to_owned(),
+        ws_url: node.ws_url().to_owned(),
+        grpc_url: node.grpc_url().to_owned(),
+        weight: node.config().weight,
+    };
+    'register: loop {
+        // Register, with backoff while central is down.
+        let mut backoff = BACKOFF_MIN;
+        let (mut interval, node_timeout) = loop {
+            if stop.is_cancelled() {
+                break 'register;
+            }
+            let req = RegisterRequest {
+                node: Some(info.clone()),
+                connections: node.hub().len() as u64,
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, client.register(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let interval = interval_of(resp.heartbeat_interval_ms);
+                    let node_timeout = Duration::from_millis(resp.node_timeout_ms);
+                    node.peers()
+                        .set_live(&resp.peers, freshness(interval, node_timeout));
+                    node.set_central_status(true, None);
+                    metrics::gauge!("signal_central_registered").set(1.0);
+                    tracing::info!(node = %node.id(), central = %central_url, interval_ms = interval.as_millis() as u64, peers = resp.peers.len(), "registered with central");
+                    break (interval, node_timeout);
+                }
+                Ok(Err(status)) => {
+                    fail(&node, &central_url, format!("register: {}", status.message()))
+                }
+                Err(_) => fail(&node, &central_url, "register: timed out".to_owned()),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break 'register,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        // Heartbeat.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break 'register,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let req = HeartbeatRequest {
+                node_id: info.node_id.clone(),
+                instance: info.instance.clone(),
+                connections: node.hub().len() as u64,
+                draining: node.is_draining(),
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    if !resp.known {
+                        tracing::warn!(node = %node.id(), "central does not know this node: registering again");
+                        continue 'register;
+                    }
+                    if resp.heartbeat_interval_ms > 0 {
+                        interval = interval_of(resp.heartbeat_interval_ms);
+                    }
+                    node.peers()
+                        .set_live(&resp.peers, freshness(interval, node_timeout));
+                    node.set_central_status(true, None);
+                }
+                Ok(Err(status)) => {
+                    fail(&node, &central_url, format!("heartbeat: {}", status.message()))
+                }
+                Err(_) => fail(&node, &central_url, "heartbeat: timed out".to_owned()),
+            }
+        }
+    }
+    let req = DeregisterRequest {
+        node_id: info.node_id.clone(),
+        instance: info.instance.clone(),
+    };
+    match tokio::time::timeout(Duration::from_secs(1), client.deregister(req)).await {
+        Ok(Ok(_)) => tracing::info!(node = %node.id(), "deregistered from central"),
+        Ok(Err(status)) => {
+            tracing::warn!(node = %node.id(), error = %status.message(), "deregister failed")
+        }
+        Err(_) => tracing::warn!(node = %node.id(), "deregister timed out"),
+    }
+    metrics::gauge!("signal_central_registered").set(0.0);
+}
+
+fn fail(node: &Node, central: &str, error: String) {
+    let first = node.central_status().last_error.is_none();
+    if first {
+        tracing::warn!(node = %node.id(), central, error = %error, "central unreachable: retrying");
+    } else {
+        tracing::debug!(node = %node.id(), central, error = %error, "central unreachable");
+    }
+    node.set_central_status(false, Some(error));
+}

@@ -1,0 +1,59 @@
+//! The `Relay` gRPC service other nodes call: deliver a frame into the local table, kick a
+//! replaced connection, probe.
+
+use signal_proto::relay::relay_server::Relay;
+use signal_proto::relay::{
+    DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, ProbeRequest,
+    ProbeResponse,
+};
+use signal_proto::UserId;
+use tonic::{Request, Response, Status};
+
+use crate::error::RelayError;
+use crate::node::Node;
+
+/// The node's side of node-to-node relay.
+pub struct RelayService {
+    node: Node,
+}
+
+impl RelayService {
+    pub fn new(node: Node) -> Self {
+        RelayService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Relay for RelayService {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let req = request.into_inner();
+        let to = UserId::new(req.to).map_err(RelayError::from)?;
+        let status = self.node.deliver_local(&to, req.frame, req.expect.as_ref());
+        if status == DeliverStatus::Delivered {
+            metrics::counter!("signal_grpc_delivered_total").increment(1);
+        }
+        Ok(Response::new(DeliverResponse {
+            status: status as i32,
+        }))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let req = request.into_inner();
+        let user = UserId::new(req.user).map_err(RelayError::from)?;
+        let loc = req.location.ok_or(RelayError::MissingLocation)?;
+        let closed = self.node.kick_local(&user, &loc);
+        Ok(Response::new(KickResponse { closed }))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse {
+            node_id: self.node.id().to_string(),
+            instance: self.node.instance().to_owned(),
+            connections: self.node.hub().len() as u64,
+            draining: self.node.is_draining(),
+        }))
+    }
+}

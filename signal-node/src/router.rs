@@ -1,0 +1,256 @@
+//! Routing of one relayed message: the local table first, then the connection's small route
+//! cache or a directory lookup, then a gRPC `Deliver` to the node holding the peer. Decides
+//! what the sender sees when that fails (OFFLINE or UNAVAILABLE).
+
+use std::collections::{HashMap, VecDeque};
+
+use signal_proto::relay::{DeliverRequest, DeliverStatus, Location};
+use signal_proto::{ErrorType, UserId};
+
+use crate::node::Node;
+use crate::outbound::PushError;
+use crate::peers::{ForwardError, Liveness};
+
+/// Entries of a connection's route cache.
+const ROUTE_CACHE_SIZE: usize = 32;
+
+/// How a message was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Remote,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Remote => "remote",
+        }
+    }
+}
+
+/// Why a message was not delivered: the error the sender gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub error: ErrorType,
+    pub description: String,
+}
+
+fn offline(to: &UserId) -> Undelivered {
+    Undelivered {
+        error: ErrorType::Offline,
+        description: format!("{to} is not connected"),
+    }
+}
+
+fn unavailable(what: impl std::fmt::Display) -> Undelivered {
+    Undelivered {
+        error: ErrorType::Unavailable,
+        description: format!("{what}; retry later"),
+    }
+}
+
+/// Recently used locations of peers, per connection, FIFO-evicted.
+#[derive(Debug, Default)]
+struct RouteCache {
+    map: HashMap<UserId, Location>,
+    order: VecDeque<UserId>,
+}
+
+impl RouteCache {
+    fn get(&self, user: &UserId) -> Option<Location> {
+        self.map.get(user).cloned()
+    }
+
+    fn put(&mut self, user: &UserId, loc: Location) {
+        if self.map.insert(user.clone(), loc).is_none() {
+            self.order.push_back(user.clone());
+            while self.order.len() > ROUTE_CACHE_SIZE {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, user: &UserId) {
+        if self.map.remove(user).is_some() {
+            self.order.retain(|u| u != user);
+        }
+    }
+}
+
+/// The router of one connection (owns its route cache).
+pub struct Router {
+    node: Node,
+    cache: RouteCache,
+}
+
+impl Router {
+    pub fn new(node: Node) -> Router {
+        Router {
+            node,
+            cache: RouteCache::default(),
+        }
+    }
+
+    /// Delivers `frame` (validated JSON with `from` filled in) to `to`.
+    pub async fn relay(
+        &mut self,
+        from: &UserId,
+        to: &UserId,
+        session_id: &str,
+        frame: String,
+    ) -> Result<Route, Undelivered> {
+        // Same node: no directory round trip (also works while the directory is down).
+        if let Some(h) = self.node.hub().get(to) {
+            match h.out.push(frame.clone()) {
+                Ok(()) => return Ok(Route::Local),
+                Err(PushError::Full) => {
+                    return Err(unavailable(format!(
+                        "{to}'s connection is not reading fast enough and was closed"
+                    )))
+                }
+                // Closing right now: maybe it reconnected elsewhere, ask the directory.
+                Err(PushError::Closed) => {}
+            }
+        }
+        let (mut loc, mut cached) = match self.cache.get(to) {
+            Some(loc) => (loc, true),
+            None => (self.lookup(to).await?, false),
+        };
+        loop {
+            match self.try_deliver(from, to, session_id, &frame, &loc).await {
+                Ok(route) => {
+                    self.cache.put(to, loc);
+                    return Ok(route);
+                }
+                Err(Attempt::Final(u)) => {
+                    self.cache.remove(to);
+                    return Err(u);
+                }
+                Err(Attempt::Retry(u)) => {
+                    self.cache.remove(to);
+                    if !cached {
+                        return Err(u);
+                    }
+                    cached = false;
+                    loc = self.lookup(to).await?;
+                }
+                Err(Attempt::Stale(u)) => {
+                    self.cache.remove(to);
+                    if !cached {
+                        // A fresh entry that does not lead to the user: remove it (only if
+                        // it is still that entry) so that the next sender sees OFFLINE fast.
+                        self.release_stale(to, &loc);
+                        return Err(u);
+                    }
+                    cached = false;
+                    loc = self.lookup(to).await?;
+                }
+            }
+        }
+    }
+
+    async fn lookup(&self, to: &UserId) -> Result<Location, Undelivered> {
+        match self.node.directory().lookup(to).await {
+            Ok(Some(loc)) => Ok(loc),
+            Ok(None) => Err(offline(to)),
+            Err(e) => {
+                tracing::debug!(%to, error = %e, "directory lookup failed");
+                Err(unavailable("the directory is unreachable"))
+            }
+        }
+    }
+
+    fn release_stale(&self, to: &UserId, loc: &Location) {
+        let dir = self.node.directory().clone();
+        let to = to.clone();
+        let loc = loc.clone();
+        tokio::spawn(async move {
+            match dir.release(&to, &loc).await {
+                Ok(true) => {
+                    tracing::info!(user = %to, node = %loc.node_id, "removed stale directory entry")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(user = %to, error = %e, "cannot remove stale entry"),
+            }
+        });
+    }
+
+    async fn try_deliver(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        session_id: &str,
+        frame: &str,
+        loc: &Location,
+    ) -> Result<Route, Attempt> {
+        if loc.node_id == self.node.id().as_str() {
+            // Here (or a previous life of this node id), but not in the local table.
+            if self.node.is_ours(loc) {
+                return match self.node.deliver_local(to, frame.to_owned(), Some(loc)) {
+                    DeliverStatus::Delivered => Ok(Route::Local),
+                    DeliverStatus::PeerOverloaded => Err(Attempt::Final(unavailable(format!(
+                        "{to}'s connection is not reading fast enough and was closed"
+                    )))),
+                    _ => Err(Attempt::Stale(offline(to))),
+                };
+            }
+            return Err(Attempt::Stale(offline(to)));
+        }
+        let liveness = self.node.peers().liveness(loc);
+        let req = DeliverRequest {
+            to: to.to_string(),
+            from: from.to_string(),
+            session_id: session_id.to_owned(),
+            frame: frame.to_owned(),
+            expect: Some(loc.clone()),
+        };
+        match self.node.peers().deliver(loc, req).await {
+            Ok(DeliverStatus::Delivered) => Ok(Route::Remote),
+            Ok(DeliverStatus::PeerOverloaded) => Err(Attempt::Final(unavailable(format!(
+                "{to}'s connection is not reading fast enough and was closed"
+            )))),
+            Ok(DeliverStatus::NotHere | DeliverStatus::Unspecified) => {
+                Err(Attempt::Stale(offline(to)))
+            }
+            Err(ForwardError::Unreachable(e) | ForwardError::BadUrl(e)) => {
+                tracing::debug!(node = %loc.node_id, error = %e, "peer node unreachable");
+                metrics::counter!("signal_forward_failures_total", "kind" => "unreachable")
+                    .increment(1);
+                if liveness == Liveness::Alive {
+                    // Central still lists it: do not erase the entry over a refusal that may
+                    // be transient; central evicts it within its node timeout if it is dead.
+                    Err(Attempt::Retry(offline(to)))
+                } else {
+                    Err(Attempt::Stale(offline(to)))
+                }
+            }
+            Err(e @ ForwardError::Timeout(_)) if liveness == Liveness::Gone => {
+                tracing::debug!(node = %loc.node_id, error = %e, "dead peer node timed out");
+                metrics::counter!("signal_forward_failures_total", "kind" => "dead").increment(1);
+                Err(Attempt::Stale(offline(to)))
+            }
+            Err(e) => {
+                tracing::debug!(node = %loc.node_id, error = %e, "forward failed");
+                metrics::counter!("signal_forward_failures_total", "kind" => "timeout")
+                    .increment(1);
+                Err(Attempt::Final(unavailable(format!(
+                    "{to}'s node did not answer"
+                ))))
+            }
+        }
+    }
+}
+
+enum Attempt {
+    /// Give this answer to the sender.
+    Final(Undelivered),
+    /// The location does not lead to the user: look it up again if it came from the cache,
+    /// else remove the entry (compare-and-delete) and give this answer.
+    Stale(Undelivered),
+    /// Like `Stale` but keep the directory entry.
+    Retry(Undelivered),
+}

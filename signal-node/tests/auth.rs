@@ -1,0 +1,156 @@
+//! Upgrade authentication (tickets, dev-auth) and the HTTP endpoints of a node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use signal_proto::ticket::{unix_now, Ticket, TicketKey};
+use signal_proto::{NodeId, UserId};
+use testkit::WsClient;
+
+const SECRET: &str = "cluster-secret";
+
+fn ticket(key: &TicketKey, user: &str, node: &str, expires_at: u64) -> String {
+    key.mint(&Ticket {
+        user: UserId::new(user).unwrap(),
+        node: NodeId::new(node).unwrap(),
+        expires_at,
+    })
+}
+
+async fn secured_node() -> TestNode {
+    let mut cfg = dev("node-1");
+    cfg.secret = Some(SECRET.into());
+    cfg.dev_auth = false;
+    TestNode::start(cfg).await
+}
+
+/// The refusal's status and JSON error text.
+async fn refused(url: &str) -> (u16, String) {
+    let http_url = url.replacen("ws://", "http://", 1);
+    let resp = reqwest::Client::new()
+        .get(&http_url)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let err = body["error"].as_str().expect("JSON {\"error\":..}").to_owned();
+    // A real WebSocket client sees the same refusal.
+    let ws = WsClient::try_connect(url).await.err().expect("refused");
+    assert_eq!(ws.status, Some(status));
+    (status, err)
+}
+
+#[tokio::test]
+async fn valid_ticket_connects() {
+    let node = secured_node().await;
+    let key = TicketKey::new(SECRET.as_bytes());
+    let t = ticket(&key, "alice", "node-1", unix_now() + 60);
+    let (mut c, w) = WsClient::connect_welcomed(&node.ws_token(&t)).await;
+    assert_eq!(w["user"], "alice");
+    assert_eq!(w["node"], "node-1");
+    roundtrip(&mut c).await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_tickets_are_401_before_the_upgrade() {
+    let node = secured_node().await;
+    let key = TicketKey::new(SECRET.as_bytes());
+    let other_node = ticket(&key, "alice", "node-2", unix_now() + 60);
+    let expired = ticket(&key, "alice", "node-1", unix_now() - 1);
+    let forged = ticket(&TicketKey::new(b"wrong"), "alice", "node-1", unix_now() + 60);
+    for (url, why) in [
+        (node.ws_token(&other_node), "node"),
+        (node.ws_token(&expired), "expired"),
+        (node.ws_token(&forged), "signature"),
+        (node.ws_token("garbage"), "malformed"),
+        (format!("ws://{}/ws", node.http), "missing"),
+        (node.ws("alice"), "dev-auth"),
+    ] {
+        let (status, err) = refused(&url).await;
+        assert_eq!(status, 401, "{why}: {err}");
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let node = TestNode::start(dev("n1")).await;
+    let (s, body) = get_json(&node.url("/healthz")).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = get_json(&node.url("/readyz")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["directory"]["backend"], "memory");
+    assert_eq!(body["directory"]["healthy"], true);
+    assert_eq!(body["central"]["configured"], false);
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    alice.send_json(&offer("bob", "s")).await;
+    bob.next_json().await;
+    alice.send_json(&offer("nobody", "s")).await;
+    alice.next_json().await;
+    let text = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+    for name in [
+        "signal_connections",
+        "signal_messages_relayed_total",
+        "signal_errors_total",
+        "signal_relay_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains(r#"error_type="OFFLINE""#), "{text}");
+    assert!(text.contains(r#"route="local""#), "{text}");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn central_down_means_not_ready_but_serving() {
+    let mut cfg = dev("n1");
+    // Nothing listens there: registration keeps retrying in the background.
+    cfg.central = Some(format!("http://127.0.0.1:{}", testkit::free_port()));
+    let node = TestNode::start(cfg).await;
+    let (s, body) = get_json(&node.url("/readyz")).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["central"]["registered"], false);
+    testkit::wait_until("central error in /readyz", Duration::from_secs(5), || async {
+        let (_, body) = get_json(&node.url("/readyz")).await;
+        body["central"]["lastError"].is_string()
+    })
+    .await;
+    // Still serving.
+    let mut alice = node.connect("alice").await;
+    roundtrip(&mut alice).await;
+    let (s, _) = get_json(&node.url("/healthz")).await;
+    assert_eq!(s, 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn draining_node_is_not_ready_and_refuses_upgrades_503() {
+    let mut cfg = dev("n1");
+    cfg.drain = Duration::from_secs(3);
+    let mut node = TestNode::start(cfg).await;
+    let mut alice = node.connect("alice").await;
+    let _bob = node.connect("bob").await;
+    node.begin_shutdown();
+    testkit::wait_until("readyz 503", Duration::from_secs(5), || async {
+        get_json(&node.url("/readyz")).await.0 == 503
+    })
+    .await;
+    let (_, body) = get_json(&node.url("/readyz")).await;
+    assert_eq!(body["draining"], true);
+    let err = WsClient::try_connect(&node.ws("carol")).await.err().unwrap();
+    assert_eq!(err.status, Some(503));
+    assert_eq!(alice.expect_close().await, 1012);
+    node.join().await.unwrap();
+}

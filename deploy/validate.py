@@ -768,7 +768,7 @@ def docker_checks(r: Report) -> None:
     # (what, broken file, what hadolint must say)
     mutations = {
         "relative WORKDIR (DL3000)": (text.replace("WORKDIR /var/lib/signal", "WORKDIR var/lib/signal", 1), "DL3000"),
-        "unparsable instruction": (text.replace("EXPOSE ", "EXPOSE-PORTS ", 1), "unexpected"),
+        "unparsable instruction": (text.replace("EXPOSE ", "EXPOSE-PORTS ", 1), "missing whitespace"),
         "COPY to a relative dir with multiple sources (DL3021)": (text.replace(
             "COPY --from=builder /out/ /usr/local/bin/", "COPY --from=builder /out/central /out/loadgen bin", 1), "DL3021"),
     }

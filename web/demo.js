@@ -92,6 +92,9 @@ Object.assign(window, { demo: app });
 /** @param {string} text @param {'error'|'info'} [kind] */
 function toast(text, kind = 'error') {
   if (kind === 'error') app.errors.push(text);
+  for (const shown of el.toasts.children) {
+    if (shown.textContent === text) return; // already on screen
+  }
   const t = document.createElement('div');
   t.className = `toast ${kind}`;
   t.textContent = text;

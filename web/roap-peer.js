@@ -340,6 +340,12 @@ export class PeerManager extends EventTarget {
     this.opts = opts;
     /** @type {Map<string, RoapPeer>} by remote user */
     this.peers = new Map();
+    /**
+     * Sessions that ended here recently (`remote|sessionID`), bounded: late messages for them,
+     * such as one OFFLINE per candidate already sent, are dropped without a second report.
+     * @type {Set<string>}
+     */
+    this.ended = new Set();
     /** @param {Event} ev */
     const route = (ev) => this.#route(/** @type {any} */ (ev).message);
     for (const t of ['Offer', 'Answer', 'Ok', 'Candidate', 'Shutdown', 'Error']) client.addEventListener(t, route);
@@ -379,6 +385,8 @@ export class PeerManager extends EventTarget {
     this.peers.set(remote, peer);
     peer.addEventListener('closed', (ev) => {
       if (this.peers.get(remote) === peer) this.peers.delete(remote);
+      this.ended.add(`${remote}|${sessionID}`);
+      if (this.ended.size > 256) this.ended.delete(/** @type {string} */ (this.ended.values().next().value));
       const d = /** @type {CustomEvent} */ (ev).detail;
       if (d.by === 'error' && !d.quiet) {
         this.dispatchEvent(new CustomEvent('callerror', { detail: { remote, text: d.text ?? d.reason, errorType: d.errorType } }));
@@ -403,6 +411,8 @@ export class PeerManager extends EventTarget {
       }
       return;
     }
+
+    if (this.ended.has(`${remote}|${sessionID}`)) return; // that call is over
 
     if (msg.type === 'Error' && msg.origin === 'server') {
       const text = describeError(msg.errorType, { peer: remote, description: msg.description });

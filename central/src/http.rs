@@ -15,7 +15,7 @@ use serde_json::json;
 use tower_http::cors::CorsLayer;
 
 use crate::error::{ApiError, LoginError};
-use crate::login::{Endpoint, Login};
+use crate::login::Login;
 use crate::registry::{Registry, StoreHealth};
 
 /// What the HTTP handlers share: cheap to clone.
@@ -52,7 +52,7 @@ async fn endpoint(
     State(state): State<AppState>,
     query: Result<Query<EndpointQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Endpoint>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = query.map_err(|e| {
         ApiError::from(LoginError::BadUser(format!(
             "bad query string: {}",
@@ -74,7 +74,8 @@ async fn endpoint(
     {
         Ok(e) => {
             tracing::debug!(node = %e.node, "login assigned");
-            Ok(Json(e))
+            // A ticket is a credential: never cached.
+            Ok(([(header::CACHE_CONTROL, "no-store")], Json(e)).into_response())
         }
         Err(e) => {
             tracing::info!(status = e.status().as_u16(), error = %e, "login refused");

@@ -108,8 +108,12 @@ async fn a_ticket_for_node_a_is_refused_by_node_b() {
     let a = Node::start("A", &c.grpc_url(), 1, &[]);
     let b = Node::start("B", &c.grpc_url(), 1, &[]);
     c.wait_nodes(&["A", "B"], Duration::from_secs(10)).await;
-    let (s, body) = c.login("dave").await;
-    assert_eq!(s, 200, "{body}");
+    let resp = reqwest::get(format!("{}/v1/endpoint?user=dave", c.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["expiresIn"], 60);
     let token = body["token"].as_str().unwrap();
     let (mine, other) = if body["node"] == "A" {

@@ -64,10 +64,10 @@ async fn a_killed_node_is_evicted_and_never_handed_out() {
     dead.proc.wait_exit(Duration::from_secs(5)).await;
     let killed = std::time::Instant::now();
     c.wait_nodes(&["alive"], Duration::from_secs(10)).await;
-    // Evicted within the node timeout (plus one sweep and a heartbeat of slack).
+    // Evicted within the node timeout (plus slack for a sweep and a loaded machine).
     let took = killed.elapsed();
     assert!(
-        took < Duration::from_millis(Timing::FAST.node_timeout_ms + 1000),
+        took < Duration::from_millis(Timing::FAST.node_timeout_ms + 2000),
         "eviction took {took:?}"
     );
     for i in 0..50 {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rand::seq::SliceRandom;
 use rand::Rng;
 use signal_proto::UserId;
 use tokio::sync::{mpsc, watch};
@@ -37,7 +38,7 @@ use stats::{Failure, Recorder};
 /// Runs the load described by `config` and returns what was measured; also writes `--json`
 /// and `--plot` when asked. With `--embedded`, starts the cluster first and stops it after.
 pub async fn run(config: Config) -> anyhow::Result<Report> {
-    raise_open_files(&config);
+    raise_open_files(&config)?;
     let cluster = match config.target {
         Target::Embedded => Some(
             Embedded::start(&config)
@@ -78,8 +79,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 }
 
 /// Raises the open-file limit for this many connections: the soft limit up to the hard one,
-/// and (as root) the hard one too when it is below what the run needs.
-fn raise_open_files(config: &Config) {
+/// and (where allowed) the hard one too when it is below what the run needs. Refuses to start
+/// a run that cannot have its connections.
+fn raise_open_files(config: &Config) -> anyhow::Result<()> {
     use rlimit::Resource;
     // An embedded cluster holds the server side of every connection in this process too.
     let per_user = if config.target == Target::Embedded {
@@ -87,7 +89,7 @@ fn raise_open_files(config: &Config) {
     } else {
         1
     };
-    let needed = (config.pairs as u64) * 2 * per_user + 1024;
+    let needed = (config.pairs as u64) * 2 * per_user + 256;
     if let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) {
         if hard < needed {
             let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -100,15 +102,19 @@ fn raise_open_files(config: &Config) {
             }
         }
     }
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < needed => tracing::warn!(
-            limit,
-            needed,
-            "the open-file limit is too low for this many connections; raise the hard limit (ulimit -Hn)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
+    if limit < needed {
+        let hint = if per_user == 2 {
+            "; --embedded holds both ends of every connection: run the cluster in its own process (central --dev) and use --central"
+        } else {
+            ""
+        };
+        bail!(
+            "--pairs {}: needs about {needed} open files but the limit is {limit} (raise it with ulimit -Hn){hint}",
+            config.pairs
+        );
     }
+    Ok(())
 }
 
 fn run_id() -> String {
@@ -149,11 +155,21 @@ async fn drive(
     let progress = Progress::new(config.progress);
     progress.connecting(config.pairs as u64 * 2);
 
-    // Ramp-up: every pair connects its two users at its slot of the ramp.
+    // Ramp-up: the users log in one after the other in a random order (so that central's
+    // balancing does not line the pairs up on one route), spread over --ramp-up.
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1024);
     let mut churn = Vec::with_capacity(config.pairs);
     let mut tasks = JoinSet::new();
+    let users = config.pairs * 2;
+    let spacing = if config.ramp_up.is_zero() {
+        Duration::from_micros(20)
+    } else {
+        config.ramp_up.div_f64(users as f64)
+    };
+    let mut order: Vec<u32> = (0..users as u32).collect();
+    order.shuffle(&mut rand::rng());
     let ramp_start = Instant::now();
+    let slot_time = |position: u32| ramp_start + spacing * position;
     for i in 0..config.pairs {
         let user = |s: &str| {
             UserId::new(format!("{}-{run}-{i}{s}", config.user_prefix)).context("--user-prefix")
@@ -163,7 +179,7 @@ async fn drive(
         let slots = (i, i + i / nodes);
         let (churn_tx, churn_rx) = mpsc::channel(1);
         churn.push(churn_tx);
-        let at = ramp_start + config.ramp_up.mul_f64(i as f64 / config.pairs as f64);
+        let at = (slot_time(order[2 * i]), slot_time(order[2 * i + 1]));
         let pair = Pair::new(i, users, slots, shared.clone(), churn_rx);
         tasks.spawn(pair.run(at, ready_tx.clone()));
     }
@@ -185,11 +201,12 @@ async fn drive(
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         progress.finish();
-        bail!(
-            "no user could connect to {target:?} (is the cluster up? see RUST_LOG=loadgen=debug)"
-        );
+        let why = recorder.connect_error().unwrap_or_default();
+        bail!("no user could connect to {target:?}: {why}");
     }
-    tracing::info!(
+    progress.set_connected(recorder.live().open().max(0) as u64, 0);
+    progress.finish();
+    tracing::debug!(
         open = recorder.live().open(),
         "ramp-up done, starting the schedule"
     );
@@ -203,6 +220,7 @@ async fn drive(
     ));
     recorder.start_window(&schedule);
     let _ = start_tx.send(Some(schedule.clone()));
+    let progress = Progress::new(config.progress);
     let ticker = progress.follow(schedule.clone(), recorder.clone());
     let mut helpers = JoinSet::new();
     if config.churn_rate > 0.0 {

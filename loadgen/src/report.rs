@@ -117,6 +117,8 @@ pub struct Report {
     pub connections: u64,
     /// Connection attempts that failed (whole run).
     pub connect_failures: u64,
+    /// The first connection error, if any.
+    pub connect_error: Option<String>,
     /// Login + WebSocket upgrade + Welcome, every (re)connection of the run.
     pub connect: Latency,
     /// Completed setups due in the measured window.
@@ -124,6 +126,8 @@ pub struct Report {
     /// Failed setups due in the measured window.
     pub errors: u64,
     pub errors_by_type: BTreeMap<String, u64>,
+    /// The first description the server gave for each error type.
+    pub error_examples: BTreeMap<String, String>,
     pub warmup_setups: u64,
     pub warmup_errors: u64,
     pub setups_per_s: f64,
@@ -175,10 +179,12 @@ impl Report {
             candidates: config.candidates,
             connections: stats.initial_connections,
             connect_failures: stats.connect_failures,
+            connect_error: stats.connect_error.clone(),
             connect: Latency::of(&stats.connect),
             setups,
             errors: stats.errors(),
             errors_by_type: stats.errors_by_type.clone(),
+            error_examples: stats.error_examples.clone(),
             warmup_setups: stats.warmup_setups,
             warmup_errors: stats.warmup_errors,
             setups_per_s: per_s(setups),
@@ -276,6 +282,9 @@ impl fmt::Display for Report {
             human(self.connect.p99_us),
             human(self.connect.max_us)
         )?;
+        if let Some(e) = &self.connect_error {
+            writeln!(f, "    first connection error: {e}")?;
+        }
         writeln!(
             f,
             "  setups      {:>9}   failed {}   {:.1} setups/s   (warm-up: {} ok, {} failed)",
@@ -308,6 +317,9 @@ impl fmt::Display for Report {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             writeln!(f, "  errors by type: {}", list.join(", "))?;
+            for (k, v) in &self.error_examples {
+                writeln!(f, "    e.g. {k}: {v}")?;
+            }
         }
         writeln!(f)?;
         writeln!(

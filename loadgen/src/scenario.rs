@@ -131,9 +131,9 @@ impl Pair {
         }
     }
 
-    /// The pair's whole life: ramp-up connect (at `connect_at`), wait for the start, run
-    /// the schedule, log out. Reports the end of its ramp-up on `ready`.
-    pub async fn run(mut self, connect_at: Instant, ready: mpsc::Sender<()>) {
+    /// The pair's whole life: ramp-up connect (user a at `connect_at.0`, b at `.1`), wait
+    /// for the start, run the schedule, log out. Reports the end of its ramp-up on `ready`.
+    pub async fn run(mut self, connect_at: (Instant, Instant), ready: mpsc::Sender<()>) {
         let stop = self.shared.stop.clone();
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -153,9 +153,11 @@ impl Pair {
         }
     }
 
-    async fn life(&mut self, connect_at: Instant, ready: mpsc::Sender<()>) {
-        tokio::time::sleep_until(connect_at).await;
-        for who in [Who::A, Who::B] {
+    async fn life(&mut self, connect_at: (Instant, Instant), ready: mpsc::Sender<()>) {
+        let mut times = [(connect_at.0, Who::A), (connect_at.1, Who::B)];
+        times.sort_by_key(|t| t.0);
+        for (at, who) in times {
+            tokio::time::sleep_until(at).await;
             if let Err(e) = self.connect(who, true).await {
                 tracing::debug!(pair = self.index, error = %e, "initial connection failed");
             }
@@ -179,9 +181,10 @@ impl Pair {
             }
         };
         while let Some(job) = schedule.claim() {
-            self.wait_until_due(job).await;
-            let route = self.route();
+            // Claimed: from here on the job ends as a setup or a failure, whatever happens.
             self.in_flight = Some(job);
+            self.idle_until(job.due).await;
+            let route = self.route();
             let result = self.call(job).await;
             self.in_flight = None;
             match result {
@@ -196,27 +199,33 @@ impl Pair {
                 }
             }
         }
+        // No more setups for this pair: stay connected (and answer pings) until the end.
+        self.idle_until(schedule.end()).await;
     }
 
     fn route(&self) -> Option<Route> {
         Some(Route::of(self.a.node()?, self.b.node()?))
     }
 
-    /// Until `job` is due: read (and drop) stray frames, reconnect lost users, obey churn.
-    async fn wait_until_due(&mut self, job: Job) {
+    /// Until `until` (when the next setup is due): read (and drop) stray frames, reconnect
+    /// lost users, obey churn (a churn request that came during a call is served here, even
+    /// when the next setup is already due, as in a closed loop).
+    async fn idle_until(&mut self, until: Instant) {
         loop {
-            self.reconnect_lost(job.due).await;
-            if Instant::now() >= job.due {
+            if self.churn.try_recv().is_ok() {
+                self.churn_one().await;
+            }
+            self.reconnect_lost(until).await;
+            if Instant::now() >= until {
                 return;
             }
             tokio::select! {
                 biased;
                 Some(()) = self.churn.recv() => self.churn_one().await,
-                _ = tokio::time::sleep_until(job.due) => return,
+                _ = tokio::time::sleep_until(until) => return,
                 (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame),
             }
         }
-        // (Churn commands that arrive while the pair is busy wait in its channel.)
     }
 
     /// A frame outside a call: a late reply (stale), or a lost connection.
@@ -266,7 +275,7 @@ impl Pair {
                 Ok(())
             }
             Err(e) => {
-                shared.recorder.connect_failed();
+                shared.recorder.connect_failed(&e);
                 Err(e)
             }
         }
@@ -422,6 +431,9 @@ impl Pair {
                 for (m, _) in &side.pending {
                     if let Message::Error(e) = m {
                         if e.session_id.as_ref() == Some(sid) {
+                            self.shared
+                                .recorder
+                                .error_example(e.error_type, e.description.as_deref());
                             return Err(Failure::Server(e.error_type));
                         }
                     }
@@ -488,4 +500,30 @@ fn sent_us(m: &Message) -> Option<u64> {
         Message::Welcome(_) | Message::Ping | Message::Pong => return None,
     };
     extra.get(SENT_FIELD).and_then(serde_json::Value::as_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_time_survives_the_wire_and_kinds_match_by_variant() {
+        let mut extra = serde_json::Map::new();
+        extra.insert(SENT_FIELD.to_owned(), 123_456u64.into());
+        let head = Head {
+            to: UserId::new("bob").unwrap(),
+            from: None,
+            session_id: SessionId::new("s1").unwrap(),
+            seq: Some(1),
+            extra,
+        };
+        let ok = Message::Ok(OkMsg { head: head.clone() });
+        let back = Message::parse(&ok.to_json()).unwrap();
+        assert_eq!(sent_us(&back), Some(123_456));
+        assert!(Want::Ok.matches(&back));
+        assert!(!Want::Answer.matches(&back));
+        let bye = Message::Shutdown(Shutdown { head });
+        assert!(Want::Shutdown.matches(&bye));
+        assert_eq!(sent_us(&Message::Pong), None);
+    }
 }

@@ -147,6 +147,8 @@ pub struct Stats {
     pub connect: Hist,
     pub connections: u64,
     pub connect_failures: u64,
+    /// The first connection error.
+    pub connect_error: Option<String>,
     /// Users that connected at least once in the initial ramp-up.
     pub initial_connections: u64,
     routes: [RouteStats; 2],
@@ -155,6 +157,8 @@ pub struct Stats {
     pub warmup_errors: u64,
     /// Failures of setups due in the measured window, by label.
     pub errors_by_type: BTreeMap<String, u64>,
+    /// The first description seen of each server error type.
+    pub error_examples: BTreeMap<String, String>,
     /// Relayed messages received in the measured window.
     pub messages: u64,
     /// One-way latency of those (sender's send -> receiver's read).
@@ -180,11 +184,13 @@ impl Stats {
             connect: hist(3),
             connections: 0,
             connect_failures: 0,
+            connect_error: None,
             initial_connections: 0,
             routes: [RouteStats::new(), RouteStats::new()],
             warmup_setups: 0,
             warmup_errors: 0,
             errors_by_type: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
             messages: 0,
             message_latency: hist(3),
             slow_messages: 0,
@@ -352,8 +358,21 @@ impl Recorder {
     }
 
     /// A connection attempt failed.
-    pub fn connect_failed(&self) {
-        lock(&self.stats).connect_failures += 1;
+    pub fn connect_failed(&self, error: &anyhow::Error) {
+        let mut s = lock(&self.stats);
+        s.connect_failures += 1;
+        if s.connect_error.is_none() {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "first failed connection attempt"
+            );
+            s.connect_error = Some(format!("{error:#}"));
+        }
+    }
+
+    /// The first connection error of the run, if any.
+    pub fn connect_error(&self) -> Option<String> {
+        lock(&self.stats).connect_error.clone()
     }
 
     /// A connection to `node` is gone (closed by either side).
@@ -431,6 +450,18 @@ impl Recorder {
             if let Some(l) = latency {
                 record(&mut s.message_latency, l);
             }
+        }
+    }
+
+    /// Keeps the first description of each server error type, for the report.
+    pub fn error_example(&self, error_type: ErrorType, description: Option<&str>) {
+        let mut s = lock(&self.stats);
+        if !s.error_examples.contains_key(error_type.as_str()) {
+            let text = description.unwrap_or("(no description)");
+            let text: String = text.chars().take(200).collect();
+            tracing::warn!(error_type = error_type.as_str(), description = %text, "first call setup failing with this error");
+            s.error_examples
+                .insert(error_type.as_str().to_owned(), text);
         }
     }
 

@@ -53,9 +53,11 @@ async fn setup_scenario_covers_both_routes_without_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_loop_with_jwt_login() {
+async fn closed_loop_with_jwt_login_and_churn() {
     let mut config = small();
     config.rate = 0.0;
+    config.scenario = Scenario::Churn;
+    config.churn_rate = 20.0;
     config.pairs = 6;
     config.duration = Duration::from_secs(1);
     config.jwt_secret = Some("test-jwt-secret".into());
@@ -64,6 +66,8 @@ async fn closed_loop_with_jwt_login() {
     assert_eq!(report.connections, 12, "{report}");
     assert!(report.setups > 0, "{report}");
     assert!(!report.open_loop);
+    // Churned users logged in again through central with a fresh JWT.
+    assert!(report.churn_logins > 0, "{report}");
     // Only the nodes' per-connection rate limit may refuse messages in a closed loop.
     for kind in report.errors_by_type.keys() {
         assert_eq!(kind, "RATELIMITED", "{report}");

@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long, env = "SIGNAL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// Also accept /ws?user=ID without a ticket (development only).
-    #[arg(long, env = "SIGNAL_DEV_AUTH")]
+    #[arg(long, env = "SIGNAL_DEV_AUTH", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub dev_auth: bool,
     /// Capacity weight for load balancing.
     #[arg(long, env = "SIGNAL_WEIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, env = "SIGNAL_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
     /// Log as JSON lines instead of text.
-    #[arg(long, env = "SIGNAL_LOG_JSON")]
+    #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
 }
 
@@ -117,8 +117,8 @@ fn check_url(flag: &'static str, url: &str, schemes: &[&str]) -> Result<(), Conf
 }
 
 impl Args {
-    /// Validates the flags into a [`Config`]. Needs a tokio runtime for `--redis-url` (the
-    /// directory handle starts its health check; it does not connect yet).
+    /// Validates the flags into a [`Config`] (nothing is connected yet: a `--redis-url` is only
+    /// parsed here; `run` creates the directory handle).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let id = NodeId::new(self.id.as_str()).map_err(|e| invalid("id", format!("{e}")))?;
         if let Some(u) = &self.advertise_url {

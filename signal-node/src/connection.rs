@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::node::{Node, Pending};
 use crate::outbound::{
-    Closer, OutboundRx, CLOSE_NORMAL, CLOSE_SLOW, CLOSE_TOO_LARGE,
+    Closer, OutboundRx, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_SLOW, CLOSE_TOO_LARGE,
 };
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
@@ -61,11 +61,8 @@ pub async fn serve(socket: WebSocket, mut pending: Pending) {
         secs = pending.opened.elapsed().as_secs_f64(),
         "connection closed"
     );
-    metrics::counter!("signal_connections_closed_total", "code" => code.to_string())
-        .increment(1);
-    // Dropping `pending` removes the table entry and releases the directory entry (only if it
-    // is still this connection).
-    drop(pending);
+    metrics::counter!("signal_connections_closed_total", "code" => code.to_string()).increment(1);
+    pending.finish().await;
 }
 
 struct Reader<'a> {
@@ -96,17 +93,34 @@ impl Reader<'_> {
                     return;
                 }
                 Ok(Some(Err(e))) => {
-                    let too_large = e
-                        .into_inner()
-                        .downcast_ref::<tungstenite::Error>()
-                        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-                    if too_large {
-                        tracing::info!(user = %self.user, cap = self.node.config().hard_frame_cap(), "frame above the hard cap: closing 1009");
-                        metrics::counter!("signal_errors_total", "error_type" => "TOOLARGE")
-                            .increment(1);
-                        self.closer.close(CLOSE_TOO_LARGE, "message too large");
-                    } else {
-                        self.closer.close(CLOSE_NORMAL, "socket error");
+                    // The socket's stream ends after any error: answer what can be answered,
+                    // then close with the matching code.
+                    let inner = e.into_inner();
+                    match inner.downcast_ref::<tungstenite::Error>() {
+                        Some(tungstenite::Error::Capacity(_)) => {
+                            tracing::info!(user = %self.user, cap = self.node.config().hard_frame_cap(), "frame above the hard cap: closing 1009");
+                            metrics::counter!("signal_errors_total", "error_type" => "TOOLARGE")
+                                .increment(1);
+                            self.closer.close(CLOSE_TOO_LARGE, "message too large");
+                        }
+                        Some(tungstenite::Error::Utf8(_)) => {
+                            tracing::info!(user = %self.user, "text frame is not valid UTF-8: closing 1007");
+                            self.reply_error(
+                                None,
+                                None,
+                                ErrorType::BadMessage,
+                                "text frame is not valid UTF-8".into(),
+                            );
+                            self.closer.close(CLOSE_BAD_DATA, "invalid UTF-8");
+                        }
+                        Some(tungstenite::Error::Protocol(p)) => {
+                            tracing::info!(user = %self.user, error = %p, "WebSocket protocol error: closing 1002");
+                            self.closer.close(CLOSE_PROTOCOL, "protocol error");
+                        }
+                        _ => {
+                            tracing::debug!(user = %self.user, error = %inner, "socket error");
+                            self.closer.close(CLOSE_NORMAL, "socket error");
+                        }
                     }
                     return;
                 }
@@ -165,7 +179,10 @@ impl Reader<'_> {
                     peer,
                     session,
                     ErrorType::TooLarge,
-                    format!("frame of {} bytes exceeds the limit of {max} bytes", text.len()),
+                    format!(
+                        "frame of {} bytes exceeds the limit of {max} bytes",
+                        text.len()
+                    ),
                 );
             }
             return;
@@ -187,7 +204,12 @@ impl Reader<'_> {
         }
         let (Some(to), Some(sid)) = (peer, session) else {
             // Every relayed client message has both (parse_client guarantees it).
-            self.reply_error(None, None, ErrorType::BadMessage, "not a relayed message".into());
+            self.reply_error(
+                None,
+                None,
+                ErrorType::BadMessage,
+                "not a relayed message".into(),
+            );
             return;
         };
         if let Some(from) = msg.from() {
@@ -267,6 +289,9 @@ async fn write_loop(
             return;
         }
     }
+    // From here on a push fails (the sender then gets an error): nothing is queued behind
+    // the close frame and silently dropped.
+    rx.close();
     let Some(reason) = closer.reason() else {
         return;
     };

@@ -71,14 +71,19 @@ pub struct Directory {
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").field("backend", &self.health.backend).finish()
+        f.debug_struct("Directory")
+            .field("backend", &self.health.backend)
+            .finish()
     }
 }
 
 #[derive(Clone)]
 enum Backend {
     Memory(Arc<Mutex<HashMap<UserId, Location>>>),
-    Redis { conn: ConnectionManager, release: Arc<redis::Script> },
+    Redis {
+        conn: ConnectionManager,
+        release: Arc<redis::Script>,
+    },
 }
 
 struct Health {
@@ -97,7 +102,10 @@ impl Health {
         let (reconnects, _) = watch::channel(0);
         Health {
             backend,
-            state: Mutex::new(HealthState { healthy: true, last_error: None }),
+            state: Mutex::new(HealthState {
+                healthy: true,
+                last_error: None,
+            }),
             reconnects,
         }
     }
@@ -129,8 +137,10 @@ fn key(user: &UserId) -> String {
 }
 
 fn decode(user: &UserId, bytes: &[u8]) -> Result<Location, DirectoryError> {
-    Location::decode(bytes)
-        .map_err(|e| DirectoryError::Corrupt { user: user.to_string(), reason: e.to_string() })
+    Location::decode(bytes).map_err(|e| DirectoryError::Corrupt {
+        user: user.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl Directory {
@@ -160,7 +170,10 @@ impl Directory {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
         let dir = Directory {
-            backend: Backend::Redis { conn, release: Arc::new(redis::Script::new(RELEASE_LUA)) },
+            backend: Backend::Redis {
+                conn,
+                release: Arc::new(redis::Script::new(RELEASE_LUA)),
+            },
             health: Arc::new(Health::new("redis")),
         };
         dir.spawn_health_check();
@@ -170,7 +183,9 @@ impl Directory {
     /// Pings Redis in the background so that an outage and the recovery are noticed even
     /// when no traffic needs the directory. Holds only a weak reference to the health state.
     fn spawn_health_check(&self) {
-        let Backend::Redis { conn, .. } = &self.backend else { return };
+        let Backend::Redis { conn, .. } = &self.backend else {
+            return;
+        };
         let mut conn = conn.clone();
         let health = Arc::downgrade(&self.health);
         metrics::gauge!("signal_directory_up").set(1.0);
@@ -179,8 +194,11 @@ impl Directory {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(health) = health.upgrade() else { return };
-                let res: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                let Some(health) = health.upgrade() else {
+                    return;
+                };
+                let res: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
                 match res {
                     Ok(_) => health.ok(),
                     Err(e) => health.failed(&e.to_string()),
@@ -191,7 +209,11 @@ impl Directory {
 
     /// Health for `/readyz` and metrics.
     pub fn status(&self) -> DirectoryStatus {
-        let st = self.health.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = self
+            .health
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         DirectoryStatus {
             healthy: st.healthy,
             backend: self.health.backend,
@@ -231,7 +253,11 @@ impl Directory {
 
     /// Records that `user` is connected at `at`; returns where it was connected before (the
     /// connection to close with 4409), if anywhere.
-    pub async fn claim(&self, user: &UserId, at: &Location) -> Result<Option<Location>, DirectoryError> {
+    pub async fn claim(
+        &self,
+        user: &UserId,
+        at: &Location,
+    ) -> Result<Option<Location>, DirectoryError> {
         match &self.backend {
             Backend::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
@@ -242,7 +268,11 @@ impl Directory {
                 let prev: Option<Vec<u8>> = self
                     .timed(
                         "claim",
-                        redis::cmd("SET").arg(key(user)).arg(at.encode_to_vec()).arg("GET").query_async(&mut conn),
+                        redis::cmd("SET")
+                            .arg(key(user))
+                            .arg(at.encode_to_vec())
+                            .arg("GET")
+                            .query_async(&mut conn),
                     )
                     .await?;
                 match prev {
@@ -263,8 +293,12 @@ impl Directory {
             }
             Backend::Redis { conn, .. } => {
                 let mut conn = conn.clone();
-                let bytes: Option<Vec<u8>> =
-                    self.timed("lookup", redis::cmd("GET").arg(key(user)).query_async(&mut conn)).await?;
+                let bytes: Option<Vec<u8>> = self
+                    .timed(
+                        "lookup",
+                        redis::cmd("GET").arg(key(user)).query_async(&mut conn),
+                    )
+                    .await?;
                 bytes.map(|b| decode(user, &b)).transpose()
             }
         }
@@ -312,10 +346,14 @@ impl Directory {
                 for chunk in entries.chunks(512) {
                     let mut pipe = redis::pipe();
                     for (user, at) in chunk {
-                        pipe.cmd("SET").arg(key(user)).arg(at.encode_to_vec()).arg("NX");
+                        pipe.cmd("SET")
+                            .arg(key(user))
+                            .arg(at.encode_to_vec())
+                            .arg("NX");
                     }
                     let mut conn = conn.clone();
-                    let res: Vec<Option<String>> = self.timed("reassert", pipe.query_async(&mut conn)).await?;
+                    let res: Vec<Option<String>> =
+                        self.timed("reassert", pipe.query_async(&mut conn)).await?;
                     n += res.iter().filter(|r| r.is_some()).count();
                 }
                 Ok(n)
@@ -343,13 +381,19 @@ mod tests {
         assert_eq!(dir.claim(&alice, &loc("a", 1)).await.unwrap(), None);
         assert_eq!(dir.lookup(&alice).await.unwrap(), Some(loc("a", 1)));
         // Alice moves to b: claim returns a's entry (to kick).
-        assert_eq!(dir.claim(&alice, &loc("b", 7)).await.unwrap(), Some(loc("a", 1)));
+        assert_eq!(
+            dir.claim(&alice, &loc("b", 7)).await.unwrap(),
+            Some(loc("a", 1))
+        );
         // a's late cleanup must not erase b's entry.
         assert!(!dir.release(&alice, &loc("a", 1)).await.unwrap());
         assert_eq!(dir.lookup(&alice).await.unwrap(), Some(loc("b", 7)));
         // reassert never overwrites a newer entry, and fills a missing one.
         let bob = UserId::new("bob").unwrap();
-        let n = dir.reassert(&[(alice.clone(), loc("a", 1)), (bob.clone(), loc("a", 2))]).await.unwrap();
+        let n = dir
+            .reassert(&[(alice.clone(), loc("a", 1)), (bob.clone(), loc("a", 2))])
+            .await
+            .unwrap();
         assert_eq!(n, 1);
         assert_eq!(dir.lookup(&alice).await.unwrap(), Some(loc("b", 7)));
         assert_eq!(dir.lookup(&bob).await.unwrap(), Some(loc("a", 2)));
@@ -383,19 +427,31 @@ mod tests {
         assert!(dir.status().last_error.is_some());
         redis.restart().await;
         // The health check notices the recovery by itself.
-        tokio::time::timeout(Duration::from_secs(10), reconnects.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), reconnects.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(dir.status().healthy);
         // Redis restarted without persistence: the entry is gone until reasserted.
         assert_eq!(dir.lookup(&alice).await.unwrap(), None);
-        assert_eq!(dir.reassert(&[(alice.clone(), loc("a", 1))]).await.unwrap(), 1);
+        assert_eq!(
+            dir.reassert(&[(alice.clone(), loc("a", 1))]).await.unwrap(),
+            1
+        );
         assert_eq!(dir.lookup(&alice).await.unwrap(), Some(loc("a", 1)));
     }
 
     #[test]
     fn bad_url_is_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            assert!(matches!(Directory::redis("not a url"), Err(DirectoryError::BadUrl { .. })));
+            assert!(matches!(
+                Directory::redis("not a url"),
+                Err(DirectoryError::BadUrl { .. })
+            ));
         });
     }
 }

@@ -1,8 +1,8 @@
 //! The node's HTTP surface: `/ws` (authentication and upgrade), `/healthz`, `/readyz`,
 //! `/metrics`.
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -98,6 +98,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
             "configured": node.config().central.is_some(),
             "registered": central.registered,
             "lastError": central.last_error,
+            "livePeers": node.peers().live_nodes(),
         },
     });
     let status = if ready {

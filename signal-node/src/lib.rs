@@ -96,9 +96,8 @@ pub async fn run(
             .into_future(),
     );
     let reg_stop = CancellationToken::new();
-    let registration = central.map(|url| {
-        tokio::spawn(registration::run(node.clone(), url, reg_stop.clone()))
-    });
+    let registration =
+        central.map(|url| tokio::spawn(registration::run(node.clone(), url, reg_stop.clone())));
     let reassert = {
         let node = node.clone();
         let mut changes = node.directory().reconnects();

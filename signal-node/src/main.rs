@@ -67,8 +67,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 async fn first_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, fall back to Ctrl-C only.
         let _ = tokio::signal::ctrl_c().await;
         return;

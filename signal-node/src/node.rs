@@ -60,10 +60,35 @@ pub struct Pending {
     pub handle: ConnHandle,
     pub rx: Option<OutboundRx>,
     pub opened: Instant,
+    /// Set once `finish` ran: nothing left to undo on drop.
+    finished: bool,
+}
+
+impl Pending {
+    /// Removes the connection from the table and releases its directory entry (only if it is
+    /// still this connection), awaiting the release so that a draining node leaves no entry.
+    pub async fn finish(mut self) {
+        self.finished = true;
+        let closer = self.handle.out.closer();
+        closer.close(outbound::CLOSE_NORMAL, "closed");
+        self.node.inner.hub.remove_if(&self.user, self.handle.conn);
+        if let Err(e) = self
+            .node
+            .inner
+            .directory
+            .release(&self.user, &self.handle.location)
+            .await
+        {
+            tracing::warn!(user = %self.user, error = %e, "cannot release directory entry");
+        }
+    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         let node = self.node.clone();
         let user = self.user.clone();
         let handle = self.handle.clone();
@@ -83,10 +108,7 @@ impl Drop for Pending {
 impl Node {
     pub fn new(config: Config, directory: Directory, ws_url: String, grpc_url: String) -> Node {
         let instance = format!("{:016x}", rand::random::<u64>());
-        let tickets = config
-            .secret
-            .as_ref()
-            .map(|s| TicketKey::new(s.as_bytes()));
+        let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
         Node {
             inner: Arc::new(Inner {
@@ -198,8 +220,9 @@ impl Node {
                 "this node has no ticket secret (dev-auth only): connect with ?user=".into(),
             )),
             _ => match user {
-                Some(u) if dev => UserId::new(u)
-                    .map_err(|e| ApiError::BadRequest(format!("bad user id: {e}"))),
+                Some(u) if dev => {
+                    UserId::new(u).map_err(|e| ApiError::BadRequest(format!("bad user id: {e}")))
+                }
                 Some(_) => Err(ApiError::Unauthorized(
                     "?user= needs dev-auth on this node: connect with ?token=<ticket>".into(),
                 )),
@@ -249,6 +272,7 @@ impl Node {
             handle,
             rx: Some(rx),
             opened: Instant::now(),
+            finished: false,
         };
         let prev = match self.inner.directory.claim(&user, &location).await {
             Ok(prev) => prev,
@@ -372,7 +396,9 @@ impl Node {
             Ok(n) => {
                 tracing::info!(node = %self.id(), restored = n, live = entries.len(), "directory entries reasserted")
             }
-            Err(e) => tracing::warn!(node = %self.id(), error = %e, "cannot reassert directory entries"),
+            Err(e) => {
+                tracing::warn!(node = %self.id(), error = %e, "cannot reassert directory entries")
+            }
         }
     }
 }

@@ -23,6 +23,10 @@ pub const CLOSE_DRAINING: u16 = 1012;
 pub const CLOSE_REPLACED: u16 = 4409;
 /// Close code of a frame above the hard cap.
 pub const CLOSE_TOO_LARGE: u16 = 1009;
+/// A text frame that is not UTF-8 (the WebSocket layer cannot go on after it).
+pub const CLOSE_BAD_DATA: u16 = 1007;
+/// A WebSocket protocol violation.
+pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Normal closure (also used for the idle timeout).
 pub const CLOSE_NORMAL: u16 = 1000;
 
@@ -162,6 +166,11 @@ impl OutboundRx {
 }
 
 impl OutboundRx {
+    /// Refuses every further push (`PushError::Closed`); what is queued stays receivable.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+
     /// A queued frame if there is one, without waiting.
     pub fn try_recv(&mut self) -> Option<String> {
         let text = self.rx.try_recv().ok()?;

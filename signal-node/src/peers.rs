@@ -16,6 +16,9 @@ use tonic::transport::{Channel, Endpoint};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time for one relay call, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time for one relay call to a node central no longer lists alive (it gets a short chance:
+/// it may be a node that registered after our last heartbeat).
+pub const GONE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Cached channels above this are dropped all at once (URLs come from directory entries).
 const MAX_CHANNELS: usize = 1024;
 
@@ -107,17 +110,31 @@ impl Peers {
         }
     }
 
-    /// Asks the node at `loc` to deliver one frame.
+    /// The node ids of the last fresh peer list, if there is one (for `/readyz`).
+    pub fn live_nodes(&self) -> Option<Vec<String>> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*live {
+            Some(set) if set.at.elapsed() <= set.fresh_for => {
+                let mut ids: Vec<String> = set.nodes.keys().cloned().collect();
+                ids.sort();
+                Some(ids)
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the node at `loc` to deliver one frame, waiting at most `timeout`.
     pub async fn deliver(
         &self,
         loc: &Location,
         req: DeliverRequest,
+        timeout: Duration,
     ) -> Result<DeliverStatus, ForwardError> {
         let mut client = self.client(&loc.grpc_url)?;
         let start = Instant::now();
-        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.deliver(req)).await;
+        let res = tokio::time::timeout(timeout, client.deliver(req)).await;
         metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
-        let resp = classify(res)?;
+        let resp = classify(res, timeout)?;
         Ok(DeliverStatus::try_from(resp.status).unwrap_or(DeliverStatus::Unspecified))
     }
 
@@ -129,25 +146,26 @@ impl Peers {
             location: Some(loc.clone()),
         };
         let res = tokio::time::timeout(REQUEST_TIMEOUT, client.kick(req)).await;
-        Ok(classify(res)?.closed)
+        Ok(classify(res, REQUEST_TIMEOUT)?.closed)
     }
 
     /// Probes the node at `grpc_url`.
     pub async fn probe(&self, grpc_url: &str) -> Result<ProbeResponse, ForwardError> {
         let mut client = self.client(grpc_url)?;
         let res = tokio::time::timeout(REQUEST_TIMEOUT, client.probe(ProbeRequest {})).await;
-        classify(res)
+        classify(res, REQUEST_TIMEOUT)
     }
 }
 
 fn classify<T>(
     res: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    timeout: Duration,
 ) -> Result<T, ForwardError> {
     match res {
-        Err(_) => Err(ForwardError::Timeout(REQUEST_TIMEOUT)),
+        Err(_) => Err(ForwardError::Timeout(timeout)),
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => match status.code() {
-            tonic::Code::DeadlineExceeded => Err(ForwardError::Timeout(REQUEST_TIMEOUT)),
+            tonic::Code::DeadlineExceeded => Err(ForwardError::Timeout(timeout)),
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 Err(ForwardError::Unreachable(status.message().to_owned()))
             }

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use signal_proto::registry::registry_client::RegistryClient;
-use signal_proto::registry::{
-    DeregisterRequest, HeartbeatRequest, NodeInfo, RegisterRequest,
-};
+use signal_proto::registry::{DeregisterRequest, HeartbeatRequest, NodeInfo, RegisterRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -50,6 +48,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
         grpc_url: node.grpc_url().to_owned(),
         weight: node.config().weight,
     };
+    let mut evicted = false;
     'register: loop {
         // Register, with backoff while central is down.
         let mut backoff = BACKOFF_MIN;
@@ -70,12 +69,19 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                         .set_live(&resp.peers, freshness(interval, node_timeout));
                     node.set_central_status(true, None);
                     metrics::gauge!("signal_central_registered").set(1.0);
+                    if std::mem::take(&mut evicted) {
+                        // While central did not list this node, other nodes may have removed
+                        // our users' directory entries as stale: put back the missing ones.
+                        node.reassert().await;
+                    }
                     tracing::info!(node = %node.id(), central = %central_url, interval_ms = interval.as_millis() as u64, peers = resp.peers.len(), "registered with central");
                     break (interval, node_timeout);
                 }
-                Ok(Err(status)) => {
-                    fail(&node, &central_url, format!("register: {}", status.message()))
-                }
+                Ok(Err(status)) => fail(
+                    &node,
+                    &central_url,
+                    format!("register: {}", status.message()),
+                ),
                 Err(_) => fail(&node, &central_url, "register: timed out".to_owned()),
             }
             tokio::select! {
@@ -101,6 +107,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     let resp = resp.into_inner();
                     if !resp.known {
                         tracing::warn!(node = %node.id(), "central does not know this node: registering again");
+                        evicted = true;
                         continue 'register;
                     }
                     if resp.heartbeat_interval_ms > 0 {
@@ -108,11 +115,16 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     }
                     node.peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
+                    if node.central_status().last_error.is_some() {
+                        tracing::info!(node = %node.id(), "central reachable again");
+                    }
                     node.set_central_status(true, None);
                 }
-                Ok(Err(status)) => {
-                    fail(&node, &central_url, format!("heartbeat: {}", status.message()))
-                }
+                Ok(Err(status)) => fail(
+                    &node,
+                    &central_url,
+                    format!("heartbeat: {}", status.message()),
+                ),
                 Err(_) => fail(&node, &central_url, "heartbeat: timed out".to_owned()),
             }
         }

@@ -9,7 +9,7 @@ use signal_proto::{ErrorType, UserId};
 
 use crate::node::Node;
 use crate::outbound::PushError;
-use crate::peers::{ForwardError, Liveness};
+use crate::peers::{ForwardError, Liveness, GONE_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Entries of a connection's route cache.
 const ROUTE_CACHE_SIZE: usize = 32;
@@ -130,6 +130,11 @@ impl Router {
                     self.cache.remove(to);
                     return Err(u);
                 }
+                Err(Attempt::Dead(u)) => {
+                    self.cache.remove(to);
+                    self.release_stale(to, &loc);
+                    return Err(u);
+                }
                 Err(Attempt::Retry(u)) => {
                     self.cache.remove(to);
                     if !cached {
@@ -208,7 +213,12 @@ impl Router {
             frame: frame.to_owned(),
             expect: Some(loc.clone()),
         };
-        match self.node.peers().deliver(loc, req).await {
+        let timeout = if liveness == Liveness::Gone {
+            GONE_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+        match self.node.peers().deliver(loc, req, timeout).await {
             Ok(DeliverStatus::Delivered) => Ok(Route::Remote),
             Ok(DeliverStatus::PeerOverloaded) => Err(Attempt::Final(unavailable(format!(
                 "{to}'s connection is not reading fast enough and was closed"
@@ -229,9 +239,11 @@ impl Router {
                 }
             }
             Err(e @ ForwardError::Timeout(_)) if liveness == Liveness::Gone => {
+                // No retry after a timeout: the request may still be processed (a frozen node
+                // that resumes), and a second copy would be a duplicate.
                 tracing::debug!(node = %loc.node_id, error = %e, "dead peer node timed out");
                 metrics::counter!("signal_forward_failures_total", "kind" => "dead").increment(1);
-                Err(Attempt::Stale(offline(to)))
+                Err(Attempt::Dead(offline(to)))
             }
             Err(e) => {
                 tracing::debug!(node = %loc.node_id, error = %e, "forward failed");
@@ -253,4 +265,46 @@ enum Attempt {
     Stale(Undelivered),
     /// Like `Stale` but keep the directory entry.
     Retry(Undelivered),
+    /// The node is gone but may still process the request: no retry; remove the entry and
+    /// give this answer.
+    Dead(Undelivered),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn loc(conn: u64) -> Location {
+        Location {
+            node_id: "n".into(),
+            instance: "i".into(),
+            conn,
+            grpc_url: "http://n:1".into(),
+        }
+    }
+
+    #[test]
+    fn route_cache_is_bounded_and_fifo() {
+        let mut c = RouteCache::default();
+        let users: Vec<UserId> = (0..ROUTE_CACHE_SIZE + 5)
+            .map(|i| UserId::new(format!("u{i}")).unwrap())
+            .collect();
+        for (i, u) in users.iter().enumerate() {
+            c.put(u, loc(i as u64));
+        }
+        assert_eq!(c.map.len(), ROUTE_CACHE_SIZE);
+        assert_eq!(c.order.len(), ROUTE_CACHE_SIZE);
+        assert!(c.get(&users[0]).is_none());
+        assert_eq!(
+            c.get(&users[ROUTE_CACHE_SIZE + 4]).unwrap().conn,
+            (ROUTE_CACHE_SIZE + 4) as u64
+        );
+        // Updating an entry does not grow the order list.
+        c.put(&users[10], loc(99));
+        assert_eq!(c.order.len(), ROUTE_CACHE_SIZE);
+        c.remove(&users[10]);
+        assert!(c.get(&users[10]).is_none());
+        assert_eq!(c.order.len(), ROUTE_CACHE_SIZE - 1);
+    }
 }

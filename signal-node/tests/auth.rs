@@ -41,7 +41,10 @@ async fn refused(url: &str) -> (u16, String) {
         .unwrap();
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.unwrap();
-    let err = body["error"].as_str().expect("JSON {\"error\":..}").to_owned();
+    let err = body["error"]
+        .as_str()
+        .expect("JSON {\"error\":..}")
+        .to_owned();
     // A real WebSocket client sees the same refusal.
     let ws = WsClient::try_connect(url).await.err().expect("refused");
     assert_eq!(ws.status, Some(status));
@@ -66,7 +69,12 @@ async fn bad_tickets_are_401_before_the_upgrade() {
     let key = TicketKey::new(SECRET.as_bytes());
     let other_node = ticket(&key, "alice", "node-2", unix_now() + 60);
     let expired = ticket(&key, "alice", "node-1", unix_now() - 1);
-    let forged = ticket(&TicketKey::new(b"wrong"), "alice", "node-1", unix_now() + 60);
+    let forged = ticket(
+        &TicketKey::new(b"wrong"),
+        "alice",
+        "node-1",
+        unix_now() + 60,
+    );
     for (url, why) in [
         (node.ws_token(&other_node), "node"),
         (node.ws_token(&expired), "expired"),
@@ -99,7 +107,12 @@ async fn health_ready_and_metrics() {
     bob.next_json().await;
     alice.send_json(&offer("nobody", "s")).await;
     alice.next_json().await;
-    let text = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "signal_connections",
         "signal_messages_relayed_total",
@@ -122,10 +135,14 @@ async fn central_down_means_not_ready_but_serving() {
     let (s, body) = get_json(&node.url("/readyz")).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["central"]["registered"], false);
-    testkit::wait_until("central error in /readyz", Duration::from_secs(5), || async {
-        let (_, body) = get_json(&node.url("/readyz")).await;
-        body["central"]["lastError"].is_string()
-    })
+    testkit::wait_until(
+        "central error in /readyz",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = get_json(&node.url("/readyz")).await;
+            body["central"]["lastError"].is_string()
+        },
+    )
     .await;
     // Still serving.
     let mut alice = node.connect("alice").await;
@@ -149,7 +166,10 @@ async fn draining_node_is_not_ready_and_refuses_upgrades_503() {
     .await;
     let (_, body) = get_json(&node.url("/readyz")).await;
     assert_eq!(body["draining"], true);
-    let err = WsClient::try_connect(&node.ws("carol")).await.err().unwrap();
+    let err = WsClient::try_connect(&node.ws("carol"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status, Some(503));
     assert_eq!(alice.expect_close().await, 1012);
     node.join().await.unwrap();

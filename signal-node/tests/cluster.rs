@@ -103,10 +103,14 @@ async fn user_moving_between_nodes_replaces_with_4409_and_keeps_the_newest_entry
     let mut alice_b = nodes[1].connect("alice").await;
     assert_eq!(alice_a.expect_close().await, 4409);
     // a's cleanup ran (or runs) after b's claim: the entry stays b.
-    testkit::wait_until("a's connection released", Duration::from_secs(5), || async {
-        let (_, body) = get_json(&nodes[0].url("/readyz")).await;
-        body["connections"] == 0
-    })
+    testkit::wait_until(
+        "a's connection released",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = get_json(&nodes[0].url("/readyz")).await;
+            body["connections"] == 0
+        },
+    )
     .await;
     assert_eq!(dir.lookup(&alice_id).await.unwrap().unwrap().node_id, "b");
     // bob's cached route is stale: NOT_HERE, fresh lookup, delivered on b.
@@ -144,24 +148,45 @@ async fn redis_outage_gives_unavailable_and_recovery_needs_no_restart() {
     amy.send_json(&offer("alice", "s2")).await;
     assert_eq!(alice.next_json().await["sessionID"], "s2");
     // New connections cannot be made reachable: refused with 503 and a JSON error.
-    let err = WsClient::try_connect(&nodes[2].ws("carol")).await.err().unwrap();
+    let err = WsClient::try_connect(&nodes[2].ws("carol"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status, Some(503));
     // /readyz stays 200 (a shared dependency alone does not flip it) and shows the outage.
-    testkit::wait_until("outage visible in /readyz", Duration::from_secs(5), || async {
-        let (s, body) = get_json(&nodes[1].url("/readyz")).await;
-        s == 200 && body["directory"]["healthy"] == false && body["directory"]["lastError"].is_string()
-    })
+    testkit::wait_until(
+        "outage visible in /readyz",
+        Duration::from_secs(5),
+        || async {
+            let (s, body) = get_json(&nodes[1].url("/readyz")).await;
+            s == 200
+                && body["directory"]["healthy"] == false
+                && body["directory"]["lastError"].is_string()
+        },
+    )
     .await;
-    let metrics = reqwest::get(nodes[1].url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("signal_directory_errors_total"), "{metrics}");
+    let metrics = reqwest::get(nodes[1].url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("signal_directory_errors_total"),
+        "{metrics}"
+    );
 
     // Redis comes back empty: every node reasserts its connections without a restart.
     redis.restart().await;
     for n in &nodes {
-        testkit::wait_until("directory healthy again", Duration::from_secs(10), || async {
-            let (_, body) = get_json(&n.url("/readyz")).await;
-            body["directory"]["healthy"] == true
-        })
+        testkit::wait_until(
+            "directory healthy again",
+            Duration::from_secs(10),
+            || async {
+                let (_, body) = get_json(&n.url("/readyz")).await;
+                body["directory"]["healthy"] == true
+            },
+        )
         .await;
     }
     let dir = Directory::redis(&redis.url()).unwrap();

@@ -26,7 +26,12 @@ impl NodeProc {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["--id", id, "--dev-auth"])
-            .args(["--listen", &http.to_string(), "--grpc-listen", &grpc.to_string()])
+            .args([
+                "--listen",
+                &http.to_string(),
+                "--grpc-listen",
+                &grpc.to_string(),
+            ])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
@@ -64,7 +69,9 @@ impl NodeProc {
 
 fn run_bad(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("SIGNAL_SECRET").env_remove("SIGNAL_DEV_AUTH");
+    cmd.args(args)
+        .env_remove("SIGNAL_SECRET")
+        .env_remove("SIGNAL_DEV_AUTH");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -77,26 +84,77 @@ fn run_bad(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 fn bad_flags_exit_non_zero_with_one_line_naming_the_flag() {
     for (args, env, flag) in [
         (vec!["--dev-auth", "--listen", "nope"], vec![], "--listen"),
-        (vec!["--dev-auth", "--grpc-listen", "1.2.3.4"], vec![], "--grpc-listen"),
-        (vec!["--dev-auth", "--central", "not a url"], vec![], "--central"),
-        (vec!["--dev-auth", "--redis-url", "nope://x"], vec![], "--redis-url"),
-        (vec!["--dev-auth", "--advertise-url", "http://x/ws"], vec![], "--advertise-url"),
-        (vec!["--dev-auth", "--max-message-bytes", "lots"], vec![], "--max-message-bytes"),
-        (vec!["--dev-auth", "--rate-limit", "fast"], vec![], "--rate-limit"),
+        (
+            vec!["--dev-auth", "--grpc-listen", "1.2.3.4"],
+            vec![],
+            "--grpc-listen",
+        ),
+        (
+            vec!["--dev-auth", "--central", "not a url"],
+            vec![],
+            "--central",
+        ),
+        (
+            vec!["--dev-auth", "--redis-url", "nope://x"],
+            vec![],
+            "--redis-url",
+        ),
+        (
+            vec!["--dev-auth", "--advertise-url", "http://x/ws"],
+            vec![],
+            "--advertise-url",
+        ),
+        (
+            vec!["--dev-auth", "--max-message-bytes", "lots"],
+            vec![],
+            "--max-message-bytes",
+        ),
+        (
+            vec!["--dev-auth", "--rate-limit", "fast"],
+            vec![],
+            "--rate-limit",
+        ),
         (vec!["--id", "n1"], vec![], "--secret"),
-        (vec!["--dev-auth"], vec![("SIGNAL_DRAIN_MS", "soon")], "--drain-ms"),
+        (
+            vec!["--dev-auth"],
+            vec![("SIGNAL_DRAIN_MS", "soon")],
+            "--drain-ms",
+        ),
+        (
+            vec!["--id", "n1"],
+            vec![("SIGNAL_DEV_AUTH", "maybe")],
+            "--dev-auth",
+        ),
+        (vec!["--dev-auth", "--weight", "0"], vec![], "--weight"),
     ] {
         let (code, stderr) = run_bad(&args, &env);
         assert_ne!(code, 0, "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line expected:\n{stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line expected:\n{stderr}"
+        );
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--id", "--listen", "--advertise-url", "--grpc-listen", "--grpc-advertise", "--central",
-        "--redis-url", "--secret", "--dev-auth", "--weight", "--max-message-bytes",
-        "--rate-limit", "--rate-burst", "--drain-ms", "--log-json", "--outbound-queue",
+        "--id",
+        "--listen",
+        "--advertise-url",
+        "--grpc-listen",
+        "--grpc-advertise",
+        "--central",
+        "--redis-url",
+        "--secret",
+        "--dev-auth",
+        "--weight",
+        "--max-message-bytes",
+        "--rate-limit",
+        "--rate-burst",
+        "--drain-ms",
+        "--log-json",
+        "--outbound-queue",
         "SIGNAL_REDIS_URL",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
@@ -124,7 +182,11 @@ async fn killed_node_means_offline_within_two_seconds() {
     expect_server_error(&mut bob, "OFFLINE", Some("alice"), Some("s1")).await;
     carol.send_json(&offer("amy", "s2")).await;
     expect_server_error(&mut carol, "OFFLINE", Some("amy"), Some("s2")).await;
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
     // Again: the stale entries were removed, so it is a plain directory miss now.
     bob.send_json(&offer("amy", "s3")).await;
     expect_server_error(&mut bob, "OFFLINE", Some("amy"), Some("s3")).await;
@@ -137,18 +199,19 @@ async fn killed_node_means_offline_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_1012_spread_over_the_window_and_exits_0() {
-    let mut node = NodeProc::start("d", None, &["--drain-ms", "1500"]).await;
+    let redis = Redis::start().await;
+    let mut node = NodeProc::start("d", Some(&redis), &["--drain-ms", "1500"]).await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(node.connect(&format!("u{i}")).await);
     }
+    let dir = signal_node::Directory::redis(&redis.url()).unwrap();
+    let user = |i: usize| signal_proto::UserId::new(format!("u{i}")).unwrap();
+    assert!(dir.lookup(&user(0)).await.unwrap().is_some());
     node.proc.signal(15);
     let start = Instant::now();
     let mut closes = Vec::new();
-    for c in &mut clients {
-        // Clients are closed in some order; each waits for its own close.
-        let _ = c;
-    }
+    // Each client waits for its own close, concurrently.
     let waits = clients.into_iter().map(|mut c| {
         tokio::spawn(async move {
             let code = c.expect_close().await;
@@ -161,9 +224,32 @@ async fn sigterm_drains_with_1012_spread_over_the_window_and_exits_0() {
     assert!(closes.iter().all(|(code, _)| *code == 1012), "{closes:?}");
     let first = closes.iter().map(|(_, t)| *t).min().unwrap();
     let last = closes.iter().map(|(_, t)| *t).max().unwrap();
-    assert!(last - first >= Duration::from_millis(700), "not spread: {closes:?}");
+    assert!(
+        last - first >= Duration::from_millis(700),
+        "not spread: {closes:?}"
+    );
     let status = node.proc.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
+    // Every connection released its directory entry before the process exited.
+    for i in 0..6 {
+        assert_eq!(dir.lookup(&user(i)).await.unwrap(), None, "u{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_exits_at_once() {
+    let mut node = NodeProc::start("e", None, &["--drain-ms", "60000"]).await;
+    let _a = node.connect("a").await;
+    let _b = node.connect("b").await;
+    node.proc.signal(15);
+    let ready = format!("http://{}/readyz", node.http);
+    testkit::wait_until("draining", Duration::from_secs(5), || async {
+        get_json(&ready).await.0 == 503
+    })
+    .await;
+    node.proc.signal(15);
+    let status = node.proc.wait_exit(Duration::from_secs(5)).await;
+    assert_ne!(status.code(), Some(0), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,8 +276,14 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     }
     roundtrip_collect(&mut alice, &mut undelivered).await;
     assert_eq!(sent, 800);
-    let kinds: Vec<&str> = undelivered.iter().map(|v| v["errorType"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"UNAVAILABLE"), "the message that did not fit gets UNAVAILABLE");
+    let kinds: Vec<&str> = undelivered
+        .iter()
+        .map(|v| v["errorType"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"UNAVAILABLE"),
+        "the message that did not fit gets UNAVAILABLE"
+    );
     assert!(
         kinds.iter().all(|k| *k == "UNAVAILABLE" || *k == "OFFLINE"),
         "{kinds:?}"
@@ -205,7 +297,10 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     // even the close frame could not be written).
     let mut sleepy = sleepy;
     let code = sleepy.expect_close().await;
-    eprintln!("sleepy closed with {code}, node grew by {grown} KiB, {} errors", kinds.len());
+    eprintln!(
+        "sleepy closed with {code}, node grew by {grown} KiB, {} errors",
+        kinds.len()
+    );
     assert!(code == 1013 || code == 1006, "code {code}");
 }
 

@@ -55,31 +55,106 @@ async fn every_malformed_frame_is_badmessage_and_keeps_the_connection() {
         ("[1,2]".into(), None, None),
         ("\"Offer\"".into(), None, None),
         ("null".into(), None, None),
-        (r#"{"to":"bob","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":5,"to":"bob","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"offer","to":"bob","sessionID":"s1","sdp":"x"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"OFFER","to":"bob","sessionID":"s1","sdp":"x"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Bogus","to":"bob","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Offer","to":"bob","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Offer","sessionID":"s1","sdp":"x"}"#.into(), None, Some("s1")),
-        (r#"{"type":"Offer","to":"bob","sdp":"x"}"#.into(), Some("bob"), None),
-        (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":5}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","seq":-1}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","tieBreaker":"1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Offer","to":"a b","sessionID":"s1","sdp":"x"}"#.into(), None, Some("s1")),
-        (r#"{"type":"Ok","to":"bob","from":"a\u0001b","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Candidate","to":"bob","sessionID":"s1"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":"x"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"nomatch"}"#.into(), Some("bob"), Some("s1")),
-        (r#"{"type":"Error","to":"bob","errorType":"NOMATCH"}"#.into(), Some("bob"), None),
-        (r#"{"type":"Welcome","user":"alice","node":"n1"}"#.into(), None, None),
+        (
+            r#"{"to":"bob","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":5,"to":"bob","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"offer","to":"bob","sessionID":"s1","sdp":"x"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"OFFER","to":"bob","sessionID":"s1","sdp":"x"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Bogus","to":"bob","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","to":"bob","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","sessionID":"s1","sdp":"x"}"#.into(),
+            None,
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","to":"bob","sdp":"x"}"#.into(),
+            Some("bob"),
+            None,
+        ),
+        (
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":5}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","seq":-1}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"x","tieBreaker":"1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Offer","to":"a b","sessionID":"s1","sdp":"x"}"#.into(),
+            None,
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Ok","to":"bob","from":"a\u0001b","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Candidate","to":"bob","sessionID":"s1","candidate":"x"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"nomatch"}"#.into(),
+            Some("bob"),
+            Some("s1"),
+        ),
+        (
+            r#"{"type":"Error","to":"bob","errorType":"NOMATCH"}"#.into(),
+            Some("bob"),
+            None,
+        ),
+        (
+            r#"{"type":"Welcome","user":"alice","node":"n1"}"#.into(),
+            None,
+            None,
+        ),
         (r#"{"type":"Pong"}"#.into(), None, None),
         (deep, None, None),
     ];
     for (frame, peer, sid) in &cases {
         alice.send_text(frame).await;
         let e = expect_server_error(&mut alice, "BADMESSAGE", *peer, *sid).await;
-        assert!(e["description"].as_str().is_some_and(|d| !d.is_empty()), "{e}");
+        assert!(
+            e["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{e}"
+        );
         assert_eq!(e["to"], "alice");
     }
     alice.send_binary(b"{\"type\":\"Ping\"}".to_vec()).await;
@@ -165,7 +240,11 @@ async fn rate_limited_beyond_the_burst() {
         delivered += 1;
     }
     assert!(limited >= 20, "limited {limited}");
-    assert_eq!(delivered + limited, 40, "every message is delivered or answered");
+    assert_eq!(
+        delivered + limited,
+        40,
+        "every message is delivered or answered"
+    );
     node.shutdown().await.unwrap();
 }
 
@@ -225,7 +304,27 @@ async fn idle_connection_is_closed_live_one_kept() {
 #[tokio::test]
 async fn bad_user_id_in_dev_mode_is_400() {
     let node = TestNode::start(dev("n1")).await;
-    let err = WsClient::try_connect(&node.ws("a%20b")).await.err().unwrap();
+    let err = WsClient::try_connect(&node.ws("a%20b"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status, Some(400));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_frame_gets_badmessage_then_1007() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let node = TestNode::start(dev("n1")).await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    alice.ws.send(WsMessage::Frame(frame)).await.unwrap();
+    expect_server_error(&mut alice, "BADMESSAGE", None, None).await;
+    assert_eq!(alice.expect_close().await, 1007);
+    roundtrip(&mut bob).await;
     node.shutdown().await.unwrap();
 }

@@ -173,8 +173,15 @@ const attr = (page, selector, name) => page.getAttribute(selector, name);
 
 test('two users sign in and land on different nodes', { skip }, async () => {
   alice = await signIn('alice');
-  bob = await signIn('bob');
   const nodeA = (await alice.textContent('#node'))?.trim();
+  // Central counts a login against its node until the node's next heartbeat, which may come
+  // before alice's WebSocket is up; wait until a heartbeat reports her connection, so that the
+  // choice for bob is made on settled counts.
+  await waitUntil(`central to count alice's connection on ${nodeA}`, 20000, async () => {
+    const nodes = (await (await fetch(`${base}/v1/nodes`)).json()).nodes;
+    return nodes.some((/** @type {any} */ n) => n.id === nodeA && n.connections === 1);
+  });
+  bob = await signIn('bob');
   const nodeB = (await bob.textContent('#node'))?.trim();
   assert.ok(nodeA && nodeB, 'both pages show their node');
   assert.notEqual(nodeA, nodeB, 'weighted least connections spreads the two users');
@@ -251,6 +258,7 @@ test('a 5 MiB file and a 0-byte file arrive with matching SHA-256', { skip }, as
   await alice.waitForSelector('.transfer[data-direction="send"][data-name="five.bin"][data-state="done"]');
   await alice.waitForSelector('.transfer[data-direction="send"][data-name="empty.txt"][data-state="done"]');
   assert.match((await bob.textContent(recvBig)) ?? '', /SHA-256 verified/);
+  await bob.screenshot({ path: path.join(RESULTS, 'receiver.png') });
 });
 
 test('a transfer cancelled midway by the sender shows cancelled on both sides', { skip }, async () => {
@@ -291,6 +299,9 @@ test('calling a user who is offline shows the error in plain words', { skip }, a
   await alice.click('#contacts li[data-contact="bob"]');
   await alice.waitForSelector('#conv[data-state="connected"]');
   await alice.screenshot({ path: path.join(RESULTS, 'demo.png') });
+  // One report, although the node answers OFFLINE to the Offer and to each candidate sent.
+  const reports = await alice.evaluate(() => /** @type {any} */ (window).demo.errors.filter((/** @type {string} */ e) => e.includes('nobody-home')));
+  assert.deepEqual(reports, ['nobody-home is not online right now.']);
 });
 
 test('hanging up ends the call on both sides', { skip }, async () => {

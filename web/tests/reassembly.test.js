@@ -318,3 +318,29 @@ test('garbage on the channel is reported, not fatal', async () => {
   sender.close();
   receiver.close();
 });
+
+test('the receiver refuses files over its size limit or beyond its number of parallel files', async () => {
+  const [a, b] = pair();
+  const sender = new FileTransfer(a, { timeoutMs: 60000 });
+  const receiver = new FileTransfer(b, { maxFileBytes: 100, maxIncoming: 1, window: 1, timeoutMs: 60000 });
+  const failed = [];
+  receiver.addEventListener('failed', (ev) => failed.push(/** @type {CustomEvent} */ (ev).detail));
+  const tooBig = once(sender, 'cancelled', (d) => d.name === 'big');
+  await sender.sendFile(file(randomBytes(101), 'big'));
+  assert.equal((await tooBig).by, 'peer');
+  assert.match(failed[0].reason, /larger than 100 bytes/);
+
+  // Hold the first file's chunks so that it stays active, then offer a second one.
+  a.filter = (bytes) => bytes[0] !== 0x40;
+  const firstStarted = once(receiver, 'transfer', (d) => d.name === 'one');
+  await sender.sendFile(file(randomBytes(50), 'one'));
+  await firstStarted;
+  const second = once(sender, 'cancelled', (d) => d.name === 'two');
+  await sender.sendFile(file(randomBytes(50), 'two'));
+  assert.equal((await second).by, 'peer');
+  assert.match(failed[1].reason, /more than 1 files at once/);
+  assert.equal(receiver.incoming.size, 1);
+  sender.close();
+  receiver.close();
+  await assert.rejects(sender.sendFile(file(new Uint8Array(1))), /file channel is closed/);
+});

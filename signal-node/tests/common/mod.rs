@@ -120,7 +120,12 @@ pub fn offer(to: &str, sid: &str) -> Value {
 }
 
 /// Next JSON frame; asserts it is a server error of `error_type` about `peer`, session `sid`.
-pub async fn expect_server_error(c: &mut WsClient, error_type: &str, peer: Option<&str>, sid: Option<&str>) -> Value {
+pub async fn expect_server_error(
+    c: &mut WsClient,
+    error_type: &str,
+    peer: Option<&str>,
+    sid: Option<&str>,
+) -> Value {
     let v = c.next_json().await;
     assert_eq!(v["type"], "Error", "{v}");
     assert_eq!(v["errorType"], error_type, "{v}");
@@ -148,12 +153,10 @@ pub async fn expect_silence(c: &mut WsClient, within: Duration) {
 /// this client has been processed (frames are processed in order).
 pub async fn roundtrip(c: &mut WsClient) {
     c.send_json(&json!({"type":"Ping"})).await;
-    loop {
-        match c.recv().await {
-            Received::Json(v) if v["type"] == "Pong" => return,
-            Received::Json(v) => panic!("expected Pong, got {v}"),
-            other => panic!("expected Pong, got {other:?}"),
-        }
+    match c.recv().await {
+        Received::Json(v) if v["type"] == "Pong" => {}
+        Received::Json(v) => panic!("expected Pong, got {v}"),
+        other => panic!("expected Pong, got {other:?}"),
     }
 }
 

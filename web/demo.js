@@ -84,6 +84,8 @@ const app = {
   testStream: null,
   /** @type {string[]} plain-words errors shown, newest last */
   errors: [],
+  /** @type {{state:string, code?:number, reason?:string}[]} the client's last state changes */
+  states: [],
 };
 Object.assign(window, { demo: app });
 
@@ -191,6 +193,8 @@ async function signIn(user) {
   app.user = user;
   client.addEventListener('state', (ev) => {
     const d = /** @type {CustomEvent} */ (ev).detail;
+    app.states.push({ state: d.state, code: d.code, reason: d.reason });
+    if (app.states.length > 50) app.states.shift();
     showClientState(d.state);
     if (d.state === 'reconnecting') showEndpoint();
     if (d.state === 'closed' && d.reason && app.client === client && el.app.hidden === false) toast(d.reason);

@@ -68,11 +68,18 @@ async fn ws(
     };
     let cap = st.node.config().hard_frame_cap();
     let tasks = st.node.tasks().clone();
+    // tungstenite's default buffers are 128 KiB each per connection; signaling frames are a
+    // few KiB, and the buffers grow on demand up to the frame cap.
     upgrade
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| tasks.track_future(connection::serve(socket, pending)))
 }
+
+/// Initial read buffer per WebSocket connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))

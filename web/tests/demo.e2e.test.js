@@ -2,7 +2,8 @@
 // binary (central + two in-process signal nodes on loopback): two users sign in and land on
 // different nodes, call each other over ROAP, chat both ways over the data channel (history in
 // IndexedDB), send a 5 MiB and a 0-byte file (SHA-256 checked), cancel a transfer midway, see
-// an OFFLINE error in plain words, and get replaced by a second sign-in (close 4409).
+// an OFFLINE error in plain words, hang up, get replaced by a second sign-in (close 4409), and,
+// when the cluster stops, see the node's close 1012 and the page going back to central.
 //
 // Env: CENTRAL_BIN (default <repo>/target/debug/central), CHROMIUM_BIN (default
 // /usr/bin/chromium). Without either the test is skipped, saying why.
@@ -93,6 +94,7 @@ let alice;
 /** @type {import('playwright-core').Page} */
 let bob;
 let bigFile = '';
+let bigFile2 = '';
 /** @type {string[]} */
 const pageErrors = [];
 
@@ -139,6 +141,8 @@ before(async () => {
   await mkdir(RESULTS, { recursive: true });
   bigFile = path.join(profileDir, 'cancel-me.bin');
   await writeFile(bigFile, randomBytes(48 * 1024 * 1024));
+  bigFile2 = path.join(profileDir, 'cancel-me-too.bin');
+  await writeFile(bigFile2, randomBytes(24 * 1024 * 1024));
 });
 
 after(async () => {
@@ -165,6 +169,8 @@ async function signIn(user) {
   await page.fill('#login-name', user);
   await page.click('#login-button');
   await page.waitForSelector('#status[data-state="open"]');
+  await page.waitForSelector('#app:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('node')?.textContent);
   return page;
 }
 
@@ -261,7 +267,7 @@ test('a 5 MiB file and a 0-byte file arrive with matching SHA-256', { skip }, as
   await bob.screenshot({ path: path.join(RESULTS, 'receiver.png') });
 });
 
-test('a transfer cancelled midway by the sender shows cancelled on both sides', { skip }, async () => {
+test('transfers cancelled midway by the sender and by the receiver show cancelled on both sides', { skip }, async () => {
   // Click the sender's Cancel button as soon as 2 MiB of the 48 MiB file went out.
   await alice.evaluate(() => {
     const list = /** @type {HTMLElement} */ (document.getElementById('transfers'));
@@ -283,7 +289,28 @@ test('a transfer cancelled midway by the sender shows cancelled on both sides', 
   assert.ok(got < 48 * 1024 * 1024, `receiver got ${got} bytes of a cancelled file`);
   assert.match((await bob.textContent(recv)) ?? '', /Cancelled by alice/);
   assert.match((await alice.textContent(send)) ?? '', /Cancelled by you/);
-  // The chat channel still works after the cancel.
+
+  // The receiver cancels another one midway.
+  await bob.evaluate(() => {
+    const list = /** @type {HTMLElement} */ (document.getElementById('transfers'));
+    const obs = new MutationObserver(() => {
+      const li = list.querySelector('.transfer[data-direction="receive"][data-name="cancel-me-too.bin"]');
+      if (li && li.getAttribute('data-state') === 'active' && Number(li.getAttribute('data-bytes')) >= 1024 * 1024) {
+        obs.disconnect();
+        /** @type {HTMLButtonElement} */ (li.querySelector('button.cancel')).click();
+      }
+    });
+    obs.observe(list, { subtree: true, attributes: true, childList: true });
+  });
+  await alice.setInputFiles('#file-input', bigFile2);
+  const send2 = '.transfer[data-direction="send"][data-name="cancel-me-too.bin"]';
+  const recv2 = '.transfer[data-direction="receive"][data-name="cancel-me-too.bin"]';
+  await bob.waitForSelector(`${recv2}[data-state="cancelled"][data-by="local"]`, { timeout: 60000 });
+  await alice.waitForSelector(`${send2}[data-state="cancelled"][data-by="peer"]`);
+  assert.ok(Number(await attr(alice, send2, 'data-bytes')) < 24 * 1024 * 1024);
+  assert.match((await alice.textContent(send2)) ?? '', /Cancelled by bob/);
+
+  // The chat channel still works after the cancels.
   await bob.fill('#chat-input', 'No worries.');
   await bob.click('#send-button');
   await alice.waitForSelector('.msg.in:has-text("No worries.")');
@@ -322,5 +349,15 @@ test('signing in as bob elsewhere replaces the first connection (4409) without r
   // The new page is the one that is reachable now.
   assert.equal(await attr(bob2, '#status', 'data-state'), 'open');
   await bob2.close();
-  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(pageErrors, [], 'no script errors on any page');
+});
+
+test('when the cluster stops, its nodes close with 1012 and the page goes back to central', { skip }, async () => {
+  central?.kill('SIGTERM');
+  await alice.waitForSelector('#status[data-state="reconnecting"]', { timeout: 30000 });
+  const states = await alice.evaluate(() => /** @type {any} */ (window).demo.states);
+  const lost = states.find((/** @type {any} */ s) => s.state === 'reconnecting');
+  assert.equal(lost.code, 1012, JSON.stringify(states));
+  assert.match(lost.reason, /moving its users elsewhere/);
+  assert.match((await alice.textContent('#status')) ?? '', /reconnecting/);
 });

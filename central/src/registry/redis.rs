@@ -88,22 +88,25 @@ return 1
 // The nodes sharing the lowest score hold ranks 0..n-1, so the random draw among them is a
 // rank lookup: O(log n).
 const PICK: &str = r#"
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #first == 0 then return false end
-local n = redis.call('ZCOUNT', KEYS[1], first[2], first[2])
-local i = math.floor(tonumber(ARGV[2]) * n)
-if i >= n then i = n - 1 end
-if i < 0 then i = 0 end
-local id = redis.call('ZRANGE', KEYS[1], i, i)[1]
-local key = ARGV[1] .. id
-local h = redis.call('HMGET', key, 'conns', 'weight', 'ws')
-if not h[1] then
+for _ = 1, 3 do
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #first == 0 then return false end
+  local n = redis.call('ZCOUNT', KEYS[1], first[2], first[2])
+  local i = math.floor(tonumber(ARGV[2]) * n)
+  if i >= n then i = n - 1 end
+  if i < 0 then i = 0 end
+  local id = redis.call('ZRANGE', KEYS[1], i, i)[1]
+  local key = ARGV[1] .. id
+  local h = redis.call('HMGET', key, 'conns', 'weight', 'ws')
+  if h[1] then
+    local assigned = redis.call('HINCRBY', key, 'assigned', 1)
+    redis.call('ZADD', KEYS[1], fmt((tonumber(h[1]) + assigned) / tonumber(h[2])), id)
+    return {id, h[3]}
+  end
+  -- A score without its node record: drop it and pick again.
   redis.call('ZREM', KEYS[1], id)
-  return false
 end
-local assigned = redis.call('HINCRBY', key, 'assigned', 1)
-redis.call('ZADD', KEYS[1], fmt((tonumber(h[1]) + assigned) / tonumber(h[2])), id)
-return {id, h[3]}
+return false
 "#;
 
 // KEYS: beats. ARGV: node key prefix. Returns {{now}, {hgetall...}, ...}.

@@ -116,7 +116,6 @@ impl Health {
             st.healthy = true;
             drop(st);
             tracing::info!(backend = self.backend, "directory reachable again");
-            metrics::gauge!("signal_directory_up").set(1.0);
             self.reconnects.send_modify(|n| *n += 1);
         }
     }
@@ -125,7 +124,6 @@ impl Health {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.healthy {
             tracing::warn!(backend = self.backend, error = err, "directory unreachable");
-            metrics::gauge!("signal_directory_up").set(0.0);
         }
         st.healthy = false;
         st.last_error = Some(err.to_owned());
@@ -188,7 +186,6 @@ impl Directory {
         };
         let mut conn = conn.clone();
         let health = Arc::downgrade(&self.health);
-        metrics::gauge!("signal_directory_up").set(1.0);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

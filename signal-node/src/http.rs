@@ -118,7 +118,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn render_metrics(State(st): State<AppState>) -> Response {
     let dir = st.node.directory().status();
-    metrics::gauge!("signal_directory_healthy").set(if dir.healthy { 1.0 } else { 0.0 });
+    metrics::gauge!("signal_directory_up").set(if dir.healthy { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

@@ -49,7 +49,7 @@ step "deployment validation (Dockerfile, compose, Helm chart, flags)"
 bash deploy/validate.sh
 
 step "browser client: unit + end-to-end in headless Chromium"
-(cd web && npm ci --no-audit --no-fund --loglevel=error && CENTRAL_BIN="$root/target/debug/central" npm test)
+(cd web && npm ci --no-audit --no-fund --loglevel=error && CENTRAL_BIN="$root/target/debug/central" REQUIRE_BROWSER=1 npm test)
 
 step "summary"
 echo "cargo: ${cargo_passed} passed, ${cargo_failed} failed"

@@ -2,6 +2,7 @@
 //! one in-memory directory, with dev login and real gRPC between all of them.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::DevError;
 use crate::registry::Registry;
 use crate::{CentralError, Config, Listeners};
 
@@ -58,6 +60,51 @@ struct DevNode {
     task: Option<JoinHandle<Result<(), NodeError>>>,
 }
 
+/// The dev cluster's drain triggers, shared with central's HTTP API so that
+/// `POST /v1/dev/nodes/{id}/drain` (served only by the dev cluster's central) and
+/// [`DevCluster::drain_node`] do the same thing. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct DevNodes {
+    nodes: Arc<Mutex<Vec<(NodeId, CancellationToken)>>>,
+}
+
+impl DevNodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(NodeId, CancellationToken)>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, id: NodeId, stop: CancellationToken) {
+        self.lock().push((id, stop));
+    }
+
+    /// Starts the graceful drain of node `i` (in start order). `false` if there is no such
+    /// node. Draining a node twice is harmless.
+    pub fn drain_index(&self, i: usize) -> bool {
+        let nodes = self.lock();
+        match nodes.get(i) {
+            Some((id, stop)) => {
+                if !stop.is_cancelled() {
+                    tracing::info!(node = %id, "dev cluster: draining node on request");
+                }
+                stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts the graceful drain of the node named `id`.
+    pub fn drain(&self, id: &str) -> Result<(), DevError> {
+        let i = self
+            .lock()
+            .iter()
+            .position(|(n, _)| n.as_str() == id)
+            .ok_or_else(|| DevError::UnknownNode(id.to_owned()))?;
+        self.drain_index(i);
+        Ok(())
+    }
+}
+
 /// A running dev cluster. Stop it with [`DevCluster::shutdown`]; dropping it stops the
 /// servers' tasks without waiting.
 pub struct DevCluster {
@@ -67,6 +114,7 @@ pub struct DevCluster {
     stop: CancellationToken,
     central: Option<JoinHandle<Result<(), CentralError>>>,
     nodes: Vec<DevNode>,
+    control: DevNodes,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, CentralError> {
@@ -93,12 +141,14 @@ impl DevCluster {
         };
         let http = listeners.http.local_addr()?;
         let grpc = listeners.grpc.local_addr()?;
-        let registry = Registry::memory();
+        let registry = Registry::memory(config.ticket_ttl);
         let stop = CancellationToken::new();
-        let central = tokio::spawn(crate::serve(
+        let control = DevNodes::default();
+        let central = tokio::spawn(crate::serve_dev(
             config.clone(),
             listeners,
             registry.clone(),
+            control.clone(),
             stop.clone().cancelled_owned(),
         ));
         let mut cluster = DevCluster {
@@ -108,6 +158,7 @@ impl DevCluster {
             stop,
             central: Some(central),
             nodes: Vec::new(),
+            control: control.clone(),
         };
         let directory = Directory::memory();
         for i in 0..opts.nodes {
@@ -134,6 +185,7 @@ impl DevCluster {
                 node_listeners,
                 node_stop.clone().cancelled_owned(),
             ));
+            control.add(node_id.clone(), node_stop.clone());
             cluster.nodes.push(DevNode {
                 id: node_id,
                 ws_url,
@@ -214,15 +266,10 @@ impl DevCluster {
     }
 
     /// Starts node `i`'s graceful drain: it deregisters, its clients get close 1012 and go
-    /// back to central. `false` if there is no node `i`.
+    /// back to central. `false` if there is no node `i`. Central's dev-only
+    /// `POST /v1/dev/nodes/{id}/drain` does the same.
     pub fn drain_node(&self, i: usize) -> bool {
-        match self.nodes.get(i) {
-            Some(n) => {
-                n.stop.cancel();
-                true
-            }
-            None => false,
-        }
+        self.control.drain_index(i)
     }
 
     /// Stops the nodes (graceful drain), then central.

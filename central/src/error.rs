@@ -82,6 +82,21 @@ impl IntoResponse for LoginError {
     }
 }
 
+/// Why a dev-only request (`central --dev`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DevError {
+    #[error("no dev node {0:?}")]
+    UnknownNode(String),
+}
+
+impl From<DevError> for ApiError {
+    fn from(e: DevError) -> Self {
+        match e {
+            DevError::UnknownNode(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        }
+    }
+}
+
 /// Why a registry RPC was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {

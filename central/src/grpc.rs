@@ -11,7 +11,7 @@ use signal_proto::NodeId;
 use tonic::{Request, Response, Status};
 
 use crate::error::RpcError;
-use crate::registry::{NodeInfo, NodeRecord, Registered, Registry};
+use crate::registry::{Beat, NodeInfo, NodeRecord, Registered, Registry};
 
 /// Longest URL or instance string accepted from a node.
 const MAX_FIELD_BYTES: usize = 2048;
@@ -145,10 +145,12 @@ impl RegistryService {
     async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, RpcError> {
         let id = node_id(&req.node_id)?;
         instance(&req.instance)?;
-        let known = self
-            .registry
-            .heartbeat(&id, &req.instance, req.connections, req.draining)
-            .await?;
+        let beat = Beat {
+            connections: req.connections,
+            accepted: req.accepted,
+            draining: req.draining,
+        };
+        let known = self.registry.heartbeat(&id, &req.instance, beat).await?;
         if !known {
             tracing::info!(node = %id, instance = %req.instance, "heartbeat from an unknown node: asking it to register");
         }

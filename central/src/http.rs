@@ -4,16 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_http::cors::CorsLayer;
 
+use crate::dev::DevNodes;
 use crate::error::{ApiError, LoginError};
 use crate::login::Login;
 use crate::registry::{Registry, StoreHealth};
@@ -26,14 +27,20 @@ pub struct AppState {
     /// False once shutdown began: `/readyz` answers 503.
     pub ready: Arc<AtomicBool>,
     pub metrics: Option<PrometheusHandle>,
+    /// The dev cluster's nodes (`central --dev` only): enables the dev-only routes.
+    pub dev_nodes: Option<DevNodes>,
 }
 
-/// The whole HTTP router.
+/// The whole HTTP router. The dev-only routes exist only when `state.dev_nodes` is set (the
+/// dev cluster's central); anywhere else they fall through to the 404 of the fallback.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/endpoint", get(endpoint))
-        .route("/v1/nodes", get(nodes))
-        .layer(CorsLayer::permissive());
+        .route("/v1/nodes", get(nodes));
+    if state.dev_nodes.is_some() {
+        api = api.route("/v1/dev/nodes/{id}/drain", post(dev_drain));
+    }
+    let api = api.layer(CorsLayer::permissive());
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -95,7 +102,8 @@ pub struct NodeView {
     /// `active` or `draining`.
     pub state: &'static str,
     pub seconds_since_heartbeat: f64,
-    /// Logins handed to it since its last heartbeat.
+    /// Pending assignments: logins handed to it that its heartbeats have not reported as
+    /// accepted connections yet (and whose ticket lifetime has not passed).
     pub assigned: u64,
     /// False when it does not answer central's probes (then it is not handed out).
     pub reachable: bool,
@@ -114,7 +122,7 @@ async fn nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
             reachable: !r.down,
             seconds_since_heartbeat: (r.since_heartbeat.as_millis() as f64 / 1000.0),
             connections: r.connections,
-            assigned: r.assigned,
+            assigned: r.pending,
             weight: r.info.weight,
             id: r.info.id.into_string(),
             url: r.info.ws_url,
@@ -123,6 +131,26 @@ async fn nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
         })
         .collect();
     Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
+/// Dev cluster only: starts the graceful drain of node `id` (its clients get close 1012 and go
+/// back to central). 202 `{"node":..,"state":"draining"}`; 404 for an unknown node.
+async fn dev_drain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(dev) = &state.dev_nodes else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
+    };
+    dev.drain(&id).map_err(|e| {
+        tracing::info!(node = %id, error = %e, "dev drain refused");
+        ApiError::from(e)
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "node": id, "state": "draining" })),
+    )
+        .into_response())
 }
 
 async fn healthz() -> &'static str {

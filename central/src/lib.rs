@@ -74,8 +74,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     let registry = match &config.redis_url {
-        Some(url) => Registry::redis(url)?,
-        None => Registry::memory(),
+        Some(url) => Registry::redis(url, config.ticket_ttl)?,
+        None => Registry::memory(config.ticket_ttl),
     };
     serve(config, listeners, registry, shutdown).await
 }
@@ -85,6 +85,28 @@ pub async fn serve(
     config: Config,
     listeners: Listeners,
     registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CentralError> {
+    serve_with(config, listeners, registry, None, shutdown).await
+}
+
+/// [`serve`] for the dev cluster: the HTTP API also serves the dev-only routes
+/// (`POST /v1/dev/nodes/{id}/drain`), which drain the cluster's in-process nodes.
+pub async fn serve_dev(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    nodes: dev::DevNodes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CentralError> {
+    serve_with(config, listeners, registry, Some(nodes), shutdown).await
+}
+
+async fn serve_with(
+    config: Config,
+    listeners: Listeners,
+    registry: Registry,
+    dev_nodes: Option<dev::DevNodes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     telemetry::describe();
@@ -115,6 +137,7 @@ pub async fn serve(
         registry: registry.clone(),
         ready: ready.clone(),
         metrics: config.metrics.clone(),
+        dev_nodes,
     };
 
     let stop = CancellationToken::new();

@@ -81,7 +81,7 @@ mod tests {
 
     #[tokio::test]
     async fn ticket_names_user_and_node_and_only_that_node_accepts_it() {
-        let registry = Registry::memory();
+        let registry = Registry::memory(Duration::from_secs(60));
         for id in ["n1", "n2"] {
             let info = NodeInfo {
                 id: NodeId::new(id).unwrap(),
@@ -118,7 +118,12 @@ mod tests {
 
     #[tokio::test]
     async fn no_node_and_bad_user() {
-        let login = Login::new(Registry::memory(), "s", None, Duration::from_secs(60));
+        let login = Login::new(
+            Registry::memory(Duration::from_secs(60)),
+            "s",
+            None,
+            Duration::from_secs(60),
+        );
         assert_eq!(
             login.endpoint(Some("alice"), None).await,
             Err(LoginError::NoNode)

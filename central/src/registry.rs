@@ -1,6 +1,7 @@
-//! The node registry: which signal nodes are registered, their load, and who gets the next
-//! login. One handle, two backends with the same rules: in memory (one central) or in Redis
-//! (several central replicas giving the same answers, see `registry/redis.rs`).
+//! The node registry: which signal nodes are registered, their load, their pending
+//! assignments, and who gets the next login. One handle, two backends with the same rules: in
+//! memory (one central) or in Redis (several central replicas giving the same answers, see
+//! `registry/redis.rs`). The rule itself is `balance.rs`.
 
 mod redis;
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use signal_proto::NodeId;
+// tokio's clock, so that tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::balance::{Balancer, Load};
 
@@ -35,8 +38,9 @@ pub struct NodeRecord {
     pub info: NodeInfo,
     /// Connections reported at the last heartbeat.
     pub connections: u64,
-    /// Logins handed to it since the last heartbeat.
-    pub assigned: u64,
+    /// Logins handed to it that its heartbeats have not reported as accepted yet and whose
+    /// ticket lifetime has not passed (as of its last heartbeat).
+    pub pending: u64,
     pub draining: bool,
     /// Registered but not answering central's probes: not handed out.
     pub down: bool,
@@ -61,6 +65,27 @@ pub enum Registered {
     Replaced {
         old_instance: String,
     },
+}
+
+/// What a heartbeat reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Beat {
+    /// Connections the node holds now.
+    pub connections: u64,
+    /// Connections accepted with a ticket since the previous acknowledged heartbeat.
+    pub accepted: u64,
+    pub draining: bool,
+}
+
+impl Beat {
+    /// A heartbeat with nothing accepted.
+    pub fn load(connections: u64, draining: bool) -> Beat {
+        Beat {
+            connections,
+            accepted: 0,
+            draining,
+        }
+    }
 }
 
 /// The node a login was assigned to.
@@ -106,13 +131,16 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn memory() -> Self {
-        Registry::Memory(MemoryRegistry::default())
+    /// An in-memory registry. `assignment_ttl` is the lifetime of the tickets handed out at
+    /// login: a pending assignment that old is dropped at the node's next heartbeat.
+    pub fn memory(assignment_ttl: Duration) -> Self {
+        Registry::Memory(MemoryRegistry::new(assignment_ttl))
     }
 
     /// A Redis-backed registry. Connects lazily: a Redis that is down at start is not an error.
-    pub fn redis(url: &str) -> Result<Self, RegistryError> {
-        RedisRegistry::new(url).map(Registry::Redis)
+    /// `assignment_ttl` as for [`Registry::memory`].
+    pub fn redis(url: &str, assignment_ttl: Duration) -> Result<Self, RegistryError> {
+        RedisRegistry::new(url, assignment_ttl).map(Registry::Redis)
     }
 
     pub async fn register(
@@ -126,17 +154,19 @@ impl Registry {
         }
     }
 
-    /// Records a heartbeat. `false` when the node (with this instance) is not registered.
+    /// Records a heartbeat: the node's load, and `accepted`, the connections it accepted with
+    /// a ticket since its previous acknowledged heartbeat, which retire as many of its oldest
+    /// pending assignments (after those older than the ticket lifetime expired). `false` when
+    /// the node (with this instance) is not registered.
     pub async fn heartbeat(
         &self,
         id: &NodeId,
         instance: &str,
-        connections: u64,
-        draining: bool,
+        beat: Beat,
     ) -> Result<bool, RegistryError> {
         match self {
-            Registry::Memory(m) => Ok(m.heartbeat(id, instance, connections, draining)),
-            Registry::Redis(r) => r.heartbeat(id, instance, connections, draining).await,
+            Registry::Memory(m) => Ok(m.heartbeat(id, instance, beat)),
+            Registry::Redis(r) => r.heartbeat(id, instance, beat).await,
         }
     }
 
@@ -161,7 +191,7 @@ impl Registry {
         }
     }
 
-    /// Picks the node for the next login and counts the assignment.
+    /// Picks the node for the next login and counts the assignment as pending.
     pub async fn pick(&self) -> Result<Option<Assignment>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(m.pick()),
@@ -204,8 +234,10 @@ pub struct MemoryRegistry {
 
 struct MemoryInner {
     nodes: HashMap<NodeId, MemNode>,
-    balancer: Balancer<NodeId>,
+    balancer: Balancer<NodeId, Instant>,
     rng: StdRng,
+    /// Lifetime of a pending assignment (the ticket lifetime).
+    assignment_ttl: Duration,
 }
 
 struct MemNode {
@@ -213,37 +245,31 @@ struct MemNode {
     connections: u64,
     draining: bool,
     down: bool,
-    beat: tokio::time::Instant,
+    beat: Instant,
 }
 
-impl Default for MemoryRegistry {
-    fn default() -> Self {
+impl MemNode {
+    fn load(&self) -> Load {
+        Load {
+            connections: self.connections,
+            weight: self.info.weight,
+            draining: self.draining || self.down,
+        }
+    }
+}
+
+impl MemoryRegistry {
+    pub fn new(assignment_ttl: Duration) -> Self {
         Self {
             inner: Arc::new(Mutex::new(MemoryInner {
                 nodes: HashMap::new(),
                 balancer: Balancer::new(),
                 rng: StdRng::from_os_rng(),
+                assignment_ttl,
             })),
         }
     }
-}
 
-impl MemoryInner {
-    fn rebalance(&mut self, id: &NodeId) {
-        let Some(n) = self.nodes.get(id) else {
-            self.balancer.remove(id);
-            return;
-        };
-        let load = Load {
-            connections: n.connections,
-            weight: n.info.weight,
-            draining: n.draining || n.down,
-        };
-        self.balancer.set(id.clone(), load, &mut self.rng);
-    }
-}
-
-impl MemoryRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the registry; keep serving.
@@ -260,32 +286,35 @@ impl MemoryRegistry {
                 old_instance: old.info.instance.clone(),
             },
         };
-        g.nodes.insert(
-            id.clone(),
-            MemNode {
-                info,
-                connections,
-                draining: false,
-                down: false,
-                beat: tokio::time::Instant::now(),
-            },
-        );
-        g.rebalance(&id);
+        let node = MemNode {
+            info,
+            connections,
+            draining: false,
+            down: false,
+            beat: Instant::now(),
+        };
+        let g = &mut *g;
+        g.balancer.register(id.clone(), node.load(), &mut g.rng);
+        g.nodes.insert(id, node);
         outcome
     }
 
-    fn heartbeat(&self, id: &NodeId, instance: &str, connections: u64, draining: bool) -> bool {
+    fn heartbeat(&self, id: &NodeId, instance: &str, beat: Beat) -> bool {
         let mut g = self.lock();
+        let g = &mut *g;
         let Some(n) = g.nodes.get_mut(id) else {
             return false;
         };
         if n.info.instance != instance {
             return false;
         }
-        n.connections = connections;
-        n.draining = draining;
-        n.beat = tokio::time::Instant::now();
-        g.rebalance(id);
+        let now = Instant::now();
+        n.connections = beat.connections;
+        n.draining = beat.draining;
+        n.beat = now;
+        let expire_upto = now.checked_sub(g.assignment_ttl);
+        g.balancer
+            .heartbeat(id.clone(), n.load(), beat.accepted, expire_upto, &mut g.rng);
         true
     }
 
@@ -303,6 +332,7 @@ impl MemoryRegistry {
 
     fn set_down(&self, id: &NodeId, instance: &str, down: bool) -> bool {
         let mut g = self.lock();
+        let g = &mut *g;
         let Some(n) = g.nodes.get_mut(id) else {
             return false;
         };
@@ -310,24 +340,15 @@ impl MemoryRegistry {
             return false;
         }
         n.down = down;
-        // Keep the assignments counted so far: only the pickable flag changes.
-        let assigned = g.balancer.assigned(id).unwrap_or(0);
-        g.rebalance(id);
-        if assigned > 0 {
-            // `rebalance` reset the count; a node coming back up has had no heartbeat in
-            // between, so add the count back into its connections to keep its score.
-            if let Some(n) = g.nodes.get_mut(id) {
-                n.connections = n.connections.saturating_add(assigned);
-            }
-            g.rebalance(id);
-        }
+        // Only the pickable flag changes: the pending assignments stay counted.
+        g.balancer.update(id.clone(), n.load(), &mut g.rng);
         true
     }
 
     fn pick(&self) -> Option<Assignment> {
         let mut g = self.lock();
         let g = &mut *g;
-        let id = g.balancer.pick(&mut g.rng)?;
+        let id = g.balancer.pick(Instant::now(), &mut g.rng)?;
         let n = g.nodes.get(&id)?;
         Some(Assignment {
             node: id,
@@ -337,13 +358,13 @@ impl MemoryRegistry {
 
     fn list(&self) -> Vec<NodeRecord> {
         let g = self.lock();
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         g.nodes
             .values()
             .map(|n| NodeRecord {
                 info: n.info.clone(),
                 connections: n.connections,
-                assigned: g.balancer.assigned(&n.info.id).unwrap_or(0),
+                pending: g.balancer.pending(&n.info.id).unwrap_or(0),
                 draining: n.draining,
                 down: n.down,
                 since_heartbeat: now.saturating_duration_since(n.beat),
@@ -353,7 +374,7 @@ impl MemoryRegistry {
 
     fn evict(&self, timeout: Duration) -> Vec<NodeId> {
         let mut g = self.lock();
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let gone: Vec<NodeId> = g
             .nodes
             .iter()
@@ -372,6 +393,8 @@ impl MemoryRegistry {
 mod tests {
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(60);
+
     fn info(id: &str, instance: &str, weight: u32) -> NodeInfo {
         NodeInfo {
             id: NodeId::new(id).unwrap(),
@@ -384,15 +407,18 @@ mod tests {
 
     #[tokio::test]
     async fn register_heartbeat_replace_deregister() {
-        let r = Registry::memory();
+        let r = Registry::memory(TTL);
         let n1 = NodeId::new("n1").unwrap();
         assert_eq!(r.register(info("n1", "a", 1), 0).await, Ok(Registered::New));
         assert_eq!(
             r.register(info("n1", "a", 1), 0).await,
             Ok(Registered::Again)
         );
-        assert_eq!(r.heartbeat(&n1, "a", 3, false).await, Ok(true));
-        assert_eq!(r.heartbeat(&n1, "zzz", 3, false).await, Ok(false));
+        assert_eq!(r.heartbeat(&n1, "a", Beat::load(3, false)).await, Ok(true));
+        assert_eq!(
+            r.heartbeat(&n1, "zzz", Beat::load(3, false)).await,
+            Ok(false)
+        );
         assert_eq!(
             r.register(info("n1", "b", 1), 0).await,
             Ok(Registered::Replaced {
@@ -400,7 +426,7 @@ mod tests {
             })
         );
         // The old instance is gone: its heartbeats and deregistration do nothing.
-        assert_eq!(r.heartbeat(&n1, "a", 3, false).await, Ok(false));
+        assert_eq!(r.heartbeat(&n1, "a", Beat::load(3, false)).await, Ok(false));
         assert_eq!(r.deregister(&n1, "a").await, Ok(false));
         assert_eq!(r.list().await.unwrap().len(), 1);
         assert_eq!(r.deregister(&n1, "b").await, Ok(true));
@@ -410,12 +436,12 @@ mod tests {
 
     #[tokio::test]
     async fn draining_and_down_nodes_are_not_picked() {
-        let r = Registry::memory();
+        let r = Registry::memory(TTL);
         let n1 = NodeId::new("n1").unwrap();
         let n2 = NodeId::new("n2").unwrap();
         r.register(info("n1", "a", 1), 0).await.unwrap();
         r.register(info("n2", "a", 1), 1000).await.unwrap();
-        r.heartbeat(&n1, "a", 0, true).await.unwrap();
+        r.heartbeat(&n1, "a", Beat::load(0, true)).await.unwrap();
         for _ in 0..10 {
             assert_eq!(r.pick().await.unwrap().unwrap().node, n2);
         }
@@ -424,18 +450,18 @@ mod tests {
         assert_eq!(r.pick().await, Ok(None));
         assert!(r.set_down(&n2, "a", false).await.unwrap());
         let l = r.list().await.unwrap();
-        assert_eq!(l[1].connections + l[1].assigned, 1010);
+        assert_eq!(l[1].connections + l[1].pending, 1010);
         assert_eq!(r.pick().await.unwrap().unwrap().node, n2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_nodes_are_evicted_once() {
-        let r = Registry::memory();
+        let r = Registry::memory(TTL);
         let n1 = NodeId::new("n1").unwrap();
         r.register(info("n1", "a", 1), 0).await.unwrap();
         r.register(info("n2", "a", 1), 0).await.unwrap();
         tokio::time::advance(Duration::from_millis(600)).await;
-        r.heartbeat(&n1, "a", 0, false).await.unwrap();
+        r.heartbeat(&n1, "a", Beat::load(0, false)).await.unwrap();
         tokio::time::advance(Duration::from_millis(600)).await;
         let gone = r.evict(Duration::from_secs(1)).await.unwrap();
         assert_eq!(gone, vec![NodeId::new("n2").unwrap()]);
@@ -443,5 +469,105 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(r.pick().await.unwrap().unwrap().node, n1);
         }
+    }
+
+    fn nid(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    async fn pending(r: &Registry, id: &NodeId) -> u64 {
+        r.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| &n.info.id == id)
+            .map(|n| n.pending)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_not_yet_connected_at_heartbeat_time_stays_counted() {
+        for round in 0..20 {
+            let r = Registry::memory(TTL);
+            r.register(info("n1", "a", 1), 0).await.unwrap();
+            r.register(info("n2", "a", 1), 0).await.unwrap();
+            let first = r.pick().await.unwrap().unwrap().node;
+            tokio::time::advance(Duration::from_millis(100)).await;
+            // Its node heartbeats before the client connected: 0 connections, 0 accepted.
+            assert!(r
+                .heartbeat(&first, "a", Beat::load(0, false))
+                .await
+                .unwrap());
+            assert_eq!(pending(&r, &first).await, 1);
+            let second = r.pick().await.unwrap().unwrap().node;
+            assert_ne!(first, second, "round {round}: the second login herded");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepted_connections_retire_pending_assignments() {
+        let r = Registry::memory(TTL);
+        let n1 = nid("n1");
+        r.register(info("n1", "a", 1), 0).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(r.pick().await.unwrap().unwrap().node, n1);
+        }
+        assert_eq!(pending(&r, &n1).await, 3);
+        let beat = Beat {
+            connections: 2,
+            accepted: 2,
+            draining: false,
+        };
+        assert!(r.heartbeat(&n1, "a", beat).await.unwrap());
+        let l = r.list().await.unwrap();
+        assert_eq!((l[0].connections, l[0].pending), (2, 1));
+        // Down and back up keeps the pending one.
+        assert!(r.set_down(&n1, "a", true).await.unwrap());
+        assert!(r.set_down(&n1, "a", false).await.unwrap());
+        assert_eq!(pending(&r, &n1).await, 1);
+        // A wrong instance retires nothing.
+        let all = Beat {
+            accepted: 100,
+            ..beat
+        };
+        assert!(!r.heartbeat(&n1, "other", all).await.unwrap());
+        assert_eq!(pending(&r, &n1).await, 1);
+        assert!(r.heartbeat(&n1, "a", all).await.unwrap());
+        assert_eq!(pending(&r, &n1).await, 0);
+        // Registering again starts from nothing pending.
+        r.pick().await.unwrap();
+        r.register(info("n1", "a", 1), 3).await.unwrap();
+        assert_eq!(pending(&r, &n1).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_assignments_expire_after_the_ticket_ttl() {
+        let r = Registry::memory(TTL);
+        r.register(info("n1", "a", 1), 0).await.unwrap();
+        r.register(info("n2", "a", 1), 0).await.unwrap();
+        let first = r.pick().await.unwrap().unwrap().node;
+        let other = if first.as_str() == "n1" {
+            nid("n2")
+        } else {
+            nid("n1")
+        };
+        tokio::time::advance(TTL - Duration::from_millis(1)).await;
+        r.heartbeat(&first, "a", Beat::load(0, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            pending(&r, &first).await,
+            1,
+            "still within the ticket lifetime"
+        );
+        assert_eq!(r.pick().await.unwrap().unwrap().node, other);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // The ticket of the first login can no longer be used: its heartbeat drops it.
+        r.heartbeat(&first, "a", Beat::load(0, false))
+            .await
+            .unwrap();
+        assert_eq!(pending(&r, &first).await, 0);
+        assert_eq!(pending(&r, &other).await, 1);
+        assert_eq!(r.pick().await.unwrap().unwrap().node, first);
     }
 }

@@ -1,5 +1,7 @@
 //! The dev cluster: `central --dev` as a real process answers a login and relays an Offer
-//! between users on its two nodes; the in-process `DevCluster` drains a node on request.
+//! between users on its two nodes, and drains a node on `POST /v1/dev/nodes/{id}/drain` (a
+//! route that a central without `--dev` does not have); the in-process `DevCluster` drains a
+//! node on request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use central::dev::{DevCluster, DevOptions};
-use common::{central_bin, login, nodes};
+use common::{central_bin, login, nodes, Central, Timing};
 use serde_json::json;
 use testkit::{free_port, wait_until, Proc, WsClient};
 
@@ -176,4 +178,106 @@ async fn dev_cluster_in_process_drains_a_node() {
     let (_alice, again) = connect(&base, "alice").await;
     assert_ne!(again, alice_node);
     cluster.shutdown().await.unwrap();
+}
+
+/// Starts `central --dev` on a free port and waits until it lists `n` nodes.
+async fn dev_process(n: usize) -> (Proc, String) {
+    let port = free_port();
+    let proc = Proc::spawn(
+        "central --dev",
+        Command::new(central_bin())
+            .args(["--dev", "--http-listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .env("CENTRAL_DEV_NODES", n.to_string())
+            .env("CENTRAL_DEV_DRAIN_MS", "500")
+            .stdout(Stdio::null()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(
+        "the dev cluster to list its nodes",
+        Duration::from_secs(20),
+        || {
+            let base = base.clone();
+            async move {
+                match reqwest::get(format!("{base}/v1/nodes")).await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|v| v["nodes"].as_array().is_some_and(|a| a.len() == n)),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    (proc, base)
+}
+
+async fn post_drain(base: &str, node: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/dev/nodes/{node}/drain"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[tokio::test]
+async fn dev_drain_route_drains_the_node_and_clients_log_in_again_elsewhere() {
+    let (mut proc, base) = dev_process(2).await;
+    let (mut alice, alice_node) = connect(&base, "alice").await;
+    let (mut bob, bob_node) = connect(&base, "bob").await;
+    assert_ne!(alice_node, bob_node);
+
+    // An unknown node is a 404 with a JSON error, and drains nothing.
+    let (s, body) = post_drain(&base, "node-99").await;
+    assert_eq!(s, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("node-99"),
+        "{body}"
+    );
+    assert_eq!(nodes(&base).await.len(), 2);
+
+    let (s, body) = post_drain(&base, &alice_node).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["node"], alice_node.as_str());
+    assert_eq!(body["state"], "draining");
+    // Alice is told to go back to central (1012); bob, on the other node, is not disturbed.
+    assert_eq!(alice.expect_close().await, 1012);
+    wait_until("the drained node to leave", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { nodes(&base).await.len() == 1 }
+    })
+    .await;
+    let (mut alice, again) = connect(&base, "alice").await;
+    assert_eq!(again, bob_node, "alice logs in again on the remaining node");
+    alice
+        .send_json(&json!({"type":"Offer","to":"bob","sessionID":"s2","sdp":"v=0 again"}))
+        .await;
+    let got = bob.next_json().await;
+    assert_eq!(got["type"], "Offer");
+    assert_eq!(got["from"], "alice");
+    // Draining it again is harmless.
+    let (s, _) = post_drain(&base, &alice_node).await;
+    assert_eq!(s, 202);
+
+    proc.signal(15);
+    let status = proc.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn dev_drain_route_is_404_without_dev() {
+    let c = Central::start(Timing::FAST, &[]).await;
+    for node in ["node-1", "anything"] {
+        let (s, _) = post_drain(&c.url(), node).await;
+        assert_eq!(s, 404);
+    }
+    // The route is not there at all: GET is a 404 too, not a 405.
+    let r = reqwest::get(format!("{}/v1/dev/nodes/node-1/drain", c.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

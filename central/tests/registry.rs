@@ -117,6 +117,7 @@ async fn registry_rpc_semantics() {
             instance: "i1".into(),
             connections: 0,
             draining: false,
+            accepted: 0,
         })
         .await
         .unwrap()
@@ -164,6 +165,7 @@ async fn registry_rpc_semantics() {
         instance: instance.into(),
         connections: 4,
         draining,
+        accepted: 0,
     };
     assert!(
         rpc.heartbeat(hb("i1", false))
@@ -240,6 +242,7 @@ async fn a_node_that_heartbeats_but_does_not_answer_probes_is_not_handed_out() {
                         instance: "m1".into(),
                         connections: 0,
                         draining: false,
+                        accepted: 0,
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(Timing::FAST.heartbeat_ms)).await;
@@ -273,6 +276,7 @@ async fn a_node_that_heartbeats_but_does_not_answer_probes_is_not_handed_out() {
             instance: "m1".into(),
             connections: 0,
             draining: false,
+            accepted: 0,
         })
         .await
         .unwrap()

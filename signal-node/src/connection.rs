@@ -229,7 +229,7 @@ impl Reader<'_> {
         let frame = msg.to_json();
         match self
             .router
-            .relay(&self.user, &to, sid.as_str(), frame)
+            .relay(&self.user, &to, sid.as_str(), frame.into())
             .await
         {
             Ok(route) => {
@@ -274,7 +274,7 @@ async fn write_loop(
             biased;
             _ = closer.closed() => break,
             frame = rx.recv() => match frame {
-                Some(text) => WsMessage::Text(text.into()),
+                Some(text) => WsMessage::Text(text),
                 None => break,
             },
             _ = ping.tick() => WsMessage::Ping(bytes::Bytes::new()),
@@ -300,7 +300,7 @@ async fn write_loop(
         // gets only the close frame.
         if reason.code != CLOSE_SLOW {
             while let Some(text) = rx.try_recv() {
-                if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                if sink.send(WsMessage::Text(text)).await.is_err() {
                     return;
                 }
             }

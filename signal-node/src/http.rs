@@ -46,8 +46,8 @@ async fn ws(
     let Ok(Query(q)) = query else {
         return ApiError::BadRequest("malformed query string".into()).into_response();
     };
-    let user = match st.node.authenticate(q.token.as_deref(), q.user.as_deref()) {
-        Ok(u) => u,
+    let auth = match st.node.authenticate(q.token.as_deref(), q.user.as_deref()) {
+        Ok(a) => a,
         Err(e) => {
             tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");
             metrics::counter!("signal_upgrades_refused_total", "status" => e.status().as_u16().to_string()).increment(1);
@@ -58,7 +58,7 @@ async fn ws(
         Ok(u) => u,
         Err(rej) => return rej.into_response(),
     };
-    let pending = match st.node.open(user).await {
+    let pending = match st.node.open(auth).await {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");

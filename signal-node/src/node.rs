@@ -48,8 +48,19 @@ struct Inner {
     draining: AtomicBool,
     central: Mutex<CentralStatus>,
     next_conn: AtomicU64,
+    /// Connections accepted with a central ticket since start (see [`Node::accepted_total`]).
+    accepted: AtomicU64,
     claim_locks: Vec<tokio::sync::Mutex<()>>,
     tasks: TaskTracker,
+}
+
+/// Who is connecting, and whether a ticket from central proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserId,
+    /// `true` for `?token=` (a login central assigned to this node), `false` for dev-auth
+    /// `?user=`, which central knows nothing about.
+    pub by_ticket: bool,
 }
 
 /// A connection that has been accepted (in the table and the directory) but whose socket is
@@ -126,6 +137,7 @@ impl Node {
                     last_error: None,
                 }),
                 next_conn: AtomicU64::new(1),
+                accepted: AtomicU64::new(0),
                 claim_locks: (0..CLAIM_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -164,6 +176,15 @@ impl Node {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted with a central ticket since this node started (monotonic). The
+    /// registration loop reports the increase since the last heartbeat central acknowledged,
+    /// so that central retires as many pending assignments of this node. Counted after the
+    /// connection entered the local table, so a heartbeat that reads this first and the table
+    /// size second never reports an accepted connection its `connections` lacks.
+    pub fn accepted_total(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Acquire)
     }
 
     pub fn central_status(&self) -> CentralStatus {
@@ -209,20 +230,27 @@ impl Node {
         &self,
         token: Option<&str>,
         user: Option<&str>,
-    ) -> Result<UserId, ApiError> {
+    ) -> Result<Authenticated, ApiError> {
         let dev = self.inner.config.dev_auth;
+        let by_dev = |user: UserId| Authenticated {
+            user,
+            by_ticket: false,
+        };
         match (token, &self.inner.tickets) {
             (Some(token), Some(key)) => key
                 .verify(token, self.id(), unix_now())
-                .map(|t| t.user)
+                .map(|t| Authenticated {
+                    user: t.user,
+                    by_ticket: true,
+                })
                 .map_err(|e| ApiError::Unauthorized(e.to_string())),
             (Some(_), None) if !(dev && user.is_some()) => Err(ApiError::Unauthorized(
                 "this node has no ticket secret (dev-auth only): connect with ?user=".into(),
             )),
             _ => match user {
-                Some(u) if dev => {
-                    UserId::new(u).map_err(|e| ApiError::BadRequest(format!("bad user id: {e}")))
-                }
+                Some(u) if dev => UserId::new(u)
+                    .map(by_dev)
+                    .map_err(|e| ApiError::BadRequest(format!("bad user id: {e}"))),
                 Some(_) => Err(ApiError::Unauthorized(
                     "?user= needs dev-auth on this node: connect with ?token=<ticket>".into(),
                 )),
@@ -235,8 +263,9 @@ impl Node {
     /// previous local connection with 4409), claims the directory entry (kicking the previous
     /// location on another node) — all before the upgrade, so that the user is reachable from
     /// every node once Welcome is sent. Fails with 503 while draining or when the directory
-    /// is down.
-    pub async fn open(&self, user: UserId) -> Result<Pending, ApiError> {
+    /// is down. A connection by ticket counts in [`Node::accepted_total`].
+    pub async fn open(&self, auth: Authenticated) -> Result<Pending, ApiError> {
+        let Authenticated { user, by_ticket } = auth;
         if self.is_draining() {
             return Err(ApiError::Draining);
         }
@@ -293,6 +322,9 @@ impl Node {
         if let Some(prev) = prev {
             self.replace_elsewhere(&user, prev);
         }
+        if by_ticket {
+            self.inner.accepted.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(pending)
     }
 
@@ -321,7 +353,7 @@ impl Node {
     pub fn deliver_local(
         &self,
         user: &UserId,
-        frame: String,
+        frame: impl Into<axum::extract::ws::Utf8Bytes>,
         expect: Option<&Location>,
     ) -> DeliverStatus {
         let Some(h) = self.inner.hub.get(user) else {

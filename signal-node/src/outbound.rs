@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +87,7 @@ impl Closer {
 /// Producer side of a connection's outbound queue. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Outbound {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Utf8Bytes>,
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
     closer: Closer,
@@ -95,7 +96,7 @@ pub struct Outbound {
 /// Consumer side, owned by the connection's writer.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<Utf8Bytes>,
     bytes: Arc<AtomicUsize>,
 }
 
@@ -116,7 +117,8 @@ pub fn queue(max_messages: usize, max_bytes: usize, closer: Closer) -> (Outbound
 
 impl Outbound {
     /// Queues a text frame without waiting. On `Full` the connection is closed with 1013.
-    pub fn push(&self, text: String) -> Result<(), PushError> {
+    pub fn push(&self, text: impl Into<Utf8Bytes>) -> Result<(), PushError> {
+        let text: Utf8Bytes = text.into();
         if self.closer.is_closed() {
             return Err(PushError::Closed);
         }
@@ -157,7 +159,7 @@ impl Outbound {
 
 impl OutboundRx {
     /// Next queued frame; `None` when every producer is gone.
-    pub async fn recv(&mut self) -> Option<String> {
+    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
         let text = self.rx.recv().await?;
         self.bytes.fetch_sub(text.len(), Ordering::AcqRel);
         metrics::gauge!("signal_outbound_queued_bytes").decrement(text.len() as f64);
@@ -172,7 +174,7 @@ impl OutboundRx {
     }
 
     /// A queued frame if there is one, without waiting.
-    pub fn try_recv(&mut self) -> Option<String> {
+    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
         let text = self.rx.try_recv().ok()?;
         self.bytes.fetch_sub(text.len(), Ordering::AcqRel);
         metrics::gauge!("signal_outbound_queued_bytes").decrement(text.len() as f64);
@@ -197,23 +199,23 @@ mod tests {
     fn bounded_by_messages_and_bytes() {
         let closer = Closer::default();
         let (tx, _rx) = queue(2, 1000, closer.clone());
-        tx.push("a".into()).unwrap();
-        tx.push("b".into()).unwrap();
-        assert_eq!(tx.push("c".into()), Err(PushError::Full));
+        tx.push("a").unwrap();
+        tx.push("b").unwrap();
+        assert_eq!(tx.push("c"), Err(PushError::Full));
         assert_eq!(closer.reason().unwrap().code, CLOSE_SLOW);
-        assert_eq!(tx.push("d".into()), Err(PushError::Closed));
+        assert_eq!(tx.push("d"), Err(PushError::Closed));
 
         let closer = Closer::default();
         let (tx, _rx) = queue(100, 10, closer.clone());
         tx.push("x".repeat(50)).unwrap(); // alone, larger than the budget: passes
-        assert_eq!(tx.push("y".into()), Err(PushError::Full));
+        assert_eq!(tx.push("y"), Err(PushError::Full));
     }
 
     #[tokio::test]
     async fn receiving_frees_bytes() {
         let (tx, mut rx) = queue(100, 10, Closer::default());
-        tx.push("12345678".into()).unwrap();
+        tx.push("12345678").unwrap();
         assert_eq!(rx.recv().await.unwrap(), "12345678");
-        tx.push("12345678".into()).unwrap();
+        tx.push("12345678").unwrap();
     }
 }

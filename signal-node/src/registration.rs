@@ -49,6 +49,9 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
         weight: node.config().weight,
     };
     let mut evicted = false;
+    // `node.accepted_total()` as of the last Register or Heartbeat central acknowledged: the
+    // next heartbeat reports the increase, so a lost heartbeat loses no counts.
+    let mut acked_accepted;
     'register: loop {
         // Register, with backoff while central is down.
         let mut backoff = BACKOFF_MIN;
@@ -56,6 +59,9 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
             if stop.is_cancelled() {
                 break 'register;
             }
+            // Read before the connection count: whatever is accepted in between is counted
+            // twice (pending and connected) until the next heartbeat, never not at all.
+            let accepted_now = node.accepted_total();
             let req = RegisterRequest {
                 node: Some(info.clone()),
                 connections: node.hub().len() as u64,
@@ -63,6 +69,8 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
             match tokio::time::timeout(CALL_TIMEOUT, client.register(req)).await {
                 Ok(Ok(resp)) => {
                     let resp = resp.into_inner();
+                    // A registration starts central's pending assignments from nothing.
+                    acked_accepted = accepted_now;
                     let interval = interval_of(resp.heartbeat_interval_ms);
                     let node_timeout = Duration::from_millis(resp.node_timeout_ms);
                     node.peers()
@@ -96,11 +104,14 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                 _ = stop.cancelled() => break 'register,
                 _ = tokio::time::sleep(interval) => {}
             }
+            // The accepted count first, then the connections (see Register above).
+            let accepted_now = node.accepted_total();
             let req = HeartbeatRequest {
                 node_id: info.node_id.clone(),
                 instance: info.instance.clone(),
                 connections: node.hub().len() as u64,
                 draining: node.is_draining(),
+                accepted: accepted_now.saturating_sub(acked_accepted),
             };
             match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(req)).await {
                 Ok(Ok(resp)) => {
@@ -110,6 +121,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                         evicted = true;
                         continue 'register;
                     }
+                    acked_accepted = accepted_now;
                     if resp.heartbeat_interval_ms > 0 {
                         interval = interval_of(resp.heartbeat_interval_ms);
                     }

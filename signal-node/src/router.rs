@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use axum::extract::ws::Utf8Bytes;
 use signal_proto::relay::{DeliverRequest, DeliverStatus, Location};
 use signal_proto::{ErrorType, UserId};
 
@@ -101,7 +102,7 @@ impl Router {
         from: &UserId,
         to: &UserId,
         session_id: &str,
-        frame: String,
+        frame: Utf8Bytes,
     ) -> Result<Route, Undelivered> {
         // Same node: no directory round trip (also works while the directory is down).
         if let Some(h) = self.node.hub().get(to) {
@@ -189,13 +190,13 @@ impl Router {
         from: &UserId,
         to: &UserId,
         session_id: &str,
-        frame: &str,
+        frame: &Utf8Bytes,
         loc: &Location,
     ) -> Result<Route, Attempt> {
         if loc.node_id == self.node.id().as_str() {
             // Here (or a previous life of this node id), but not in the local table.
             if self.node.is_ours(loc) {
-                return match self.node.deliver_local(to, frame.to_owned(), Some(loc)) {
+                return match self.node.deliver_local(to, frame.clone(), Some(loc)) {
                     DeliverStatus::Delivered => Ok(Route::Local),
                     DeliverStatus::PeerOverloaded => Err(Attempt::Final(unavailable(format!(
                         "{to}'s connection is not reading fast enough and was closed"
@@ -210,7 +211,7 @@ impl Router {
             to: to.to_string(),
             from: from.to_string(),
             session_id: session_id.to_owned(),
-            frame: frame.to_owned(),
+            frame: frame.as_str().to_owned(),
             expect: Some(loc.clone()),
         };
         let timeout = if liveness == Liveness::Gone {

@@ -209,3 +209,60 @@ async fn node_central_no_longer_lists_is_offline_then_reachable_again() {
     let (mut a, mut b) = (a, b);
     assert!(a.proc.is_running() && b.proc.is_running());
 }
+
+/// Central's `/v1/nodes` entry of `id`: (connections, pending assignments).
+async fn load_of(central: &Central, id: &str) -> (u64, u64) {
+    let (_, body) = get_json(&format!("http://{}/v1/nodes", central.http)).await;
+    let n = body["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["id"] == id).cloned())
+        .unwrap_or_default();
+    (
+        n["connections"].as_u64().unwrap_or(u64::MAX),
+        n["assigned"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_report_ticket_connections_as_accepted() {
+    let central = Central::start().await;
+    let mut cfg = dev("node-1");
+    cfg.central = Some(central.grpc_url());
+    cfg.secret = Some(SECRET.into());
+    cfg.dev_auth = true;
+    let node = TestNode::start(cfg).await;
+    wait_until("node registered", Duration::from_secs(10), || async {
+        central.node_ids().await.contains(&"node-1".to_owned())
+    })
+    .await;
+    let mut tickets = Vec::new();
+    for user in ["alice", "bob"] {
+        let (s, login) =
+            get_json(&format!("http://{}/v1/endpoint?user={user}", central.http)).await;
+        assert_eq!(s, 200, "{login}");
+        tickets.push(format!(
+            "{}?token={}",
+            login["url"].as_str().unwrap(),
+            login["token"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(load_of(&central, "node-1").await, (0, 2));
+    // Alice connects with her ticket, carol with dev-auth (no login at central): only alice's
+    // connection retires a pending assignment; bob's stays counted.
+    let (_alice, _) = WsClient::connect_welcomed(&tickets[0]).await;
+    let carol_url = node.url("/ws?user=carol").replacen("http://", "ws://", 1);
+    let (_carol, _) = WsClient::connect_welcomed(&carol_url).await;
+    wait_until(
+        "central to see 2 connections and bob pending",
+        Duration::from_secs(5),
+        || async { load_of(&central, "node-1").await == (2, 1) },
+    )
+    .await;
+    let (_bob, _) = WsClient::connect_welcomed(&tickets[1]).await;
+    wait_until(
+        "central to see 3 connections, nothing pending",
+        Duration::from_secs(5),
+        || async { load_of(&central, "node-1").await == (3, 0) },
+    )
+    .await;
+}

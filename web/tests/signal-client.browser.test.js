@@ -16,6 +16,7 @@ import { resolveGlare } from '../roap-peer.js';
 
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const skip = existsSync(CHROMIUM_BIN) ? false : `chromium not found at ${CHROMIUM_BIN} (set CHROMIUM_BIN)`;
+if (skip && process.env.REQUIRE_BROWSER === '1') throw new Error(`cannot run the browser tests: ${skip}`);
 const ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',

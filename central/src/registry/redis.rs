@@ -2,16 +2,22 @@
 //!
 //! Key layout (every key carries the hash tag `{central}`, so all of them live in one slot and
 //! the Lua scripts below stay valid on Redis Cluster):
-//! - `{central}:node:<id>`: hash `id instance ws grpc weight conns assigned draining down beat`
+//! - `{central}:node:<id>`: hash `id instance ws grpc weight conns draining down beat seq`
+//! - `{central}:pending:<id>`: sorted set of the node's pending assignments (member: a unique
+//!   sequence number from the hash's `seq`, score: time of the pick in ms); it expires by
+//!   itself one ticket lifetime after the last pick
 //! - `{central}:scores`: sorted set of the pickable nodes (not draining, not down), scored
-//!   `(conns + assigned) / weight`, the rule of `balance.rs`
+//!   `(conns + ZCARD pending) / weight`, the rule of `balance.rs`
 //! - `{central}:beats`: sorted set of every registered node, scored by its last heartbeat
-//!   (milliseconds of Redis' own clock, so replicas' clocks do not matter)
+//!
+//! Times are milliseconds of Redis' own clock, so replicas' clocks do not matter.
 //!
 //! Every change is one Lua script, so it is atomic: a pick takes the lowest score, draws a
-//! random one among the nodes sharing it (from a random number the replica passes in), counts
-//! the assignment and re-scores the node; eviction removes the nodes whose heartbeat is older
-//! than the timeout and returns them, so whichever replica runs it first counts them.
+//! random one among the nodes sharing it (from a random number the replica passes in), adds a
+//! pending assignment and re-scores the node; a heartbeat drops the pending assignments as old
+//! as the ticket lifetime, then retires the `accepted` oldest ones and re-scores; eviction
+//! removes the nodes whose heartbeat is older than the timeout and returns them, so whichever
+//! replica runs it first counts them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,9 +27,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use signal_proto::NodeId;
 
-use super::{Assignment, NodeInfo, NodeRecord, Registered, RegistryError, StoreHealth};
+use super::{Assignment, Beat, NodeInfo, NodeRecord, Registered, RegistryError, StoreHealth};
 
 const NODE_PREFIX: &str = "{central}:node:";
+const PENDING_PREFIX: &str = "{central}:pending:";
 const SCORES: &str = "{central}:scores";
 const BEATS: &str = "{central}:beats";
 
@@ -35,42 +42,52 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(x) return string.format('%.17g', x) end
 "#;
 
-// KEYS: node hash, scores, beats. ARGV: id instance ws grpc weight conns.
-// Returns the previous instance ('' when the node was not registered).
+// KEYS: node hash, scores, beats, pending. ARGV: id instance ws grpc weight conns.
+// Returns the previous instance ('' when the node was not registered). A registration starts
+// with nothing pending: the node counts accepted connections from here on.
 const REGISTER: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'instance') or ''
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'instance', ARGV[2], 'ws', ARGV[3], 'grpc', ARGV[4],
-  'weight', ARGV[5], 'conns', ARGV[6], 'assigned', 0, 'draining', 0, 'down', 0, 'beat', now)
+  'weight', ARGV[5], 'conns', ARGV[6], 'draining', 0, 'down', 0, 'beat', now, 'seq', 0)
 redis.call('ZADD', KEYS[2], fmt(tonumber(ARGV[6]) / tonumber(ARGV[5])), ARGV[1])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return old
 "#;
 
-// KEYS: node hash, scores, beats. ARGV: id instance conns draining(0|1). Returns 1 if known.
+// KEYS: node hash, scores, beats, pending. ARGV: id instance conns draining(0|1) accepted
+// ttl_ms. Expires the pending assignments as old as the ticket lifetime, then retires the
+// `accepted` oldest remaining ones. Returns 1 if known.
 const HEARTBEAT: &str = r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'conns', ARGV[3], 'assigned', 0, 'draining', ARGV[4], 'beat', now)
+redis.call('HSET', KEYS[1], 'conns', ARGV[3], 'draining', ARGV[4], 'beat', now)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - tonumber(ARGV[6])))
+local pending = redis.call('ZCARD', KEYS[4])
+local accepted = math.min(tonumber(ARGV[5]), pending)
+if accepted > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, accepted - 1)
+  pending = pending - accepted
+end
 local w = tonumber(redis.call('HGET', KEYS[1], 'weight'))
 if ARGV[4] == '1' or redis.call('HGET', KEYS[1], 'down') == '1' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 else
-  redis.call('ZADD', KEYS[2], fmt(tonumber(ARGV[3]) / w), ARGV[1])
+  redis.call('ZADD', KEYS[2], fmt((tonumber(ARGV[3]) + pending) / w), ARGV[1])
 end
 return 1
 "#;
 
-// KEYS: node hash, scores, beats. ARGV: id instance. Returns 1 if removed.
+// KEYS: node hash, scores, beats, pending. ARGV: id instance. Returns 1 if removed.
 const DEREGISTER: &str = r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 "#;
 
-// KEYS: node hash, scores. ARGV: id instance down(0|1). Returns 1 if the flag changed.
+// KEYS: node hash, scores, pending. ARGV: id instance down(0|1). Returns 1 if the flag changed.
 const SET_DOWN: &str = r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'down') == ARGV[3] then return 0 end
@@ -78,15 +95,17 @@ redis.call('HSET', KEYS[1], 'down', ARGV[3])
 if ARGV[3] == '1' or redis.call('HGET', KEYS[1], 'draining') == '1' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 else
-  local h = redis.call('HMGET', KEYS[1], 'conns', 'assigned', 'weight')
-  redis.call('ZADD', KEYS[2], fmt((tonumber(h[1]) + tonumber(h[2])) / tonumber(h[3])), ARGV[1])
+  local h = redis.call('HMGET', KEYS[1], 'conns', 'weight')
+  local pending = redis.call('ZCARD', KEYS[3])
+  redis.call('ZADD', KEYS[2], fmt((tonumber(h[1]) + pending) / tonumber(h[2])), ARGV[1])
 end
 return 1
 "#;
 
-// KEYS: scores. ARGV: node key prefix, random in [0,1). Returns {id, ws} or false.
-// The nodes sharing the lowest score hold ranks 0..n-1, so the random draw among them is a
-// rank lookup: O(log n).
+// KEYS: scores. ARGV: node key prefix, random in [0,1), pending key prefix, ttl_ms.
+// Returns {id, ws} or false. The nodes sharing the lowest score hold ranks 0..n-1, so the
+// random draw among them is a rank lookup: O(log n). The pending set expires one ticket
+// lifetime after its newest member, when every member has expired anyway.
 const PICK: &str = r#"
 for _ = 1, 3 do
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -99,8 +118,12 @@ for _ = 1, 3 do
   local key = ARGV[1] .. id
   local h = redis.call('HMGET', key, 'conns', 'weight', 'ws')
   if h[1] then
-    local assigned = redis.call('HINCRBY', key, 'assigned', 1)
-    redis.call('ZADD', KEYS[1], fmt((tonumber(h[1]) + assigned) / tonumber(h[2])), id)
+    local pkey = ARGV[3] .. id
+    local seq = redis.call('HINCRBY', key, 'seq', 1)
+    redis.call('ZADD', pkey, now, seq)
+    redis.call('PEXPIRE', pkey, ARGV[4])
+    local pending = redis.call('ZCARD', pkey)
+    redis.call('ZADD', KEYS[1], fmt((tonumber(h[1]) + pending) / tonumber(h[2])), id)
     return {id, h[3]}
   end
   -- A score without its node record: drop it and pick again.
@@ -109,21 +132,27 @@ end
 return false
 "#;
 
-// KEYS: beats. ARGV: node key prefix. Returns {{now}, {hgetall...}, ...}.
+// KEYS: beats. ARGV: node key prefix, pending key prefix.
+// Returns {{now}, {hgetall..., 'pending', n}, ...}.
 const LIST: &str = r#"
 local out = {{tostring(now)}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local h = redis.call('HGETALL', ARGV[1] .. id)
-  if #h > 0 then table.insert(out, h) end
+  if #h > 0 then
+    table.insert(h, 'pending')
+    table.insert(h, tostring(redis.call('ZCARD', ARGV[2] .. id)))
+    table.insert(out, h)
+  end
 end
 return out
 "#;
 
-// KEYS: beats, scores. ARGV: node key prefix, timeout ms. Returns the evicted ids.
+// KEYS: beats, scores. ARGV: node key prefix, timeout ms, pending key prefix.
+// Returns the evicted ids.
 const EVICT: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])), 'LIMIT', 0, 1000)
 for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[1] .. id)
+  redis.call('DEL', ARGV[1] .. id, ARGV[3] .. id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
 end
@@ -160,6 +189,8 @@ impl Scripts {
 pub struct RedisRegistry {
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
+    /// Lifetime of a pending assignment (the ticket lifetime), in ms.
+    assignment_ttl_ms: u64,
     /// The last error seen talking to Redis, cleared by the next success.
     last_error: Arc<Mutex<Option<String>>>,
 }
@@ -168,10 +199,14 @@ fn node_key(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
 }
 
+fn pending_key(id: &str) -> String {
+    format!("{PENDING_PREFIX}{id}")
+}
+
 impl RedisRegistry {
     /// Checks the URL and prepares a connection that is made lazily and re-made after an
     /// outage: Redis being down at start is not an error.
-    pub fn new(url: &str) -> Result<Self, RegistryError> {
+    pub fn new(url: &str, assignment_ttl: Duration) -> Result<Self, RegistryError> {
         let client =
             redis::Client::open(url).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
@@ -185,6 +220,10 @@ impl RedisRegistry {
         Ok(Self {
             conn,
             scripts: Arc::new(Scripts::new()),
+            assignment_ttl_ms: u64::try_from(assignment_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                // Redis takes at most i64 milliseconds; a lifetime below 1 ms is 1 ms.
+                .clamp(1, i64::MAX as u64 / 2),
             last_error: Arc::new(Mutex::new(Some("not connected yet".into()))),
         })
     }
@@ -228,6 +267,7 @@ impl RedisRegistry {
             .key(node_key(info.id.as_str()))
             .key(SCORES)
             .key(BEATS)
+            .key(pending_key(info.id.as_str()))
             .arg(info.id.as_str())
             .arg(&info.instance)
             .arg(&info.ws_url)
@@ -250,8 +290,7 @@ impl RedisRegistry {
         &self,
         id: &NodeId,
         instance: &str,
-        connections: u64,
-        draining: bool,
+        beat: Beat,
     ) -> Result<bool, RegistryError> {
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<i64> = self
@@ -260,10 +299,14 @@ impl RedisRegistry {
             .key(node_key(id.as_str()))
             .key(SCORES)
             .key(BEATS)
+            .key(pending_key(id.as_str()))
             .arg(id.as_str())
             .arg(instance)
-            .arg(connections)
-            .arg(if draining { "1" } else { "0" })
+            .arg(beat.connections)
+            .arg(if beat.draining { "1" } else { "0" })
+            // Lua numbers are doubles: anything above the pending count retires them all.
+            .arg(beat.accepted.min(1 << 52))
+            .arg(self.assignment_ttl_ms)
             .invoke_async(&mut conn)
             .await;
         Ok(self.note(r)? == 1)
@@ -277,6 +320,7 @@ impl RedisRegistry {
             .key(node_key(id.as_str()))
             .key(SCORES)
             .key(BEATS)
+            .key(pending_key(id.as_str()))
             .arg(id.as_str())
             .arg(instance)
             .invoke_async(&mut conn)
@@ -296,6 +340,7 @@ impl RedisRegistry {
             .set_down
             .key(node_key(id.as_str()))
             .key(SCORES)
+            .key(pending_key(id.as_str()))
             .arg(id.as_str())
             .arg(instance)
             .arg(if down { "1" } else { "0" })
@@ -313,6 +358,8 @@ impl RedisRegistry {
             .key(SCORES)
             .arg(NODE_PREFIX)
             .arg(format!("{random:.17}"))
+            .arg(PENDING_PREFIX)
+            .arg(self.assignment_ttl_ms)
             .invoke_async(&mut conn)
             .await;
         let Some((id, ws_url)) = self.note(r)? else {
@@ -329,6 +376,7 @@ impl RedisRegistry {
             .list
             .key(BEATS)
             .arg(NODE_PREFIX)
+            .arg(PENDING_PREFIX)
             .invoke_async(&mut conn)
             .await;
         let rows = self.note(r)?;
@@ -363,6 +411,7 @@ impl RedisRegistry {
             .key(SCORES)
             .arg(NODE_PREFIX)
             .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .arg(PENDING_PREFIX)
             .invoke_async(&mut conn)
             .await;
         Ok(self
@@ -386,7 +435,7 @@ fn record(h: &HashMap<String, String>, now_ms: u64) -> Option<NodeRecord> {
             weight: u32::try_from(num("weight")?).ok()?,
         },
         connections: num("conns")?,
-        assigned: num("assigned")?,
+        pending: num("pending")?,
         draining: flag("draining")?,
         down: flag("down")?,
         since_heartbeat: Duration::from_millis(now_ms.saturating_sub(beat)),

@@ -28,6 +28,9 @@ pub fn init_tracing(json: bool) {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often buffered histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The handle of the global Prometheus recorder, installing it on first use. Idempotent.
 /// Render `/metrics` with `handle.render()`.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -44,6 +47,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             // then this handle renders an empty registry, which is still valid output.
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a global metrics recorder was already installed");
+            }
+            // Histogram samples are buffered until drained; without a periodic upkeep a node
+            // that nobody scrapes would grow its memory with every message.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
             }
             handle
         })

@@ -99,34 +99,7 @@ async fn central_dev_process_logs_in_and_relays_across_nodes() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let port = free_port();
-    let mut proc = Proc::spawn(
-        "central --dev",
-        Command::new(central_bin())
-            .args(["--dev", "--http-listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .env("CENTRAL_DEV_NODES", "1")
-            .env("CENTRAL_DEV_DRAIN_MS", "60000")
-            .stdout(Stdio::null()),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(
-        "the dev cluster to list its node",
-        Duration::from_secs(20),
-        || {
-            let base = base.clone();
-            async move {
-                match reqwest::get(format!("{base}/v1/nodes")).await {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .is_ok_and(|v| v["nodes"].as_array().is_some_and(|a| a.len() == 1)),
-                    Err(_) => false,
-                }
-            }
-        },
-    )
-    .await;
+    let (mut proc, base) = dev_process(1, 60_000).await;
     // Two connected clients make the node's drain last half its window (60 s here).
     let (_alice, _) = connect(&base, "alice").await;
     let (_bob, _) = connect(&base, "bob").await;
@@ -181,7 +154,8 @@ async fn dev_cluster_in_process_drains_a_node() {
 }
 
 /// Starts `central --dev` on a free port and waits until it lists `n` nodes.
-async fn dev_process(n: usize) -> (Proc, String) {
+/// Starts `central --dev` with `n` nodes and the given drain window; waits until central lists them.
+async fn dev_process(n: usize, drain_ms: u64) -> (Proc, String) {
     let port = free_port();
     let proc = Proc::spawn(
         "central --dev",
@@ -189,7 +163,7 @@ async fn dev_process(n: usize) -> (Proc, String) {
             .args(["--dev", "--http-listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
             .env("CENTRAL_DEV_NODES", n.to_string())
-            .env("CENTRAL_DEV_DRAIN_MS", "500")
+            .env("CENTRAL_DEV_DRAIN_MS", drain_ms.to_string())
             .stdout(Stdio::null()),
     );
     let base = format!("http://127.0.0.1:{port}");
@@ -226,7 +200,7 @@ async fn post_drain(base: &str, node: &str) -> (u16, serde_json::Value) {
 
 #[tokio::test]
 async fn dev_drain_route_drains_the_node_and_clients_log_in_again_elsewhere() {
-    let (mut proc, base) = dev_process(2).await;
+    let (mut proc, base) = dev_process(2, 500).await;
     let (mut alice, alice_node) = connect(&base, "alice").await;
     let (mut bob, bob_node) = connect(&base, "bob").await;
     assert_ne!(alice_node, bob_node);

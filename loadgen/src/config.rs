@@ -199,7 +199,7 @@ impl Config {
 #[command(name = "loadgen", version, allow_negative_numbers = true)]
 pub struct Args {
     /// Start central + nodes in this process and run against them (one-line demo).
-    #[arg(long, env = "LOADGEN_EMBEDDED", conflicts_with_all = ["central", "node"])]
+    #[arg(long, env = "LOADGEN_EMBEDDED", conflicts_with_all = ["central", "node"], value_parser = clap::builder::BoolishValueParser::new())]
     pub embedded: bool,
 
     /// Number of signal nodes `--embedded` starts.
@@ -288,11 +288,11 @@ pub struct Args {
     pub plot: Option<PathBuf>,
 
     /// Exit non-zero when any call setup failed.
-    #[arg(long, env = "LOADGEN_FAIL_ON_ERRORS")]
+    #[arg(long, env = "LOADGEN_FAIL_ON_ERRORS", value_parser = clap::builder::BoolishValueParser::new())]
     pub fail_on_errors: bool,
 
     /// Never show the progress bar.
-    #[arg(long, env = "LOADGEN_NO_PROGRESS")]
+    #[arg(long, env = "LOADGEN_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_progress: bool,
 }
 

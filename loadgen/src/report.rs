@@ -52,6 +52,8 @@ pub struct RouteReport {
     pub mean_us: f64,
     /// From the due time until the offerer has the Answer.
     pub answer: Latency,
+    /// From the Offer sent until the answerer has the Ok (without the start lag).
+    pub service: Latency,
 }
 
 impl RouteReport {
@@ -67,6 +69,7 @@ impl RouteReport {
             max_us: l.max_us,
             mean_us: l.mean_us,
             answer: Latency::of(&r.answer),
+            service: Latency::of(&r.service),
         }
     }
 }
@@ -136,6 +139,9 @@ pub struct Report {
     pub messages_per_s: f64,
     /// One-way latency of the relayed messages (sender -> receiver).
     pub message_latency: Latency,
+    /// Due time -> Offer sent: loadgen's timer slack (tokio timers have 1 ms resolution) and
+    /// any wait for a free pair; included in the setup latencies.
+    pub start_lag: Latency,
     /// Relayed messages slower than 1 s (whole run).
     pub slow_messages: u64,
     /// Frames that belonged to no running call (late replies to failed calls).
@@ -191,6 +197,7 @@ impl Report {
             messages: stats.messages,
             messages_per_s: per_s(stats.messages),
             message_latency: Latency::of(&stats.message_latency),
+            start_lag: Latency::of(&stats.start_lag),
             slow_messages: stats.slow_messages,
             stale_frames: stats.stale_frames,
             same_node: RouteReport::of(stats.route(Route::SameNode)),
@@ -347,7 +354,19 @@ impl fmt::Display for Report {
                 &l,
             )?;
             latency_row(f, &format!("  answer, {name}"), r.answer.count, &r.answer)?;
+            latency_row(
+                f,
+                &format!("  service, {name}"),
+                r.service.count,
+                &r.service,
+            )?;
         }
+        latency_row(
+            f,
+            "start lag (due..Offer)",
+            self.start_lag.count,
+            &self.start_lag,
+        )?;
         latency_row(
             f,
             "message (one way)",

@@ -20,6 +20,8 @@ use crate::stats::{Failure, Recorder, Route};
 
 /// Longest pause between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The last stretch before a setup is due, waited for with a precise (thread) sleep.
+const PRECISE_WAIT: Duration = Duration::from_millis(2);
 /// Frames kept per side while a call waits for another one (more are dropped as stale).
 const MAX_PENDING: usize = 4096;
 
@@ -188,10 +190,10 @@ impl Pair {
             let result = self.call(job).await;
             self.in_flight = None;
             match result {
-                Ok((route, answered, done)) => {
-                    self.shared
-                        .recorder
-                        .record_setup(route, job.due, answered, done);
+                Ok((route, started, answered, done)) => {
+                    let recorder = &self.shared.recorder;
+                    recorder.record_setup(route, job.due, answered, done);
+                    recorder.record_start(route, job.due, started, done);
                 }
                 Err(why) => {
                     tracing::debug!(pair = self.index, error = why.label(), "call setup failed");
@@ -216,13 +218,22 @@ impl Pair {
                 self.churn_one().await;
             }
             self.reconnect_lost(until).await;
-            if Instant::now() >= until {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            // tokio's timers tick in whole milliseconds: the last stretch is slept on a
+            // blocking thread (nanosleep, ~0.1 ms late at most) so that a setup starts when it
+            // is due, not up to a millisecond after.
+            if until - now <= PRECISE_WAIT {
+                let rest = until - now;
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
                 return;
             }
             tokio::select! {
                 biased;
                 Some(()) = self.churn.recv() => self.churn_one().await,
-                _ = tokio::time::sleep_until(until) => return,
+                _ = tokio::time::sleep_until(until - PRECISE_WAIT) => {}
                 (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame),
             }
         }
@@ -332,9 +343,9 @@ impl Pair {
         }
     }
 
-    /// One call setup; on success the route, when the offerer had the Answer and when the
-    /// answerer had the Ok.
-    async fn call(&mut self, job: Job) -> Result<(Route, Instant, Instant), Failure> {
+    /// One call setup; on success the route, when the Offer was sent, when the offerer had
+    /// the Answer and when the answerer had the Ok.
+    async fn call(&mut self, job: Job) -> Result<(Route, Instant, Instant, Instant), Failure> {
         self.reconnect_lost(Instant::now() + self.shared.timeout)
             .await;
         let route = self.route().ok_or(Failure::ConnectFailed)?;
@@ -354,6 +365,7 @@ impl Pair {
             sdp: self.a.endpoint.sdp(false, self.calls),
             tie_breaker: Some(rand::random()),
         });
+        let started = Instant::now();
         self.send(Who::A, &[offer]).await?;
         self.expect(Who::B, Want::Offer, &sid).await?;
         let answer = Message::Answer(Answer {
@@ -397,7 +409,7 @@ impl Pair {
         });
         self.send(Who::A, &[bye]).await?;
         self.expect(Who::B, Want::Shutdown, &sid).await?;
-        Ok((route, answered, done))
+        Ok((route, started, answered, done))
     }
 
     async fn send(&mut self, who: Who, msgs: &[Message]) -> Result<(), Failure> {

@@ -92,6 +92,8 @@ pub struct RouteStats {
     pub setup: Hist,
     /// Due time -> the offerer has the Answer.
     pub answer: Hist,
+    /// Offer sent -> the answerer has the Ok (service time, without the wait for the start).
+    pub service: Hist,
 }
 
 impl RouteStats {
@@ -101,6 +103,7 @@ impl RouteStats {
             errors: 0,
             setup: hist(3),
             answer: hist(3),
+            service: hist(3),
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct Stats {
     pub messages: u64,
     /// One-way latency of those (sender's send -> receiver's read).
     pub message_latency: Hist,
+    /// Due time -> the Offer was sent (loadgen's own timer slack, and waits for a free pair).
+    pub start_lag: Hist,
     /// Messages of the whole run slower than [`SLOW_MESSAGE`].
     pub slow_messages: u64,
     /// Frames that belonged to no running call (late replies to failed calls).
@@ -193,6 +198,7 @@ impl Stats {
             error_examples: BTreeMap::new(),
             messages: 0,
             message_latency: hist(3),
+            start_lag: hist(3),
             slow_messages: 0,
             stale_frames: 0,
             timeline: Vec::new(),
@@ -407,6 +413,19 @@ impl Recorder {
             sec.setups += 1;
             record(&mut sec.setup, done.saturating_duration_since(due));
         }
+    }
+
+    /// A setup due at `due` sent its Offer at `started` and was complete at `done`.
+    pub fn record_start(&self, route: Route, due: Instant, started: Instant, done: Instant) {
+        if self.phase(due) == Phase::Warmup {
+            return;
+        }
+        let mut s = lock(&self.stats);
+        record(&mut s.start_lag, started.saturating_duration_since(due));
+        record(
+            &mut s.route_mut(route).service,
+            done.saturating_duration_since(started),
+        );
     }
 
     /// A setup due at `due` failed (`route` when both users were connected).

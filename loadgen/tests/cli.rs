@@ -58,6 +58,17 @@ async fn bad_values_exit_non_zero_with_one_line_naming_the_flag() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
+    // Boolean env vars take 1/0 as well as true/false.
+    let out = loadgen()
+        .env("LOADGEN_EMBEDDED", "1")
+        .env("LOADGEN_NO_PROGRESS", "1")
+        .env("LOADGEN_PAIRS", "0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pairs"), "{err}");
 }
 
 #[tokio::test]

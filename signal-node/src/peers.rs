@@ -25,9 +25,13 @@ const MAX_CHANNELS: usize = 1024;
 /// Why a call to a peer node failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
-    /// Refused, reset or otherwise not reachable: the node is most likely gone.
+    /// Connection refused: no process listens there, the node is most likely gone.
     #[error("node unreachable: {0}")]
     Unreachable(String),
+    /// The call failed in transport (connection dropped mid-call, HTTP/2 error, keep-alive
+    /// timeout under load): the node may be alive and may even have delivered the frame.
+    #[error("transport error: {0}")]
+    Transient(String),
     /// No answer within the request timeout: the node may be overloaded.
     #[error("node did not answer within {0:?}")]
     Timeout(Duration),
@@ -167,9 +171,66 @@ fn classify<T>(
         Ok(Err(status)) => match status.code() {
             tonic::Code::DeadlineExceeded => Err(ForwardError::Timeout(timeout)),
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-                Err(ForwardError::Unreachable(status.message().to_owned()))
+                if is_connection_refused(&status) {
+                    Err(ForwardError::Unreachable(status.message().to_owned()))
+                } else {
+                    Err(ForwardError::Transient(status.message().to_owned()))
+                }
             }
             _ => Err(ForwardError::Refused(status.message().to_owned())),
         },
+    }
+}
+
+/// Whether the call failed because nothing accepted the TCP connection.
+fn is_connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    // Some transport errors carry the cause only in their text.
+    status
+        .message()
+        .to_ascii_lowercase()
+        .contains("connection refused")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_not_transient() {
+        // A port that nothing listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let peers = Peers::default();
+        let loc = Location {
+            node_id: "gone".into(),
+            instance: "i".into(),
+            conn: 1,
+            grpc_url: format!("http://127.0.0.1:{port}"),
+        };
+        let err = peers
+            .deliver(&loc, DeliverRequest::default(), REQUEST_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::Unreachable(_)), "{err:?}");
+    }
+
+    #[test]
+    fn other_transport_errors_are_transient() {
+        let status = tonic::Status::unavailable("connection closed before message completed");
+        assert!(!is_connection_refused(&status));
+        let status =
+            tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(is_connection_refused(&status));
     }
 }

@@ -49,6 +49,8 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
         weight: node.config().weight,
     };
     let mut evicted = false;
+    // Whether the last peer list named this node instance (see the heartbeat below).
+    let mut self_listed = true;
     // `node.accepted_total()` as of the last Register or Heartbeat central acknowledged: the
     // next heartbeat reports the increase, so a lost heartbeat loses no counts.
     let mut acked_accepted;
@@ -127,6 +129,17 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     }
                     node.peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
+                    // Central leaves a node it cannot probe out of the live set; other nodes
+                    // may then remove our users' entries as stale. Once listed again, put the
+                    // missing ones back.
+                    let listed = resp
+                        .peers
+                        .iter()
+                        .any(|p| p.node_id == info.node_id && p.instance == info.instance);
+                    let was_listed = std::mem::replace(&mut self_listed, listed);
+                    if listed && !was_listed {
+                        node.reassert().await;
+                    }
                     if node.central_status().last_error.is_some() {
                         tracing::info!(node = %node.id(), "central reachable again");
                     }

@@ -219,45 +219,72 @@ impl Router {
         } else {
             REQUEST_TIMEOUT
         };
-        match self.node.peers().deliver(loc, req, timeout).await {
-            Ok(DeliverStatus::Delivered) => Ok(Route::Remote),
-            Ok(DeliverStatus::PeerOverloaded) => Err(Attempt::Final(unavailable(format!(
-                "{to}'s connection is not reading fast enough and was closed"
-            )))),
-            Ok(DeliverStatus::NotHere | DeliverStatus::Unspecified) => {
+        let outcome = self.node.peers().deliver(loc, req, timeout).await;
+        remote_outcome(to, &loc.node_id, liveness, outcome)
+    }
+}
+
+/// What a remote delivery attempt means for the sender and for the directory entry. A
+/// directory entry is removed only on definitive evidence: the owning node says the user is
+/// not there, or central no longer lists that node instance alive.
+fn remote_outcome(
+    to: &UserId,
+    node_id: &str,
+    liveness: Liveness,
+    outcome: Result<DeliverStatus, ForwardError>,
+) -> Result<Route, Attempt> {
+    match outcome {
+        Ok(DeliverStatus::Delivered) => Ok(Route::Remote),
+        Ok(DeliverStatus::PeerOverloaded) => Err(Attempt::Final(unavailable(format!(
+            "{to}'s connection is not reading fast enough and was closed"
+        )))),
+        Ok(DeliverStatus::NotHere | DeliverStatus::Unspecified) => Err(Attempt::Stale(offline(to))),
+        Err(ForwardError::Unreachable(e) | ForwardError::BadUrl(e)) => {
+            tracing::debug!(node = %node_id, error = %e, "peer node unreachable");
+            metrics::counter!("signal_forward_failures_total", "kind" => "unreachable")
+                .increment(1);
+            if liveness == Liveness::Gone {
                 Err(Attempt::Stale(offline(to)))
+            } else {
+                // Central lists it (or central is silent): do not erase the entry over a
+                // refusal; central evicts a dead node within its node timeout, and then
+                // the entry is removed as stale.
+                Err(Attempt::Retry(offline(to)))
             }
-            Err(ForwardError::Unreachable(e) | ForwardError::BadUrl(e)) => {
-                tracing::debug!(node = %loc.node_id, error = %e, "peer node unreachable");
-                metrics::counter!("signal_forward_failures_total", "kind" => "unreachable")
-                    .increment(1);
-                if liveness == Liveness::Alive {
-                    // Central still lists it: do not erase the entry over a refusal that may
-                    // be transient; central evicts it within its node timeout if it is dead.
-                    Err(Attempt::Retry(offline(to)))
-                } else {
-                    Err(Attempt::Stale(offline(to)))
-                }
-            }
-            Err(e @ ForwardError::Timeout(_)) if liveness == Liveness::Gone => {
-                // No retry after a timeout: the request may still be processed (a frozen node
-                // that resumes), and a second copy would be a duplicate.
-                tracing::debug!(node = %loc.node_id, error = %e, "dead peer node timed out");
-                metrics::counter!("signal_forward_failures_total", "kind" => "dead").increment(1);
-                Err(Attempt::Dead(offline(to)))
-            }
-            Err(e) => {
-                tracing::debug!(node = %loc.node_id, error = %e, "forward failed");
-                metrics::counter!("signal_forward_failures_total", "kind" => "timeout")
-                    .increment(1);
-                Err(Attempt::Final(unavailable(format!(
-                    "{to}'s node did not answer"
-                ))))
-            }
+        }
+        Err(e @ ForwardError::Transient(_)) if liveness != Liveness::Gone => {
+            // The node may be alive and may have delivered the frame: no retry (it could
+            // be a duplicate), no entry removal (it would make a live user unreachable).
+            tracing::debug!(node = %node_id, error = %e, "forward failed in transport");
+            metrics::counter!("signal_forward_failures_total", "kind" => "transport").increment(1);
+            Err(Attempt::Final(unavailable(format!(
+                "{to}'s node could not be reached"
+            ))))
+        }
+        Err(e @ (ForwardError::Timeout(_) | ForwardError::Transient(_)))
+            if liveness == Liveness::Gone =>
+        {
+            // No retry after a timeout: the request may still be processed (a frozen node
+            // that resumes), and a second copy would be a duplicate.
+            tracing::debug!(node = %node_id, error = %e, "dead peer node timed out");
+            metrics::counter!("signal_forward_failures_total", "kind" => "dead").increment(1);
+            Err(Attempt::Dead(offline(to)))
+        }
+        Err(e) => {
+            tracing::debug!(node = %node_id, error = %e, "forward failed");
+            let kind = match e {
+                ForwardError::Timeout(_) => "timeout",
+                _ => "refused",
+            };
+            metrics::counter!("signal_forward_failures_total", "kind" => kind).increment(1);
+            Err(Attempt::Final(unavailable(format!(
+                "{to}'s node did not answer"
+            ))))
         }
     }
 }
 
+#[derive(Debug)]
 enum Attempt {
     /// Give this answer to the sender.
     Final(Undelivered),
@@ -275,6 +302,7 @@ enum Attempt {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
 
     fn loc(conn: u64) -> Location {
         Location {
@@ -282,6 +310,64 @@ mod tests {
             instance: "i".into(),
             conn,
             grpc_url: "http://n:1".into(),
+        }
+    }
+
+    /// The policy: which outcomes answer what, and which remove the directory entry
+    /// (`Stale` when the entry was fresh, `Dead`) or keep it (`Retry`, `Final`).
+    #[test]
+    fn remote_outcomes_remove_entries_only_on_definitive_evidence() {
+        use ForwardError::*;
+        use Liveness::*;
+        let bob = UserId::new("bob").unwrap();
+        let kind = |o: Result<Route, Attempt>| match o {
+            Ok(r) => format!("ok {}", r.as_str()),
+            Err(Attempt::Final(u)) => format!("final {}", u.error),
+            Err(Attempt::Stale(u)) => format!("stale {}", u.error),
+            Err(Attempt::Retry(u)) => format!("retry {}", u.error),
+            Err(Attempt::Dead(u)) => format!("dead {}", u.error),
+        };
+        let table: Vec<(Liveness, Result<DeliverStatus, ForwardError>, &str)> = vec![
+            (Alive, Ok(DeliverStatus::Delivered), "ok remote"),
+            (Alive, Ok(DeliverStatus::NotHere), "stale OFFLINE"),
+            (Unknown, Ok(DeliverStatus::NotHere), "stale OFFLINE"),
+            (
+                Alive,
+                Ok(DeliverStatus::PeerOverloaded),
+                "final UNAVAILABLE",
+            ),
+            // A refused connection: offline, but the entry stays while central lists the node.
+            (Alive, Err(Unreachable("refused".into())), "retry OFFLINE"),
+            (Unknown, Err(Unreachable("refused".into())), "retry OFFLINE"),
+            (Gone, Err(Unreachable("refused".into())), "stale OFFLINE"),
+            // A transport error on a live node: retry later, never remove a live user.
+            (Alive, Err(Transient("reset".into())), "final UNAVAILABLE"),
+            (Unknown, Err(Transient("reset".into())), "final UNAVAILABLE"),
+            (Gone, Err(Transient("reset".into())), "dead OFFLINE"),
+            (
+                Alive,
+                Err(Timeout(Duration::from_secs(2))),
+                "final UNAVAILABLE",
+            ),
+            (
+                Unknown,
+                Err(Timeout(Duration::from_secs(2))),
+                "final UNAVAILABLE",
+            ),
+            (
+                Gone,
+                Err(Timeout(Duration::from_millis(500))),
+                "dead OFFLINE",
+            ),
+            (Alive, Err(Refused("internal".into())), "final UNAVAILABLE"),
+        ];
+        for (liveness, outcome, want) in table {
+            let what = format!("{liveness:?} {outcome:?}");
+            assert_eq!(
+                kind(remote_outcome(&bob, "n2", liveness, outcome)),
+                want,
+                "{what}"
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! The other nodes: long-lived, lazily connected gRPC channels to each of them (cached by
 //! gRPC URL), and the set of nodes central last reported alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,16 @@ pub enum ForwardError {
 pub enum Liveness {
     /// Listed alive with this instance in a fresh peer list.
     Alive,
-    /// Absent from a fresh peer list (or listed with another instance).
+    /// Positively dead: this instance was listed before and has left the list (evicted or
+    /// deregistered), or the node id is now listed with another instance (it restarted).
     Gone,
-    /// No fresh peer list (no central, or central silent).
+    /// No fresh peer list (no central, or central silent), or an instance this node has never
+    /// seen listed: it may have registered after our last heartbeat.
     Unknown,
 }
+
+/// How many departed node instances are remembered.
+const MAX_DEPARTED: usize = 4096;
 
 #[derive(Debug)]
 struct LiveSet {
@@ -61,11 +66,18 @@ struct LiveSet {
     nodes: HashMap<String, String>,
 }
 
+#[derive(Debug, Default)]
+struct LiveState {
+    current: Option<LiveSet>,
+    /// (node id, instance) pairs that were listed and then left the list, oldest first.
+    departed: VecDeque<(String, String)>,
+}
+
 /// Channels to peer nodes and central's live set. A cheap `Clone` handle.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, RelayClient<Channel>>>>,
-    live: Arc<Mutex<Option<LiveSet>>>,
+    live: Arc<Mutex<LiveState>>,
 }
 
 impl Peers {
@@ -89,26 +101,48 @@ impl Peers {
         Ok(client)
     }
 
-    /// Records central's list of live nodes, considered fresh for `fresh_for`.
+    /// Records central's list of live nodes, considered fresh for `fresh_for`. Instances that
+    /// were in the previous list and are not in this one are remembered as departed.
     pub fn set_live(&self, peers: &[NodeInfo], fresh_for: Duration) {
-        let nodes = peers
+        let nodes: HashMap<String, String> = peers
             .iter()
             .map(|p| (p.node_id.clone(), p.instance.clone()))
             .collect();
-        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(LiveSet {
+        let mut st = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(prev) = st.current.take() {
+            for (id, instance) in prev.nodes {
+                if nodes.get(&id) != Some(&instance) {
+                    st.departed.push_back((id, instance));
+                }
+            }
+        }
+        // An instance listed again (re-registered after an eviction) is alive again.
+        st.departed
+            .retain(|(id, instance)| nodes.get(id) != Some(instance));
+        while st.departed.len() > MAX_DEPARTED {
+            st.departed.pop_front();
+        }
+        st.current = Some(LiveSet {
             at: Instant::now(),
             fresh_for,
             nodes,
         });
     }
 
-    /// Whether central (recently) lists the node instance of `loc` alive.
+    /// What central's recent lists say about the node instance of `loc`.
     pub fn liveness(&self, loc: &Location) -> Liveness {
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*live {
+        let st = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let departed = || {
+            st.departed
+                .iter()
+                .any(|(id, instance)| *id == loc.node_id && *instance == loc.instance)
+        };
+        match &st.current {
             Some(set) if set.at.elapsed() <= set.fresh_for => match set.nodes.get(&loc.node_id) {
                 Some(instance) if *instance == loc.instance => Liveness::Alive,
-                _ => Liveness::Gone,
+                Some(_) => Liveness::Gone,
+                None if departed() => Liveness::Gone,
+                None => Liveness::Unknown,
             },
             _ => Liveness::Unknown,
         }
@@ -116,8 +150,8 @@ impl Peers {
 
     /// The node ids of the last fresh peer list, if there is one (for `/readyz`).
     pub fn live_nodes(&self) -> Option<Vec<String>> {
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*live {
+        let st = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        match &st.current {
             Some(set) if set.at.elapsed() <= set.fresh_for => {
                 let mut ids: Vec<String> = set.nodes.keys().cloned().collect();
                 ids.sort();
@@ -223,6 +257,48 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ForwardError::Unreachable(_)), "{err:?}");
+    }
+
+    fn info(id: &str, instance: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            instance: instance.into(),
+            ..NodeInfo::default()
+        }
+    }
+
+    fn at(id: &str, instance: &str) -> Location {
+        Location {
+            node_id: id.into(),
+            instance: instance.into(),
+            conn: 1,
+            grpc_url: "http://x:1".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_node_seen_leaving_is_gone() {
+        let peers = Peers::default();
+        let fresh = Duration::from_secs(60);
+        assert_eq!(peers.liveness(&at("a", "1")), Liveness::Unknown);
+        // b registered after our last list: unknown, not gone.
+        peers.set_live(&[info("a", "1")], fresh);
+        assert_eq!(peers.liveness(&at("a", "1")), Liveness::Alive);
+        assert_eq!(peers.liveness(&at("b", "1")), Liveness::Unknown);
+        peers.set_live(&[info("a", "1"), info("b", "1")], fresh);
+        assert_eq!(peers.liveness(&at("b", "1")), Liveness::Alive);
+        // b evicted: gone. a restarted with a new instance: the old one is gone.
+        peers.set_live(&[info("a", "2")], fresh);
+        assert_eq!(peers.liveness(&at("b", "1")), Liveness::Gone);
+        assert_eq!(peers.liveness(&at("a", "1")), Liveness::Gone);
+        assert_eq!(peers.liveness(&at("a", "2")), Liveness::Alive);
+        // b re-registered with the same instance (central had forgotten it): alive again.
+        peers.set_live(&[info("a", "2"), info("b", "1")], fresh);
+        assert_eq!(peers.liveness(&at("b", "1")), Liveness::Alive);
+        // A stale list says nothing.
+        peers.set_live(&[info("a", "2")], Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(peers.liveness(&at("b", "1")), Liveness::Unknown);
     }
 
     #[test]

@@ -264,25 +264,24 @@ impl Message {
             to: None,
             session_id: None,
         })?;
-        let Value::Object(map) = value else {
+        let Some(map) = value.as_object() else {
             return Err(Rejected {
                 error: ParseError::NotObject,
                 to: None,
                 session_id: None,
             });
         };
-        let to = map
-            .get("to")
-            .and_then(Value::as_str)
-            .and_then(|s| UserId::new(s).ok());
-        let session_id = map
-            .get("sessionID")
-            .and_then(Value::as_str)
-            .and_then(|s| SessionId::new(s).ok());
+        // What the error reply can name; read only when the frame is refused.
         let reject = |error| Rejected {
             error,
-            to: to.clone(),
-            session_id: session_id.clone(),
+            to: map
+                .get("to")
+                .and_then(Value::as_str)
+                .and_then(|s| UserId::new(s).ok()),
+            session_id: map
+                .get("sessionID")
+                .and_then(Value::as_str)
+                .and_then(|s| SessionId::new(s).ok()),
         };
         let ty: &'static str = match map.get("type") {
             None => return Err(reject(ParseError::MissingType)),
@@ -300,14 +299,13 @@ impl Message {
             },
             Some(_) => return Err(reject(ParseError::TypeNotString)),
         };
-        let detail = |e: serde_json::Error| ParseError::BadField {
-            ty,
-            detail: e.to_string(),
-        };
-        match serde_json::from_value::<Message>(Value::Object(map.clone())) {
-            Ok(m) => Ok(m),
-            Err(e) => Err(reject(detail(e))),
-        }
+        // Deserialise from the borrowed tree: no copy of the frame's map.
+        Message::deserialize(&value).map_err(|e| {
+            reject(ParseError::BadField {
+                ty,
+                detail: e.to_string(),
+            })
+        })
     }
 
     /// Parses a frame a client sent: refuses server-only types, requires `sessionID` on Error,

@@ -127,7 +127,7 @@ impl Reader<'_> {
                 Ok(Some(Ok(msg))) => match msg {
                     WsMessage::Text(t) => self.on_text(t.as_str()).await,
                     WsMessage::Binary(_) => {
-                        if self.allowed(None, None) {
+                        if self.allowed(&None, &None) {
                             self.reply_error(
                                 None,
                                 None,
@@ -147,13 +147,14 @@ impl Reader<'_> {
     }
 
     /// Takes a rate-limit token; answers RATELIMITED when there is none.
-    fn allowed(&mut self, peer: Option<UserId>, session: Option<SessionId>) -> bool {
+    /// Takes a token; when there is none, answers RATELIMITED (naming the peer and session).
+    fn allowed(&mut self, peer: &Option<UserId>, session: &Option<SessionId>) -> bool {
         if self.bucket.take() {
             return true;
         }
         self.reply_error(
-            peer,
-            session,
+            peer.clone(),
+            session.clone(),
             ErrorType::RateLimited,
             format!(
                 "more than {} messages per second (burst {}): message dropped",
@@ -173,7 +174,7 @@ impl Reader<'_> {
             Err(r) => (r.to.clone(), r.session_id.clone()),
         };
         if text.len() > max {
-            if self.allowed(peer.clone(), session.clone()) {
+            if self.allowed(&peer, &session) {
                 tracing::info!(user = %self.user, bytes = text.len(), max, "frame too large");
                 self.reply_error(
                     peer,
@@ -187,7 +188,7 @@ impl Reader<'_> {
             }
             return;
         }
-        if !self.allowed(peer.clone(), session.clone()) {
+        if !self.allowed(&peer, &session) {
             return;
         }
         let mut msg = match parsed {

@@ -110,15 +110,8 @@ async fn a_second_signal_exits_at_once() {
         Duration::from_secs(10),
         || {
             let base = base.clone();
-            async move {
-                match reqwest::get(format!("{base}/v1/nodes")).await {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .is_ok_and(|v| v["nodes"].as_array().is_some_and(|a| a.is_empty())),
-                    Err(_) => true,
-                }
-            }
+            // No answer at all also means the stop has begun.
+            async move { listed_nodes(&base).await.is_none_or(|n| n == 0) }
         },
     )
     .await;
@@ -154,6 +147,13 @@ async fn dev_cluster_in_process_drains_a_node() {
 }
 
 /// Starts `central --dev` on a free port and waits until it lists `n` nodes.
+/// How many nodes `/v1/nodes` lists; `None` when central does not answer.
+async fn listed_nodes(base: &str) -> Option<usize> {
+    let r = reqwest::get(format!("{base}/v1/nodes")).await.ok()?;
+    let v = r.json::<serde_json::Value>().await.ok()?;
+    Some(v["nodes"].as_array().map_or(0, Vec::len))
+}
+
 /// Starts `central --dev` with `n` nodes and the given drain window; waits until central lists them.
 async fn dev_process(n: usize, drain_ms: u64) -> (Proc, String) {
     let port = free_port();
@@ -172,15 +172,7 @@ async fn dev_process(n: usize, drain_ms: u64) -> (Proc, String) {
         Duration::from_secs(20),
         || {
             let base = base.clone();
-            async move {
-                match reqwest::get(format!("{base}/v1/nodes")).await {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .is_ok_and(|v| v["nodes"].as_array().is_some_and(|a| a.len() == n)),
-                    Err(_) => false,
-                }
-            }
+            async move { listed_nodes(&base).await == Some(n) }
         },
     )
     .await;

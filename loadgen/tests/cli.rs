@@ -2,12 +2,14 @@
 //! with `--json` writes the report file with the keys tools rely on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::start_node;
+
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::Value;
-use signal_node::{Directory, DirectoryConfig, Listeners};
-use tokio::net::TcpListener;
+use signal_node::Directory;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -95,23 +97,6 @@ async fn help_lists_the_flags() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-}
-
-async fn start_node(id: &str, directory: Directory, stop: CancellationToken) -> String {
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws", http.local_addr().unwrap());
-    let mut config = signal_node::Config::dev(id);
-    config.directory = DirectoryConfig::Memory(directory);
-    config.drain = Duration::from_millis(100);
-    tokio::spawn(async move {
-        signal_node::run(config, Listeners { http, grpc }, async move {
-            stop.cancelled().await
-        })
-        .await
-        .unwrap();
-    });
-    url
 }
 
 fn assert_report_keys(v: &Value) {

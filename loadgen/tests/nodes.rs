@@ -2,29 +2,15 @@
 //! between them), reached directly with `--node` in dev-auth mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::start_node;
+
 use std::time::Duration;
 
 use loadgen::{Config, Target};
-use signal_node::{Directory, DirectoryConfig, Listeners};
-use tokio::net::TcpListener;
+use signal_node::Directory;
 use tokio_util::sync::CancellationToken;
-
-async fn start_node(id: &str, directory: Directory, stop: CancellationToken) -> String {
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws", http.local_addr().unwrap());
-    let mut config = signal_node::Config::dev(id);
-    config.directory = DirectoryConfig::Memory(directory);
-    config.drain = Duration::from_millis(100);
-    tokio::spawn(async move {
-        signal_node::run(config, Listeners { http, grpc }, async move {
-            stop.cancelled().await
-        })
-        .await
-        .unwrap();
-    });
-    url
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_against_nodes_directly_on_both_routes() {

@@ -124,7 +124,8 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, CentralError>
 }
 
 impl DevCluster {
-    /// Starts central and the nodes and waits until every node has registered.
+    /// Starts central and the nodes and waits until every node has registered and answered
+    /// central's first probe (so that logins find them).
     pub async fn start(opts: DevOptions) -> Result<DevCluster, CentralError> {
         let mut config = opts.central.clone();
         if config.metrics.is_none() {
@@ -206,7 +207,7 @@ impl DevCluster {
             if self
                 .nodes
                 .iter()
-                .all(|n| listed.iter().any(|r| r.info.id == n.id))
+                .all(|n| listed.iter().any(|r| r.info.id == n.id && !r.down))
             {
                 return Ok(());
             }

@@ -11,6 +11,7 @@ use signal_proto::NodeId;
 use tonic::{Request, Response, Status};
 
 use crate::error::RpcError;
+use crate::liveness::ProbeNow;
 use crate::registry::{Beat, NodeInfo, NodeRecord, Registered, Registry};
 
 /// Longest URL or instance string accepted from a node.
@@ -22,14 +23,23 @@ pub struct RegistryService {
     registry: Registry,
     heartbeat_interval: Duration,
     node_timeout: Duration,
+    probe_now: ProbeNow,
 }
 
 impl RegistryService {
-    pub fn new(registry: Registry, heartbeat_interval: Duration, node_timeout: Duration) -> Self {
+    /// `probe_now` wakes the prober at each registration: a new node is handed out only
+    /// after it answered a probe.
+    pub fn new(
+        registry: Registry,
+        heartbeat_interval: Duration,
+        node_timeout: Duration,
+        probe_now: ProbeNow,
+    ) -> Self {
         Self {
             registry,
             heartbeat_interval,
             node_timeout,
+            probe_now,
         }
     }
 
@@ -120,7 +130,13 @@ impl RegistryService {
             info.ws_url.clone(),
             info.weight,
         );
-        let outcome = self.registry.register(info, req.connections).await?;
+        // Not handed out before it answered a probe (its URLs are only claims), which the
+        // prober makes at once.
+        let outcome = self
+            .registry
+            .register_unprobed(info, req.connections)
+            .await?;
+        self.probe_now.wake();
         match &outcome {
             Registered::New => {
                 tracing::info!(node = %id, instance = %inst, url = %ws, weight, "node registered");

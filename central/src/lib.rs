@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use signal_proto::grpc_auth::{AuthLayer, GrpcKey, Signer};
 use signal_proto::registry::registry_server::RegistryServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -113,6 +114,10 @@ async fn serve_with(
     let http_addr = listeners.http.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
 
+    // Internal gRPC credentials: the registry accepts only calls signed with the cluster
+    // secret, and central's probes of the nodes are signed with it.
+    let grpc_key = GrpcKey::new(config.secret.as_bytes());
+    let probe_now = liveness::ProbeNow::default();
     let background = CancellationToken::new();
     let sweeper = tokio::spawn(liveness::sweep(
         registry.clone(),
@@ -121,8 +126,12 @@ async fn serve_with(
     ));
     let prober = tokio::spawn(liveness::probe(
         registry.clone(),
-        config.probe_interval,
-        config.node_timeout,
+        liveness::ProbeConfig {
+            interval: config.probe_interval,
+            node_timeout: config.node_timeout,
+            signer: Signer::new(grpc_key.clone()),
+            now: probe_now.clone(),
+        },
         background.clone(),
     ));
 
@@ -150,9 +159,11 @@ async fn serve_with(
         registry.clone(),
         config.heartbeat_interval,
         config.node_timeout,
+        probe_now,
     );
     let mut grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(AuthLayer::new(grpc_key, telemetry::GRPC_AUTH_REFUSED))
             .add_service(RegistryServer::new(service))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),

@@ -1,14 +1,18 @@
 //! Which registered nodes are alive: eviction of nodes that stopped heartbeating, and the
 //! active health probe (central calls every node's `Relay.Probe`; a node that stays registered
 //! but does not answer for the node timeout is marked down and not handed out until it
-//! answers again).
+//! answers again). A node that registers is probed at once and handed out only after its
+//! first successful probe. Probes carry the internal gRPC credentials.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use signal_proto::grpc_auth::{AuthChannel, Signer};
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::ProbeRequest;
 use signal_proto::NodeId;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -49,20 +53,48 @@ pub async fn sweep(registry: Registry, node_timeout: Duration, stop: Cancellatio
     }
 }
 
-/// Probe state of one node instance as seen by this replica.
-struct Probed {
-    client: RelayClient<Channel>,
-    grpc_url: String,
-    last_ok: Instant,
+/// Wakes the prober before its next tick (a node registered). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeNow(Arc<Notify>);
+
+impl ProbeNow {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
 }
 
-/// Probes every registered node every `interval` until `stop` fires.
-pub async fn probe(
-    registry: Registry,
-    interval: Duration,
-    node_timeout: Duration,
-    stop: CancellationToken,
-) {
+/// How the prober runs.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub interval: Duration,
+    pub node_timeout: Duration,
+    /// Signs the probes (the nodes refuse unsigned calls).
+    pub signer: Signer,
+    /// Probe before the next tick when woken.
+    pub now: ProbeNow,
+}
+
+type ProbeClient = RelayClient<AuthChannel<Channel>>;
+
+/// Probe state of one node instance as seen by this replica.
+struct Probed {
+    client: ProbeClient,
+    grpc_url: String,
+    last_ok: Instant,
+    /// Answered a probe at least once.
+    proven: bool,
+    /// The first failed probe of a node not yet proven was logged.
+    warned: bool,
+}
+
+/// Probes every registered node every `interval` (and at once when woken) until `stop` fires.
+pub async fn probe(registry: Registry, cfg: ProbeConfig, stop: CancellationToken) {
+    let ProbeConfig {
+        interval,
+        node_timeout,
+        signer,
+        now: wake,
+    } = cfg;
     let mut seen: HashMap<(NodeId, String), Probed> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,6 +104,7 @@ pub async fn probe(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = wake.0.notified() => {}
         }
         let Ok(nodes) = registry.list().await else {
             continue;
@@ -89,7 +122,8 @@ pub async fn probe(
             let entry = match seen.get_mut(&key) {
                 Some(p) if p.grpc_url == n.info.grpc_url => p,
                 _ => {
-                    let Some(client) = client_for(&n.info.grpc_url, probe_timeout) else {
+                    let Some(client) = client_for(&n.info.grpc_url, probe_timeout, &signer)
+                    else {
                         continue;
                     };
                     seen.insert(
@@ -99,6 +133,8 @@ pub async fn probe(
                             grpc_url: n.info.grpc_url.clone(),
                             // A new node gets the whole timeout to answer its first probe.
                             last_ok: now,
+                            proven: false,
+                            warned: false,
                         },
                     );
                     match seen.get_mut(&key) {
@@ -129,24 +165,30 @@ pub async fn probe(
             };
             if ok {
                 p.last_ok = Instant::now();
+                let first = !std::mem::replace(&mut p.proven, true);
                 if record.down {
-                    mark(&registry, &record, false).await;
+                    mark(&registry, &record, false, first).await;
                 }
             } else {
                 crate::telemetry::probe_failed(record.info.id.as_str());
                 if !record.down && p.last_ok.elapsed() > node_timeout {
-                    mark(&registry, &record, true).await;
+                    mark(&registry, &record, true, false).await;
+                } else if record.down && !p.proven && !std::mem::replace(&mut p.warned, true) {
+                    tracing::warn!(node = %record.info.id, url = %record.info.grpc_url, "registered node does not answer its first probe (signed with the cluster secret): not handed out");
                 }
             }
         }
     }
 }
 
-async fn mark(registry: &Registry, record: &NodeRecord, down: bool) {
+async fn mark(registry: &Registry, record: &NodeRecord, down: bool, first: bool) {
     match registry
         .set_down(&record.info.id, &record.info.instance, down)
         .await
     {
+        Ok(true) if first => {
+            tracing::info!(node = %record.info.id, "node answered its first probe: handed out from now on")
+        }
         Ok(true) if down => {
             tracing::warn!(node = %record.info.id, url = %record.info.grpc_url, "node does not answer probes: marked down, not handed out")
         }
@@ -157,11 +199,12 @@ async fn mark(registry: &Registry, record: &NodeRecord, down: bool) {
     }
 }
 
-fn client_for(url: &str, timeout: Duration) -> Option<RelayClient<Channel>> {
+fn client_for(url: &str, timeout: Duration, signer: &Signer) -> Option<ProbeClient> {
     match Endpoint::from_shared(url.to_owned()) {
-        Ok(e) => Some(RelayClient::new(
+        Ok(e) => Some(RelayClient::new(AuthChannel::new(
             e.connect_timeout(timeout).timeout(timeout).connect_lazy(),
-        )),
+            signer.clone(),
+        ))),
         Err(e) => {
             tracing::warn!(url, error = %e, "cannot probe node: bad grpc url");
             None

@@ -143,14 +143,35 @@ impl Registry {
         RedisRegistry::new(url, assignment_ttl).map(Registry::Redis)
     }
 
+    /// Registers a node that may be handed out at once.
     pub async fn register(
         &self,
         info: NodeInfo,
         connections: u64,
     ) -> Result<Registered, RegistryError> {
+        self.register_with(info, connections, false).await
+    }
+
+    /// Registers a node that is not handed out (it is `down`) until a probe marks it up,
+    /// unless it is the same instance, already up (a re-registration after a central
+    /// restart with a shared store). What the Register RPC does.
+    pub async fn register_unprobed(
+        &self,
+        info: NodeInfo,
+        connections: u64,
+    ) -> Result<Registered, RegistryError> {
+        self.register_with(info, connections, true).await
+    }
+
+    async fn register_with(
+        &self,
+        info: NodeInfo,
+        connections: u64,
+        unprobed: bool,
+    ) -> Result<Registered, RegistryError> {
         match self {
-            Registry::Memory(m) => Ok(m.register(info, connections)),
-            Registry::Redis(r) => r.register(info, connections).await,
+            Registry::Memory(m) => Ok(m.register(info, connections, unprobed)),
+            Registry::Redis(r) => r.register(info, connections, unprobed).await,
         }
     }
 
@@ -276,21 +297,24 @@ impl MemoryRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self, info: NodeInfo, connections: u64) -> Registered {
+    fn register(&self, info: NodeInfo, connections: u64, unprobed: bool) -> Registered {
         let mut g = self.lock();
         let id = info.id.clone();
-        let outcome = match g.nodes.get(&id) {
-            None => Registered::New,
-            Some(old) if old.info.instance == info.instance => Registered::Again,
-            Some(old) => Registered::Replaced {
-                old_instance: old.info.instance.clone(),
-            },
+        let (outcome, was_up) = match g.nodes.get(&id) {
+            None => (Registered::New, false),
+            Some(old) if old.info.instance == info.instance => (Registered::Again, !old.down),
+            Some(old) => (
+                Registered::Replaced {
+                    old_instance: old.info.instance.clone(),
+                },
+                false,
+            ),
         };
         let node = MemNode {
             info,
             connections,
             draining: false,
-            down: false,
+            down: unprobed && !was_up,
             beat: Instant::now(),
         };
         let g = &mut *g;

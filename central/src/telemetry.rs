@@ -15,6 +15,7 @@ pub const EVICTIONS: &str = "central_evictions_total";
 pub const REGISTRATIONS: &str = "central_registrations_total";
 pub const PROBE_FAILURES: &str = "central_probe_failures_total";
 pub const REGISTRY_UP: &str = "central_registry_up";
+pub const GRPC_AUTH_REFUSED: &str = "central_grpc_auth_refused_total";
 
 /// Describes every metric once (idempotent) and zeroes the counters so that they show up
 /// before the first event.
@@ -35,6 +36,10 @@ pub fn describe() {
     describe_gauge!(
         REGISTRY_UP,
         "1 when the registry's store (Redis) answers, else 0."
+    );
+    describe_counter!(
+        GRPC_AUTH_REFUSED,
+        "Registry gRPC calls refused for missing or invalid credentials, by reason."
     );
     counter!(EVICTIONS).absolute(0);
     for state in ["active", "draining", "down"] {

@@ -9,13 +9,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Central, Node, Timing};
+use signal_proto::grpc_auth::AuthChannel;
 use signal_proto::registry::registry_client::RegistryClient;
 use signal_proto::registry::{DeregisterRequest, HeartbeatRequest, NodeInfo, RegisterRequest};
 use testkit::{free_port, wait_until};
 use tonic::transport::Channel;
 
-async fn client(c: &Central) -> RegistryClient<Channel> {
-    RegistryClient::connect(c.grpc_url()).await.unwrap()
+async fn client(c: &Central) -> RegistryClient<AuthChannel<Channel>> {
+    common::registry_client(&c.grpc_url()).await
 }
 
 fn info(id: &str, instance: &str, grpc_port: u16) -> NodeInfo {
@@ -158,8 +159,10 @@ async fn registry_rpc_semantics() {
         .into_inner();
     assert_eq!(r.heartbeat_interval_ms, Timing::FAST.heartbeat_ms);
     assert_eq!(r.node_timeout_ms, Timing::FAST.node_timeout_ms);
-    assert_eq!(r.peers.len(), 1);
-    assert_eq!(r.peers[0].node_id, "g");
+    // Nothing answers g's probes: it is registered but not a peer (nor handed out).
+    assert!(r.peers.is_empty(), "{:?}", r.peers);
+    assert_eq!(c.node_ids().await, vec!["g"]);
+    assert_eq!(c.login("alice").await.0, 503);
     let hb = |instance: &str, draining: bool| HeartbeatRequest {
         node_id: "g".into(),
         instance: instance.into(),

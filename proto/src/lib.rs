@@ -1,6 +1,7 @@
-//! Wire types of the signaling cluster, shared by every crate: ROAP messages, ids, tickets and
-//! the internal gRPC services. Frames are parsed once, at the edge, into these types.
+//! Wire types of the signaling cluster, shared by every crate: ROAP messages, ids, tickets, the
+//! internal gRPC services and their credentials. Frames are parsed once, at the edge, into these types.
 
+pub mod grpc_auth;
 pub mod ids;
 pub mod roap;
 pub mod ticket;

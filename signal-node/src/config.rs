@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_proto::grpc_auth::{GrpcKey, DEV_SECRET};
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
@@ -113,6 +114,13 @@ impl Config {
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             metrics: None,
         }
+    }
+
+    /// The key of the internal gRPC credentials (the relay server checks them, the relay and
+    /// registry clients send them): from `secret`, or without one (dev-auth only) from the
+    /// public [`DEV_SECRET`], which protects nothing.
+    pub fn grpc_key(&self) -> GrpcKey {
+        GrpcKey::new(self.secret.as_deref().unwrap_or(DEV_SECRET).as_bytes())
     }
 
     /// Largest frame read at all; frames between `max_message_bytes` and this get TOOLARGE and

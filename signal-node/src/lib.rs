@@ -24,6 +24,7 @@ use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use signal_proto::grpc_auth::AuthLayer;
 use signal_proto::relay::relay_server::RelayServer;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -73,12 +74,14 @@ pub async fn run(
         .unwrap_or_else(telemetry::metrics_handle);
     let central = config.central.clone();
     let drain = config.drain;
+    let grpc_auth = AuthLayer::new(config.grpc_key(), telemetry::GRPC_AUTH_REFUSED);
     let node = Node::new(config, directory, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(grpc_auth)
             .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),

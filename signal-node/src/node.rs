@@ -121,6 +121,7 @@ impl Node {
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
+        let peers = Peers::new(config.grpc_key());
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -129,7 +130,7 @@ impl Node {
                 grpc_url,
                 hub: Hub::default(),
                 directory,
-                peers: Peers::default(),
+                peers,
                 tickets,
                 draining: AtomicBool::new(false),
                 central: Mutex::new(CentralStatus {

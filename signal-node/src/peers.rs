@@ -1,10 +1,12 @@
 //! The other nodes: long-lived, lazily connected gRPC channels to each of them (cached by
-//! gRPC URL), and the set of nodes central last reported alive.
+//! gRPC URL), every call signed with the cluster's internal gRPC credentials, and the set of
+//! nodes central last reported alive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use signal_proto::grpc_auth::{AuthChannel, GrpcKey, Signer, DEV_SECRET};
 use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
@@ -73,16 +75,36 @@ struct LiveState {
     departed: VecDeque<(String, String)>,
 }
 
+/// A relay client whose calls carry the credentials.
+pub type PeerClient = RelayClient<AuthChannel<Channel>>;
+
 /// Channels to peer nodes and central's live set. A cheap `Clone` handle.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, RelayClient<Channel>>>>,
+    channels: Arc<Mutex<HashMap<String, PeerClient>>>,
     live: Arc<Mutex<LiveState>>,
+    signer: Signer,
+}
+
+impl Default for Peers {
+    /// Calls signed with the public dev key (see `Config::grpc_key`).
+    fn default() -> Self {
+        Peers::new(GrpcKey::new(DEV_SECRET.as_bytes()))
+    }
 }
 
 impl Peers {
+    /// Peers whose calls are signed with `key`.
+    pub fn new(key: GrpcKey) -> Self {
+        Peers {
+            channels: Arc::default(),
+            live: Arc::default(),
+            signer: Signer::new(key),
+        }
+    }
+
     /// The relay client for `grpc_url`, creating a lazily connected channel on first use.
-    pub fn client(&self, grpc_url: &str) -> Result<RelayClient<Channel>, ForwardError> {
+    pub fn client(&self, grpc_url: &str) -> Result<PeerClient, ForwardError> {
         let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(grpc_url) {
             return Ok(c.clone());
@@ -93,7 +115,10 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = RelayClient::new(endpoint.connect_lazy());
+        let client = RelayClient::new(AuthChannel::new(
+            endpoint.connect_lazy(),
+            self.signer.clone(),
+        ));
         if map.len() >= MAX_CHANNELS {
             map.clear();
         }

@@ -1,9 +1,11 @@
 //! The node's registration with central: Register (retried with backoff while central is
 //! down, never blocking service), Heartbeat every interval central asks for (re-registering
 //! when central forgot the node), the live peer set from every answer, Deregister on shutdown.
+//! Every call carries the internal gRPC credentials of the cluster secret.
 
 use std::time::Duration;
 
+use signal_proto::grpc_auth::{AuthChannel, Signer};
 use signal_proto::registry::registry_client::RegistryClient;
 use signal_proto::registry::{DeregisterRequest, HeartbeatRequest, NodeInfo, RegisterRequest};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +42,10 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
             return;
         }
     };
-    let mut client = RegistryClient::new(endpoint.connect_lazy());
+    let mut client = RegistryClient::new(AuthChannel::new(
+        endpoint.connect_lazy(),
+        Signer::new(node.config().grpc_key()),
+    ));
     let info = NodeInfo {
         node_id: node.id().to_string(),
         instance: node.instance().to_owned(),
@@ -87,11 +92,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     tracing::info!(node = %node.id(), central = %central_url, interval_ms = interval.as_millis() as u64, peers = resp.peers.len(), "registered with central");
                     break (interval, node_timeout);
                 }
-                Ok(Err(status)) => fail(
-                    &node,
-                    &central_url,
-                    format!("register: {}", status.message()),
-                ),
+                Ok(Err(status)) => fail(&node, &central_url, refusal("register", &status)),
                 Err(_) => fail(&node, &central_url, "register: timed out".to_owned()),
             }
             tokio::select! {
@@ -145,11 +146,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     }
                     node.set_central_status(true, None);
                 }
-                Ok(Err(status)) => fail(
-                    &node,
-                    &central_url,
-                    format!("heartbeat: {}", status.message()),
-                ),
+                Ok(Err(status)) => fail(&node, &central_url, refusal("heartbeat", &status)),
                 Err(_) => fail(&node, &central_url, "heartbeat: timed out".to_owned()),
             }
         }
@@ -166,6 +163,17 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
         Err(_) => tracing::warn!(node = %node.id(), "deregister timed out"),
     }
     metrics::gauge!("signal_central_registered").set(0.0);
+}
+
+fn refusal(call: &str, status: &tonic::Status) -> String {
+    if status.code() == tonic::Code::Unauthenticated {
+        format!(
+            "{call}: central refused our credentials ({}): is --secret the one central has?",
+            status.message()
+        )
+    } else {
+        format!("{call}: {}", status.message())
+    }
 }
 
 fn fail(node: &Node, central: &str, error: String) {

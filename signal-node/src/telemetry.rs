@@ -6,6 +6,9 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+/// Relay gRPC calls refused for missing or invalid credentials (label `reason`).
+pub const GRPC_AUTH_REFUSED: &str = "signal_grpc_auth_refused_total";
+
 /// Buckets (seconds) of every latency histogram.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

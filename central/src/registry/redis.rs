@@ -42,15 +42,23 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(x) return string.format('%.17g', x) end
 "#;
 
-// KEYS: node hash, scores, beats, pending. ARGV: id instance ws grpc weight conns.
+// KEYS: node hash, scores, beats, pending. ARGV: id instance ws grpc weight conns unprobed(0|1).
 // Returns the previous instance ('' when the node was not registered). A registration starts
-// with nothing pending: the node counts accepted connections from here on.
+// with nothing pending: the node counts accepted connections from here on. An unprobed
+// registration starts down (not pickable) unless it is the same instance, already up.
 const REGISTER: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'instance') or ''
+local was_down = redis.call('HGET', KEYS[1], 'down') or '1'
+local down = 0
+if ARGV[7] == '1' and (old ~= ARGV[2] or was_down == '1') then down = 1 end
 redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'instance', ARGV[2], 'ws', ARGV[3], 'grpc', ARGV[4],
-  'weight', ARGV[5], 'conns', ARGV[6], 'draining', 0, 'down', 0, 'beat', now, 'seq', 0)
-redis.call('ZADD', KEYS[2], fmt(tonumber(ARGV[6]) / tonumber(ARGV[5])), ARGV[1])
+  'weight', ARGV[5], 'conns', ARGV[6], 'draining', 0, 'down', down, 'beat', now, 'seq', 0)
+if down == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], fmt(tonumber(ARGV[6]) / tonumber(ARGV[5])), ARGV[1])
+end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return old
 "#;
@@ -259,6 +267,7 @@ impl RedisRegistry {
         &self,
         info: NodeInfo,
         connections: u64,
+        unprobed: bool,
     ) -> Result<Registered, RegistryError> {
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<String> = self
@@ -274,6 +283,7 @@ impl RedisRegistry {
             .arg(&info.grpc_url)
             .arg(info.weight.max(1))
             .arg(connections)
+            .arg(if unprobed { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await;
         let old = self.note(r)?;

@@ -7,6 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use signal_proto::grpc_auth::{AuthChannel, GrpcKey, Signer};
+use signal_proto::registry::registry_client::RegistryClient;
+use tonic::transport::Channel;
 use testkit::{free_port, wait_until, Proc};
 
 pub const SECRET: &str = "test-cluster-secret";
@@ -122,16 +125,26 @@ impl Central {
         login(&self.url(), Some(user), None).await
     }
 
+    /// Waits until central lists exactly `ids`, each of them reachable (it answered a probe:
+    /// only then is it handed out).
     pub async fn wait_nodes(&self, ids: &[&str], timeout: Duration) {
         let want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-        wait_until(&format!("central to list nodes {want:?}"), timeout, || {
-            let want = want.clone();
-            async move {
-                let mut got = self.node_ids().await;
-                got.sort();
-                got == want
-            }
-        })
+        wait_until(
+            &format!("central to list nodes {want:?}, reachable"),
+            timeout,
+            || {
+                let want = want.clone();
+                async move {
+                    let nodes = self.nodes().await;
+                    let mut got: Vec<String> = nodes
+                        .iter()
+                        .map(|n| n["id"].as_str().unwrap().to_owned())
+                        .collect();
+                    got.sort();
+                    got == want && nodes.iter().all(|n| n["reachable"] == true)
+                }
+            },
+        )
         .await;
     }
 
@@ -205,4 +218,17 @@ impl Node {
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.http_port)
     }
+}
+
+/// A Registry client signing its calls with [`SECRET`], as a node does.
+pub async fn registry_client(grpc_url: &str) -> RegistryClient<AuthChannel<Channel>> {
+    let channel = Channel::from_shared(grpc_url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    RegistryClient::new(AuthChannel::new(
+        channel,
+        Signer::new(GrpcKey::new(SECRET.as_bytes())),
+    ))
 }

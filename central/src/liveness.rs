@@ -122,8 +122,7 @@ pub async fn probe(registry: Registry, cfg: ProbeConfig, stop: CancellationToken
             let entry = match seen.get_mut(&key) {
                 Some(p) if p.grpc_url == n.info.grpc_url => p,
                 _ => {
-                    let Some(client) = client_for(&n.info.grpc_url, probe_timeout, &signer)
-                    else {
+                    let Some(client) = client_for(&n.info.grpc_url, probe_timeout, &signer) else {
                         continue;
                     };
                     seen.insert(

@@ -58,11 +58,11 @@ impl Login {
         let user = authenticate(self.jwt.as_ref(), user_param, authorization)?;
         let assignment = self.registry.pick().await?.ok_or(LoginError::NoNode)?;
         let ttl = self.ttl.as_secs().max(1);
-        let token = self.tickets.mint(&Ticket {
+        let token = self.tickets.mint(&Ticket::new(
             user,
-            node: assignment.node.clone(),
-            expires_at: unix_now() + ttl,
-        });
+            assignment.node.clone(),
+            unix_now() + ttl,
+        ));
         Ok(Endpoint {
             node: assignment.node.into_string(),
             url: assignment.ws_url,

@@ -375,7 +375,12 @@ mod tests {
             Err(AuthError::Stale)
         );
         assert_eq!(
-            k.verify("/signal.relay.v1.Relay/Kick", Some(v.as_bytes()), 1_000_000, skew),
+            k.verify(
+                "/signal.relay.v1.Relay/Kick",
+                Some(v.as_bytes()),
+                1_000_000,
+                skew
+            ),
             Err(AuthError::BadSignature)
         );
         assert_eq!(
@@ -405,7 +410,14 @@ mod tests {
         let a = s.header(P);
         let b = s.header(P);
         let k = GrpcKey::new(b"s");
-        assert_eq!(k.verify(P, Some(a.as_bytes()), unix_ms(), DEFAULT_SKEW), Ok(()));
-        assert!(a == b || k.verify(P, Some(b.as_bytes()), unix_ms(), DEFAULT_SKEW).is_ok());
+        assert_eq!(
+            k.verify(P, Some(a.as_bytes()), unix_ms(), DEFAULT_SKEW),
+            Ok(())
+        );
+        assert!(
+            a == b
+                || k.verify(P, Some(b.as_bytes()), unix_ms(), DEFAULT_SKEW)
+                    .is_ok()
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Node tickets: minted by central at login, verified by the signal node at upgrade.
 //!
 //! Form: `base64url(payload) "." base64url(HMAC-SHA256(secret, "v1." base64url(payload)))`,
-//! payload = `{"u":user,"n":node,"e":expiry unix seconds}`. Compact and URL-safe.
+//! payload = `{"u":user,"n":node,"e":expiry unix seconds,"i":ticket id}`. Compact and URL-safe.
+//! The id is random per login, so that two logins of one user in one second get two tickets:
+//! a ticket is single-use (the node it names remembers the used ones until they expire).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -25,6 +27,28 @@ pub struct Ticket {
     pub node: NodeId,
     #[serde(rename = "e")]
     pub expires_at: u64,
+    /// Random per ticket (empty in tickets of older centrals).
+    #[serde(rename = "i", default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+}
+
+impl Ticket {
+    /// A ticket with a fresh random id.
+    pub fn new(user: UserId, node: NodeId, expires_at: u64) -> Ticket {
+        let id: [u8; 12] = rand::random();
+        Ticket {
+            user,
+            node,
+            expires_at,
+            id: URL_SAFE_NO_PAD.encode(id),
+        }
+    }
+}
+
+/// What identifies a ticket among the used ones: its signature part (the text after the last
+/// `.`), unique per minted ticket.
+pub fn ticket_signature(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(_, sig)| sig)
 }
 
 /// Why a ticket is refused.
@@ -121,6 +145,7 @@ mod tests {
             user: UserId::new("alice").unwrap(),
             node: NodeId::new("node-1").unwrap(),
             expires_at: exp,
+            id: String::new(),
         }
     }
 
@@ -135,6 +160,22 @@ mod tests {
             key.verify(&t, &NodeId::new("node-1").unwrap(), 999),
             Ok(ticket(1000))
         );
+    }
+
+    #[test]
+    fn ids_make_tickets_unique() {
+        let key = TicketKey::new(b"secret");
+        let t = |_| {
+            Ticket::new(
+                UserId::new("alice").unwrap(),
+                NodeId::new("node-1").unwrap(),
+                1000,
+            )
+        };
+        let (a, b) = (key.mint(&t(0)), key.mint(&t(1)));
+        assert_ne!(ticket_signature(&a), ticket_signature(&b));
+        let n1 = NodeId::new("node-1").unwrap();
+        assert_eq!(key.verify(&a, &n1, 1).unwrap().id.len(), 16);
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct Args {
     /// A connection silent this long is closed, in milliseconds.
     #[arg(long, env = "SIGNAL_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
+    /// Tickets remembered as used until they expire (each ticket is single-use); when this
+    /// many unexpired ones are remembered, new tickets are refused with 503.
+    #[arg(long, env = "SIGNAL_MAX_USED_TICKETS", default_value_t = crate::tickets::DEFAULT_MAX_USED_TICKETS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_used_tickets: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -165,6 +169,8 @@ impl Args {
             .map_err(|_| invalid("outbound-queue", "too large"))?;
         c.outbound_queue_bytes = usize::try_from(self.outbound_queue_bytes)
             .map_err(|_| invalid("outbound-queue-bytes", "too large"))?;
+        c.max_used_tickets = usize::try_from(self.max_used_tickets)
+            .map_err(|_| invalid("max-used-tickets", "too large"))?;
         Ok(c)
     }
 }
@@ -205,5 +211,12 @@ mod tests {
         assert!(parse(&["--dev-auth", "--id", "a b"])
             .unwrap_err()
             .contains("--id"));
+        assert_eq!(
+            parse(&["--dev-auth"]).unwrap().max_used_tickets,
+            crate::tickets::DEFAULT_MAX_USED_TICKETS
+        );
+        assert!(parse(&["--dev-auth", "--max-used-tickets", "0"])
+            .unwrap_err()
+            .contains("--max-used-tickets"));
     }
 }

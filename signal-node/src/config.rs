@@ -61,6 +61,8 @@ pub struct Config {
     pub outbound_queue_bytes: usize,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
+    /// Bound of the used-ticket set (see `tickets`): when full, new tickets get 503.
+    pub max_used_tickets: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -82,6 +84,7 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("outbound_queue", &self.outbound_queue)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("max_used_tickets", &self.max_used_tickets)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +116,7 @@ impl Config {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             metrics: None,
+            max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,
         }
     }
 

@@ -7,6 +7,7 @@ use axum::Json;
 use signal_proto::IdError;
 
 use crate::directory::DirectoryError;
+use crate::tickets::UseError;
 
 /// Why `run` failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum ApiError {
     Draining,
     #[error("directory unavailable, retry later: {0}")]
     DirectoryUnavailable(String),
+    /// A bounded resource (the used-ticket set) is full.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ApiError {
@@ -41,7 +45,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Draining | ApiError::DirectoryUnavailable(_) => {
+            ApiError::Draining | ApiError::DirectoryUnavailable(_) | ApiError::Busy(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -52,6 +56,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
         (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<UseError> for ApiError {
+    fn from(e: UseError) -> Self {
+        match e {
+            UseError::Replayed => ApiError::Unauthorized(e.to_string()),
+            UseError::Full(_) => ApiError::Busy(e.to_string()),
+        }
     }
 }
 

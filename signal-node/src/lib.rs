@@ -19,6 +19,7 @@ pub mod registration;
 pub mod relay;
 pub mod router;
 pub mod telemetry;
+pub mod tickets;
 
 use std::future::{Future, IntoFuture};
 use std::time::Duration;

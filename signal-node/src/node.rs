@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use signal_proto::relay::{DeliverStatus, Location};
 use signal_proto::roap::Welcome;
-use signal_proto::ticket::{unix_now, TicketKey};
+use signal_proto::ticket::{ticket_signature, unix_now, TicketKey};
 use signal_proto::{Message, NodeId, UserId};
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::hub::{ConnHandle, Hub};
 use crate::outbound::{self, Closer, OutboundRx, PushError, CLOSE_DRAINING, CLOSE_REPLACED};
 use crate::peers::Peers;
+use crate::tickets::UsedTickets;
 
 /// Number of per-user locks serialising open (insert + claim) of the same user on this node.
 const CLAIM_STRIPES: usize = 64;
@@ -45,6 +46,7 @@ struct Inner {
     directory: Directory,
     peers: Peers,
     tickets: Option<TicketKey>,
+    used_tickets: UsedTickets,
     draining: AtomicBool,
     central: Mutex<CentralStatus>,
     next_conn: AtomicU64,
@@ -122,6 +124,7 @@ impl Node {
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
         let peers = Peers::new(config.grpc_key());
+        let used_tickets = UsedTickets::new(config.max_used_tickets);
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -132,6 +135,7 @@ impl Node {
                 directory,
                 peers,
                 tickets,
+                used_tickets,
                 draining: AtomicBool::new(false),
                 central: Mutex::new(CentralStatus {
                     registered,
@@ -238,13 +242,20 @@ impl Node {
             by_ticket: false,
         };
         match (token, &self.inner.tickets) {
-            (Some(token), Some(key)) => key
-                .verify(token, self.id(), unix_now())
-                .map(|t| Authenticated {
+            (Some(token), Some(key)) => {
+                let now = unix_now();
+                let t = key
+                    .verify(token, self.id(), now)
+                    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+                // Single-use: a second upgrade with it is refused.
+                self.inner
+                    .used_tickets
+                    .use_once(ticket_signature(token), t.expires_at, now)?;
+                Ok(Authenticated {
                     user: t.user,
                     by_ticket: true,
                 })
-                .map_err(|e| ApiError::Unauthorized(e.to_string())),
+            }
             (Some(_), None) if !(dev && user.is_some()) => Err(ApiError::Unauthorized(
                 "this node has no ticket secret (dev-auth only): connect with ?user=".into(),
             )),

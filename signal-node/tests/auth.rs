@@ -13,11 +13,11 @@ use testkit::WsClient;
 const SECRET: &str = "cluster-secret";
 
 fn ticket(key: &TicketKey, user: &str, node: &str, expires_at: u64) -> String {
-    key.mint(&Ticket {
-        user: UserId::new(user).unwrap(),
-        node: NodeId::new(node).unwrap(),
+    key.mint(&Ticket::new(
+        UserId::new(user).unwrap(),
+        NodeId::new(node).unwrap(),
         expires_at,
-    })
+    ))
 }
 
 async fn secured_node() -> TestNode {
@@ -87,6 +87,43 @@ async fn bad_tickets_are_401_before_the_upgrade() {
         assert_eq!(status, 401, "{why}: {err}");
         assert!(err.contains(why), "{why}: {err}");
     }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ticket_is_single_use_and_the_first_connection_is_untouched() {
+    let node = secured_node().await;
+    let key = TicketKey::new(SECRET.as_bytes());
+    let t = ticket(&key, "alice", "node-1", unix_now() + 60);
+    let (mut first, _) = WsClient::connect_welcomed(&node.ws_token(&t)).await;
+    let (status, err) = refused(&node.ws_token(&t)).await;
+    assert_eq!(status, 401, "{err}");
+    assert!(err.contains("already used"), "{err}");
+    // The replay did not replace the first connection.
+    roundtrip(&mut first).await;
+    // A fresh ticket for the same user, minted in the same second, is another ticket.
+    let t2 = ticket(&key, "alice", "node-1", unix_now() + 60);
+    assert_ne!(t, t2);
+    let (mut second, _) = WsClient::connect_welcomed(&node.ws_token(&t2)).await;
+    assert_eq!(first.expect_close().await, 4409);
+    roundtrip(&mut second).await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_used_ticket_set_refuses_new_tickets_with_503() {
+    let mut cfg = dev("node-1");
+    cfg.secret = Some(SECRET.into());
+    cfg.dev_auth = false;
+    cfg.max_used_tickets = 1;
+    let node = TestNode::start(cfg).await;
+    let key = TicketKey::new(SECRET.as_bytes());
+    let a = ticket(&key, "alice", "node-1", unix_now() + 60);
+    let (_alice, _) = WsClient::connect_welcomed(&node.ws_token(&a)).await;
+    let b = ticket(&key, "bob", "node-1", unix_now() + 60);
+    let (status, err) = refused(&node.ws_token(&b)).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(err.contains("--max-used-tickets"), "{err}");
     node.shutdown().await.unwrap();
 }
 

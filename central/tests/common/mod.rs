@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 use signal_proto::grpc_auth::{AuthChannel, GrpcKey, Signer};
 use signal_proto::registry::registry_client::RegistryClient;
-use tonic::transport::Channel;
 use testkit::{free_port, wait_until, Proc};
+use tonic::transport::Channel;
 
 pub const SECRET: &str = "test-cluster-secret";
 

@@ -194,6 +194,17 @@ pub struct Node {
 
 impl Node {
     pub fn start(id: &str, central_grpc: &str, weight: u32, extra: &[&str]) -> Node {
+        Self::start_with_secret(id, central_grpc, SECRET, weight, extra)
+    }
+
+    /// [`Node::start`] with a cluster secret of its own.
+    pub fn start_with_secret(
+        id: &str,
+        central_grpc: &str,
+        secret: &str,
+        weight: u32,
+        extra: &[&str],
+    ) -> Node {
         let http_port = free_port();
         let grpc_port = free_port();
         let mut cmd = Command::new(node_bin());
@@ -201,7 +212,7 @@ impl Node {
             .args(["--listen", &format!("127.0.0.1:{http_port}")])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             .args(["--central", central_grpc])
-            .args(["--secret", SECRET])
+            .args(["--secret", secret])
             .args(["--weight", &weight.to_string()])
             .args(["--drain-ms", "200"])
             .args(extra)

@@ -151,10 +151,15 @@ async fn dev_cluster_in_process_drains_a_node() {
 async fn listed_nodes(base: &str) -> Option<usize> {
     let r = reqwest::get(format!("{base}/v1/nodes")).await.ok()?;
     let v = r.json::<serde_json::Value>().await.ok()?;
-    Some(v["nodes"].as_array().map_or(0, Vec::len))
+    // Only nodes that answered central's probe are handed out.
+    Some(
+        v["nodes"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["reachable"] == true).count()),
+    )
 }
 
-/// Starts `central --dev` with `n` nodes and the given drain window; waits until central lists them.
+/// Starts `central --dev` with `n` nodes and the given drain window; waits until central lists them, reachable.
 async fn dev_process(n: usize, drain_ms: u64) -> (Proc, String) {
     let port = free_port();
     let proc = Proc::spawn(

@@ -345,3 +345,36 @@ async fn pending_assignments_expire_after_the_ticket_ttl() {
     // So the first node, back to score 0, gets the next login.
     assert_eq!(r.pick().await.unwrap().unwrap().node, first);
 }
+
+/// What the Register RPC does: a node is not pickable until a probe marks it up, in both
+/// backends alike.
+#[tokio::test]
+async fn unprobed_registrations_wait_for_a_probe_in_both_backends() {
+    let redis = Redis::start().await;
+    for r in [
+        Registry::memory(TTL),
+        Registry::redis(&redis.url(), TTL).unwrap(),
+    ] {
+        let down = |r: Registry| async move {
+            r.list()
+                .await
+                .unwrap()
+                .iter()
+                .map(|n| n.down)
+                .collect::<Vec<_>>()
+        };
+        r.register_unprobed(info("u1", "a", 1), 0).await.unwrap();
+        assert_eq!(down(r.clone()).await, vec![true], "{r:?}");
+        assert_eq!(r.pick().await.unwrap(), None, "{r:?}");
+        assert_eq!(r.set_down(&nid("u1"), "a", false).await, Ok(true));
+        assert_eq!(r.pick().await.unwrap().unwrap().node, nid("u1"));
+        // The same instance again (e.g. after a central restart): stays up.
+        r.register_unprobed(info("u1", "a", 1), 0).await.unwrap();
+        assert_eq!(down(r.clone()).await, vec![false], "{r:?}");
+        // A new instance: waits for its own probe.
+        r.register_unprobed(info("u1", "b", 1), 0).await.unwrap();
+        assert_eq!(down(r.clone()).await, vec![true], "{r:?}");
+        assert_eq!(r.pick().await.unwrap(), None, "{r:?}");
+        r.deregister(&nid("u1"), "b").await.unwrap();
+    }
+}

@@ -429,6 +429,24 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         facts.append("ServiceMonitors")
     else:
         expect(not sms, "no ServiceMonitor unless enabled")
+    # NetworkPolicies: the gRPC ports of central and the nodes only from this release's pods.
+    nps = by_kind(objs, "NetworkPolicy")
+    if v["networkPolicy"]["enabled"]:
+        expect(len(nps) == 2, "a NetworkPolicy for central and for the nodes")
+        for np_ in nps:
+            sel = np_["spec"]["podSelector"]["matchLabels"]
+            comp = sel.get("app.kubernetes.io/component")
+            grpc = c["service"]["grpcPort"] if comp == "central" else n["grpcPort"]
+            expect(any(all(t["metadata"].get("labels", {}).get(k) == val for k, val in sel.items())
+                       for _, t in templates), f"NetworkPolicy {np_['metadata']['name']} selects no pods")
+            rules = [r for r in np_["spec"]["ingress"] if any(p["port"] == grpc for p in r.get("ports", []))]
+            expect(len(rules) == 1 and rules[0].get("from"), f"{comp}: gRPC port {grpc} open only to listed peers")
+            inst = rules[0]["from"][0]["podSelector"]["matchLabels"].get("app.kubernetes.io/instance")
+            expect(inst == objs[0]["metadata"]["labels"].get("app.kubernetes.io/instance"),
+                   f"{comp}: gRPC peers are the release's own pods")
+        facts.append("NetworkPolicies")
+    else:
+        expect(not nps, "no NetworkPolicy unless enabled")
     notes = [t for p, t in render_cache[name].items() if p.endswith("NOTES.txt")]
     expect(bool(notes) and "/v1/endpoint?user=" in notes[0], "NOTES.txt tells how to log in")
     return ", ".join(facts)

@@ -1,9 +1,12 @@
 //! Command-line flags (each also read from an environment variable) and their checks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+use signal_proto::grpc_tls::GrpcTls;
 
 use crate::config::{random_secret, Config};
 
@@ -87,6 +90,18 @@ pub struct Args {
     /// Log as JSON lines
     #[arg(long, env = "CENTRAL_LOG_JSON")]
     pub log_json: bool,
+
+    /// Mutual TLS of the registry gRPC (with --grpc-tls-key and --grpc-tls-ca): this PEM certificate
+    #[arg(long, env = "CENTRAL_GRPC_TLS_CERT", value_name = "PEM")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --grpc-tls-cert
+    #[arg(long, env = "CENTRAL_GRPC_TLS_KEY", value_name = "PEM")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that signed the nodes' client certificates and their server certificates
+    #[arg(long, env = "CENTRAL_GRPC_TLS_CA", value_name = "PEM")]
+    pub grpc_tls_ca: Option<PathBuf>,
 }
 
 /// A flag with a bad value; the message names the flag.
@@ -155,6 +170,17 @@ impl Args {
         if self.dev && self.dev_nodes == 0 {
             return Err(bad("--dev-nodes", "must be at least 1"));
         }
+        let grpc_tls = GrpcTls::from_flags(
+            self.grpc_tls_cert.as_ref(),
+            self.grpc_tls_key.as_ref(),
+            self.grpc_tls_ca.as_ref(),
+        )
+        .map_err(|e| {
+            bad(
+                "--grpc-tls-cert/--grpc-tls-key/--grpc-tls-ca",
+                e.to_string(),
+            )
+        })?;
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Ok(Config {
@@ -178,6 +204,7 @@ impl Args {
             dev_drain: Duration::from_millis(self.dev_drain_ms),
             log_json: self.log_json,
             metrics: None,
+            grpc_tls,
         })
     }
 }

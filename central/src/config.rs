@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_proto::grpc_tls::GrpcTls;
 
 /// Everything `run` needs besides its listeners.
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub log_json: bool,
     /// Where `/metrics` renders from; `None` serves an empty page.
     pub metrics: Option<PrometheusHandle>,
+    /// Mutual TLS of the registry server and of the probes (`--grpc-tls-*`).
+    pub grpc_tls: Option<GrpcTls>,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Config {
             .field("dev_nodes", &self.dev_nodes)
             .field("dev_drain", &self.dev_drain)
             .field("log_json", &self.log_json)
+            .field("grpc_tls", &self.grpc_tls.is_some())
             .finish()
     }
 }
@@ -78,6 +82,7 @@ impl Config {
             dev_drain: Duration::from_secs(2),
             log_json: false,
             metrics: None,
+            grpc_tls: None,
         }
     }
 }

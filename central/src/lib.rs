@@ -131,6 +131,7 @@ async fn serve_with(
             node_timeout: config.node_timeout,
             signer: Signer::new(grpc_key.clone()),
             now: probe_now.clone(),
+            tls: config.grpc_tls.clone(),
         },
         background.clone(),
     ));
@@ -161,8 +162,14 @@ async fn serve_with(
         config.node_timeout,
         probe_now,
     );
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc_tls {
+        grpc_server = grpc_server
+            .tls_config(tls.server())
+            .map_err(|e| CentralError::Config(format!("--grpc-tls-cert/--grpc-tls-key: {e}")))?;
+    }
     let mut grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        grpc_server
             .layer(AuthLayer::new(grpc_key, telemetry::GRPC_AUTH_REFUSED))
             .add_service(RegistryServer::new(service))
             .serve_with_incoming_shutdown(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signal_proto::grpc_auth::{AuthChannel, Signer};
+use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::ProbeRequest;
 use signal_proto::NodeId;
@@ -72,6 +73,8 @@ pub struct ProbeConfig {
     pub signer: Signer,
     /// Probe before the next tick when woken.
     pub now: ProbeNow,
+    /// Mutual TLS towards `https://` node URLs.
+    pub tls: Option<GrpcTls>,
 }
 
 type ProbeClient = RelayClient<AuthChannel<Channel>>;
@@ -94,6 +97,7 @@ pub async fn probe(registry: Registry, cfg: ProbeConfig, stop: CancellationToken
         node_timeout,
         signer,
         now: wake,
+        tls,
     } = cfg;
     let mut seen: HashMap<(NodeId, String), Probed> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
@@ -122,7 +126,9 @@ pub async fn probe(registry: Registry, cfg: ProbeConfig, stop: CancellationToken
             let entry = match seen.get_mut(&key) {
                 Some(p) if p.grpc_url == n.info.grpc_url => p,
                 _ => {
-                    let Some(client) = client_for(&n.info.grpc_url, probe_timeout, &signer) else {
+                    let Some(client) =
+                        client_for(&n.info.grpc_url, probe_timeout, &signer, tls.as_ref())
+                    else {
                         continue;
                     };
                     seen.insert(
@@ -198,8 +204,15 @@ async fn mark(registry: &Registry, record: &NodeRecord, down: bool, first: bool)
     }
 }
 
-fn client_for(url: &str, timeout: Duration, signer: &Signer) -> Option<ProbeClient> {
-    match Endpoint::from_shared(url.to_owned()) {
+fn client_for(
+    url: &str,
+    timeout: Duration,
+    signer: &Signer,
+    tls: Option<&GrpcTls>,
+) -> Option<ProbeClient> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .and_then(|e| signal_proto::grpc_tls::endpoint(e, tls));
+    match endpoint {
         Ok(e) => Some(RelayClient::new(AuthChannel::new(
             e.connect_timeout(timeout).timeout(timeout).connect_lazy(),
             signer.clone(),

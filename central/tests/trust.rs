@@ -152,3 +152,89 @@ async fn a_registered_node_is_handed_out_only_after_answering_a_probe() {
     }
     drop(real);
 }
+
+/// A CA and one certificate it signed for 127.0.0.1 (PEM: ca, cert, key).
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn a_node_registers_over_mutual_tls_and_a_peer_without_a_client_certificate_is_refused() {
+    let dir = std::env::temp_dir().join(format!("signal-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = pki();
+    let (rogue_ca, rogue_cert, rogue_key) = pki();
+    let path = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let (ca_path, cert_path, key_path) = (
+        path("ca.pem", &ca),
+        path("cert.pem", &cert),
+        path("key.pem", &key),
+    );
+    let tls = [
+        "--grpc-tls-cert",
+        cert_path.as_str(),
+        "--grpc-tls-key",
+        key_path.as_str(),
+        "--grpc-tls-ca",
+        ca_path.as_str(),
+    ];
+    let c = Central::start(Timing::FAST, &tls).await;
+    let central_tls = format!("https://127.0.0.1:{}", c.grpc_port);
+    // The node advertises https://(grpc-listen) by itself; central probes it over mTLS.
+    let node = Node::start("tls-node", &central_tls, 1, &tls);
+    c.wait_nodes(&["tls-node"], Duration::from_secs(15)).await;
+    let (status, body) = c.login("alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node"], "tls-node");
+
+    // Peers with the cluster's credentials but no client certificate of the CA: refused in
+    // the TLS handshake (or at the first call), nothing registered.
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let signer = Signer::new(GrpcKey::new(common::SECRET.as_bytes()));
+    let attempts = [
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)),
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca))
+            .identity(Identity::from_pem(&rogue_cert, &rogue_key)),
+    ];
+    for tls in attempts {
+        let endpoint = Endpoint::from_shared(central_tls.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        let Ok(channel) = endpoint.connect().await else {
+            continue;
+        };
+        let mut rpc = RegistryClient::new(AuthChannel::new(channel, signer.clone()));
+        let e = rpc.register(evil(free_port())).await.unwrap_err();
+        assert_ne!(e.code(), tonic::Code::Ok, "{e:?}");
+    }
+    // Plain HTTP/2 to the TLS port: refused too.
+    if let Ok(ch) = Endpoint::from_shared(format!("http://127.0.0.1:{}", c.grpc_port))
+        .unwrap()
+        .connect()
+        .await
+    {
+        let mut rpc = RegistryClient::new(AuthChannel::new(ch, signer.clone()));
+        assert!(rpc.register(evil(free_port())).await.is_err());
+    }
+    assert_eq!(c.node_ids().await, vec!["tls-node"]);
+    let _ = rogue_ca;
+    drop(node);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -318,10 +318,14 @@ pub struct AuthService<S> {
 }
 
 fn peer_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
-    use tonic::transport::server::TcpConnectInfo;
-    req.extensions()
-        .get::<TcpConnectInfo>()
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|t| t.get_ref().remote_addr())
+        })
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for AuthService<S>

@@ -2,6 +2,7 @@
 //! internal gRPC services and their credentials. Frames are parsed once, at the edge, into these types.
 
 pub mod grpc_auth;
+pub mod grpc_tls;
 pub mod ids;
 pub mod roap;
 pub mod ticket;

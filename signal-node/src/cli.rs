@@ -2,9 +2,11 @@
 //! translation into a [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::NodeId;
 
 use crate::config::{Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES};
@@ -98,6 +100,16 @@ pub struct Args {
     /// many unexpired ones are remembered, new tickets are refused with 503.
     #[arg(long, env = "SIGNAL_MAX_USED_TICKETS", default_value_t = crate::tickets::DEFAULT_MAX_USED_TICKETS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub max_used_tickets: u64,
+    /// Mutual TLS of the relay gRPC and of the calls to central and peers (with --grpc-tls-key
+    /// and --grpc-tls-ca; URLs are then https://): this PEM certificate.
+    #[arg(long, env = "SIGNAL_GRPC_TLS_CERT", value_name = "PEM")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "SIGNAL_GRPC_TLS_KEY", value_name = "PEM")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs every certificate of the cluster's internal gRPC.
+    #[arg(long, env = "SIGNAL_GRPC_TLS_CA", value_name = "PEM")]
+    pub grpc_tls_ca: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -169,6 +181,12 @@ impl Args {
             .map_err(|_| invalid("outbound-queue", "too large"))?;
         c.outbound_queue_bytes = usize::try_from(self.outbound_queue_bytes)
             .map_err(|_| invalid("outbound-queue-bytes", "too large"))?;
+        c.grpc_tls = GrpcTls::from_flags(
+            self.grpc_tls_cert.as_ref(),
+            self.grpc_tls_key.as_ref(),
+            self.grpc_tls_ca.as_ref(),
+        )
+        .map_err(|e| invalid("grpc-tls-cert", e.to_string()))?;
         c.max_used_tickets = usize::try_from(self.max_used_tickets)
             .map_err(|_| invalid("max-used-tickets", "too large"))?;
         Ok(c)

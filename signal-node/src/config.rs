@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use signal_proto::grpc_auth::{GrpcKey, DEV_SECRET};
+use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
@@ -63,6 +64,8 @@ pub struct Config {
     pub metrics: Option<PrometheusHandle>,
     /// Bound of the used-ticket set (see `tickets`): when full, new tickets get 503.
     pub max_used_tickets: usize,
+    /// Mutual TLS of the relay server and of the gRPC clients (`--grpc-tls-*`).
+    pub grpc_tls: Option<GrpcTls>,
 }
 
 impl std::fmt::Debug for Config {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for Config {
             .field("outbound_queue", &self.outbound_queue)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("max_used_tickets", &self.max_used_tickets)
+            .field("grpc_tls", &self.grpc_tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +121,7 @@ impl Config {
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             metrics: None,
             max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,
+            grpc_tls: None,
         }
     }
 

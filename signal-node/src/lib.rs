@@ -61,10 +61,14 @@ pub async fn run(
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("ws://{http_addr}/ws"));
-    let grpc_url = config
-        .grpc_advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let grpc_url = config.grpc_advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.grpc_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{grpc_addr}")
+    });
     let directory = match &config.directory {
         DirectoryConfig::Memory(d) => d.clone(),
         DirectoryConfig::Redis(url) => Directory::redis(url)?,
@@ -76,12 +80,21 @@ pub async fn run(
     let central = config.central.clone();
     let drain = config.drain;
     let grpc_auth = AuthLayer::new(config.grpc_key(), telemetry::GRPC_AUTH_REFUSED);
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc_tls {
+        grpc_server = grpc_server
+            .tls_config(tls.server())
+            .map_err(|e| NodeError::Serve {
+                server: "gRPC",
+                reason: format!("--grpc-tls-cert/--grpc-tls-key: {e}"),
+            })?;
+    }
     let node = Node::new(config, directory, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        grpc_server
             .layer(grpc_auth)
             .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
             .serve_with_incoming_shutdown(

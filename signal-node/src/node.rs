@@ -123,7 +123,7 @@ impl Node {
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
-        let peers = Peers::new(config.grpc_key());
+        let peers = Peers::new(config.grpc_key(), config.grpc_tls.clone());
         let used_tickets = UsedTickets::new(config.max_used_tickets);
         Node {
             inner: Arc::new(Inner {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use signal_proto::grpc_auth::{AuthChannel, GrpcKey, Signer, DEV_SECRET};
+use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
@@ -84,22 +85,25 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, PeerClient>>>,
     live: Arc<Mutex<LiveState>>,
     signer: Signer,
+    tls: Option<GrpcTls>,
 }
 
 impl Default for Peers {
     /// Calls signed with the public dev key (see `Config::grpc_key`).
     fn default() -> Self {
-        Peers::new(GrpcKey::new(DEV_SECRET.as_bytes()))
+        Peers::new(GrpcKey::new(DEV_SECRET.as_bytes()), None)
     }
 }
 
 impl Peers {
-    /// Peers whose calls are signed with `key`.
-    pub fn new(key: GrpcKey) -> Self {
+    /// Peers whose calls are signed with `key` (and use mutual TLS to `https://` URLs when
+    /// `tls` is set).
+    pub fn new(key: GrpcKey, tls: Option<GrpcTls>) -> Self {
         Peers {
             channels: Arc::default(),
             live: Arc::default(),
             signer: Signer::new(key),
+            tls,
         }
     }
 
@@ -115,6 +119,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = signal_proto::grpc_tls::endpoint(endpoint, self.tls.as_ref())
+            .map_err(|_| ForwardError::BadUrl(grpc_url.to_owned()))?;
         let client = RelayClient::new(AuthChannel::new(
             endpoint.connect_lazy(),
             self.signer.clone(),

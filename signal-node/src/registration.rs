@@ -34,7 +34,9 @@ fn freshness(interval: Duration, node_timeout: Duration) -> Duration {
 
 /// Keeps the node registered until `stop`, then deregisters (bounded by a timeout).
 pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
-    let endpoint = match Endpoint::from_shared(central_url.clone()) {
+    let endpoint = Endpoint::from_shared(central_url.clone())
+        .and_then(|e| signal_proto::grpc_tls::endpoint(e, node.config().grpc_tls.as_ref()));
+    let endpoint = match endpoint {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)),
         Err(e) => {
             tracing::error!(url = %central_url, error = %e, "bad central url: not registering");

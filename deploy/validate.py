@@ -75,6 +75,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "jwt": {"enabled": True, "existingSecret": "my-jwt-secret"},
         "redis": {"enabled": False, "external": {"existingSecret": "my-redis-url"}},
         "logJson": False,
+        "grpcTls": {"enabled": True, "secretName": "signal-grpc-tls"},
+        "networkPolicy": {"extraGrpcFrom": [{"namespaceSelector": {"matchLabels": {"name": "ops"}}}]},
     },
 }
 
@@ -86,6 +88,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "negative drainMs": {"signalNode": {"drainMs": -1}},
     "external Redis without URL": {"redis": {"enabled": False}},
     "JWT on without a secret": {"jwt": {"enabled": True}},
+    "gRPC TLS on without a Secret": {"grpcTls": {"enabled": True}},
     "bad pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "extraArgs not a flag": {"signalNode": {"extraArgs": ["rm -rf /"]}},
 }
@@ -309,7 +312,8 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
     args = arg_map(nc)
     expect(nc["command"] == ["signal-node"], f"node command {nc['command']}")
     expect(args.get("--id") == "$(POD_NAME)", f"--id is the pod name, got {args.get('--id')}")
-    want_grpc = f"http://$(POD_NAME).{headless['metadata']['name']}.$(POD_NAMESPACE).svc:{n['grpcPort']}"
+    grpc_scheme = "https" if v["grpcTls"]["enabled"] else "http"
+    want_grpc = f"{grpc_scheme}://$(POD_NAME).{headless['metadata']['name']}.$(POD_NAMESPACE).svc:{n['grpcPort']}"
     expect(args.get("--grpc-advertise") == want_grpc, f"--grpc-advertise {args.get('--grpc-advertise')} != {want_grpc}")
     expect(args.get("--drain-ms") == str(n["drainMs"]), "--drain-ms from values")
     expect(args.get("--weight") == str(n["weight"]), "--weight from values")
@@ -339,7 +343,7 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
     csvc = one(objs, "Service", "-central")
     grpc_ports = [p["port"] for p in csvc["spec"]["ports"] if p["name"] == "grpc"]
     expect(grpc_ports == [c["service"]["grpcPort"]], "central Service has the gRPC port")
-    want_central = f"http://{csvc['metadata']['name']}.$(POD_NAMESPACE).svc:{grpc_ports[0]}"
+    want_central = f"{grpc_scheme}://{csvc['metadata']['name']}.$(POD_NAMESPACE).svc:{grpc_ports[0]}"
     expect(args.get("--central") == want_central, f"--central {args.get('--central')} != {want_central}")
 
     # Exposure: a host per pod (ingress) or a hostPort per machine.
@@ -447,6 +451,22 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         facts.append("NetworkPolicies")
     else:
         expect(not nps, "no NetworkPolicy unless enabled")
+    # Mutual TLS of the internal gRPC: the files mounted, https URLs; plain http otherwise.
+    nc = sts["spec"]["template"]["spec"]["containers"][0]
+    nargs = arg_map(nc)
+    scheme = "https://" if v["grpcTls"]["enabled"] else "http://"
+    expect(nargs["--central"].startswith(scheme) and nargs["--grpc-advertise"].startswith(scheme),
+           f"node gRPC URLs use {scheme}")
+    for cont, prefix in ((cc, "CENTRAL"), (nc, "SIGNAL")):
+        envs_ = env_map(cont)
+        has = all(f"{prefix}_GRPC_TLS_{k}" in envs_ for k in ("CERT", "KEY", "CA"))
+        expect(has == bool(v["grpcTls"]["enabled"]), f"{prefix}_GRPC_TLS_* iff grpcTls.enabled")
+        if has:
+            mounts = {m["mountPath"] for m in cont.get("volumeMounts", [])}
+            expect(all(envs_[f"{prefix}_GRPC_TLS_{k}"].rsplit("/", 1)[0] in mounts for k in ("CERT", "KEY", "CA")),
+                   f"{prefix} TLS files are mounted")
+    if v["grpcTls"]["enabled"]:
+        facts.append("gRPC mTLS")
     notes = [t for p, t in render_cache[name].items() if p.endswith("NOTES.txt")]
     expect(bool(notes) and "/v1/endpoint?user=" in notes[0], "NOTES.txt tells how to log in")
     return ", ".join(facts)

@@ -113,3 +113,38 @@ key: {{ .Values.jwt.key }}
 {{- printf "%s://$(HOST_IP):%d/ws" $e.hostPort.scheme (int $e.hostPort.port) }}
 {{- end }}
 {{- end }}
+
+{{/* Scheme of the internal gRPC URLs: https with mutual TLS (grpcTls.enabled). */}}
+{{- define "signal-cluster.grpcScheme" -}}
+{{- if .Values.grpcTls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/* Env entries of the mutual TLS files of a binary: (dict "ctx" $ "prefix" "CENTRAL"). */}}
+{{- define "signal-cluster.grpcTlsEnv" -}}
+{{- if .ctx.Values.grpcTls.enabled }}
+- name: {{ .prefix }}_GRPC_TLS_CERT
+  value: /etc/signal/grpc-tls/tls.crt
+- name: {{ .prefix }}_GRPC_TLS_KEY
+  value: /etc/signal/grpc-tls/tls.key
+- name: {{ .prefix }}_GRPC_TLS_CA
+  value: /etc/signal/grpc-tls/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "signal-cluster.grpcTlsMount" -}}
+{{- if .Values.grpcTls.enabled }}
+volumeMounts:
+  - name: grpc-tls
+    mountPath: /etc/signal/grpc-tls
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "signal-cluster.grpcTlsVolume" -}}
+{{- if .Values.grpcTls.enabled }}
+volumes:
+  - name: grpc-tls
+    secret:
+      secretName: {{ .Values.grpcTls.secretName }}
+{{- end }}
+{{- end }}

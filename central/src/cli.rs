@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{random_secret, Config};
+use crate::ice::{parse_urls, IceConfig, TurnConfig, UrlKind};
 
 /// Coordinator of the signaling cluster: node registry, weighted least connections, login.
 #[derive(Debug, Clone, Parser)]
@@ -62,6 +63,33 @@ pub struct Args {
         value_name = "SECS"
     )]
     pub ticket_ttl_secs: u64,
+
+    /// STUN servers for the login answer's iceServers, comma-separated stun:/stuns: URLs
+    #[arg(long, env = "CENTRAL_STUN_URLS", value_name = "URLS")]
+    pub stun_urls: Option<String>,
+
+    /// TURN servers for the login answer's iceServers, comma-separated turn:/turns: URLs
+    /// (needs --turn-secret)
+    #[arg(long, env = "CENTRAL_TURN_URLS", value_name = "URLS")]
+    pub turn_urls: Option<String>,
+
+    /// Shared with the TURN server (coturn's static-auth-secret): signs the TURN credentials
+    #[arg(
+        long,
+        env = "CENTRAL_TURN_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of the TURN credentials handed out at login
+    #[arg(
+        long,
+        env = "CENTRAL_TURN_TTL_SECS",
+        default_value_t = 3600,
+        value_name = "SECS"
+    )]
+    pub turn_ttl_secs: u64,
 
     /// Share the registry between central replicas, e.g. redis://127.0.0.1:6379/
     #[arg(long, env = "CENTRAL_REDIS_URL", value_name = "URL")]
@@ -152,6 +180,12 @@ impl Args {
                 ));
             }
         }
+        let ice = ice_config(
+            self.stun_urls.as_deref().unwrap_or(""),
+            self.turn_urls.as_deref().unwrap_or(""),
+            self.turn_secret,
+            self.turn_ttl_secs,
+        )?;
         if self.dev && self.dev_nodes == 0 {
             return Err(bad("--dev-nodes", "must be at least 1"));
         }
@@ -172,6 +206,7 @@ impl Args {
             node_timeout: Duration::from_millis(self.node_timeout_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             ticket_ttl: Duration::from_secs(self.ticket_ttl_secs),
+            ice,
             redis_url: self.redis_url,
             dev: self.dev,
             dev_nodes: self.dev_nodes,
@@ -180,6 +215,44 @@ impl Args {
             metrics: None,
         })
     }
+}
+
+/// The ICE flags together: URLs checked, TURN URLs only with a secret and a secret only with
+/// TURN URLs.
+fn ice_config(
+    stun_urls: &str,
+    turn_urls: &str,
+    turn_secret: Option<String>,
+    turn_ttl_secs: u64,
+) -> Result<IceConfig, ConfigError> {
+    const STUN: &str = "--stun-urls (CENTRAL_STUN_URLS)";
+    const TURN: &str = "--turn-urls (CENTRAL_TURN_URLS)";
+    const SECRET: &str = "--turn-secret (CENTRAL_TURN_SECRET)";
+    let stun_urls = parse_urls(stun_urls, UrlKind::Stun).map_err(|e| bad(STUN, e.to_string()))?;
+    let turn_urls = parse_urls(turn_urls, UrlKind::Turn).map_err(|e| bad(TURN, e.to_string()))?;
+    if turn_ttl_secs == 0 {
+        return Err(bad(
+            "--turn-ttl-secs (CENTRAL_TURN_TTL_SECS)",
+            "must be at least 1",
+        ));
+    }
+    let secret = turn_secret.filter(|s| !s.is_empty());
+    let turn = match (turn_urls.is_empty(), secret) {
+        (true, None) => None,
+        (false, Some(secret)) => Some(TurnConfig {
+            urls: turn_urls,
+            secret,
+            ttl: Duration::from_secs(turn_ttl_secs),
+        }),
+        (false, None) => {
+            return Err(bad(
+                SECRET,
+                "is required with --turn-urls (coturn's static-auth-secret; must not be empty)",
+            ))
+        }
+        (true, Some(_)) => return Err(bad(SECRET, "is given without --turn-urls")),
+    };
+    Ok(IceConfig { stun_urls, turn })
 }
 
 #[cfg(test)]
@@ -227,5 +300,62 @@ mod tests {
         assert!(parse(&["--secret", "s", "--heartbeat-interval-ms", "x"])
             .unwrap_err()
             .contains("--heartbeat-interval-ms"));
+    }
+
+    #[test]
+    fn ice_flags() {
+        let c = parse(&["--secret", "s"]).unwrap();
+        assert_eq!(c.ice, IceConfig::default());
+        let c = parse(&[
+            "--dev",
+            "--stun-urls",
+            "stun:127.0.0.1:3478",
+            "--turn-urls",
+            "turn:127.0.0.1:3478?transport=udp,turns:turn.example:5349",
+            "--turn-secret",
+            "north",
+            "--turn-ttl-secs",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(c.ice.stun_urls, ["stun:127.0.0.1:3478"]);
+        let turn = c.ice.turn.clone().unwrap();
+        assert_eq!(turn.urls.len(), 2);
+        assert_eq!(turn.ttl, Duration::from_secs(600));
+        assert_eq!(turn.secret, "north");
+        assert!(!format!("{c:?}").contains("north"), "secret in Debug");
+        // Empty values mean none (unset variables in compose).
+        let c = parse(&["--secret", "s", "--turn-urls", "", "--turn-secret", ""]).unwrap();
+        assert!(c.ice.turn.is_none());
+        for (args, flag) in [
+            (&["--turn-urls", "http://x"][..], "--turn-urls"),
+            (
+                &["--turn-urls", "stun:x", "--turn-secret", "k"],
+                "--turn-urls",
+            ),
+            (&["--stun-urls", "turn:x"], "--stun-urls"),
+            (&["--turn-urls", "turn:x"], "--turn-secret"),
+            (
+                &["--turn-urls", "turn:x", "--turn-secret", ""],
+                "--turn-secret",
+            ),
+            (&["--turn-secret", "k"], "--turn-secret"),
+            (
+                &[
+                    "--turn-urls",
+                    "turn:x",
+                    "--turn-secret",
+                    "k",
+                    "--turn-ttl-secs",
+                    "0",
+                ],
+                "--turn-ttl-secs",
+            ),
+        ] {
+            let mut v = vec!["--secret", "s"];
+            v.extend_from_slice(args);
+            let e = parse(&v).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::ice::IceConfig;
+
 /// Everything `run` needs besides its listeners.
 #[derive(Clone)]
 pub struct Config {
@@ -24,6 +26,8 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Lifetime of the tickets handed out at login.
     pub ticket_ttl: Duration,
+    /// STUN/TURN servers in the login answer (TURN with short-lived credentials).
+    pub ice: IceConfig,
     /// Share the registry between central replicas.
     pub redis_url: Option<String>,
     /// All-in-one local cluster (`central --dev`).
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Config {
             .field("node_timeout", &self.node_timeout)
             .field("probe_interval", &self.probe_interval)
             .field("ticket_ttl", &self.ticket_ttl)
+            .field("ice", &self.ice)
             .field("redis_url", &self.redis_url)
             .field("dev", &self.dev)
             .field("dev_nodes", &self.dev_nodes)
@@ -72,6 +77,7 @@ impl Config {
             node_timeout: Duration::from_millis(6000),
             probe_interval: Duration::from_millis(1000),
             ticket_ttl: Duration::from_secs(60),
+            ice: IceConfig::default(),
             redis_url: None,
             dev: true,
             dev_nodes: 2,

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod ice;
 pub mod liveness;
 pub mod login;
 pub mod registry;
@@ -133,7 +134,8 @@ async fn serve_with(
             &config.secret,
             config.jwt_secret.as_deref(),
             config.ticket_ttl,
-        ),
+        )
+        .with_ice(config.ice.clone()),
         registry: registry.clone(),
         ready: ready.clone(),
         metrics: config.metrics.clone(),
@@ -164,6 +166,8 @@ async fn serve_with(
         grpc = %grpc_addr,
         registry = ?registry,
         jwt = config.jwt_secret.is_some(),
+        stun = config.ice.stun_urls.len(),
+        turn = config.ice.has_turn(),
         heartbeat_ms = config.heartbeat_interval.as_millis() as u64,
         node_timeout_ms = config.node_timeout.as_millis() as u64,
         "central serving"

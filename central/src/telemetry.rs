@@ -15,6 +15,7 @@ pub const EVICTIONS: &str = "central_evictions_total";
 pub const REGISTRATIONS: &str = "central_registrations_total";
 pub const PROBE_FAILURES: &str = "central_probe_failures_total";
 pub const REGISTRY_UP: &str = "central_registry_up";
+pub const TURN_CREDENTIALS: &str = "central_turn_credentials_total";
 
 /// Describes every metric once (idempotent) and zeroes the counters so that they show up
 /// before the first event.
@@ -36,7 +37,12 @@ pub fn describe() {
         REGISTRY_UP,
         "1 when the registry's store (Redis) answers, else 0."
     );
+    describe_counter!(
+        TURN_CREDENTIALS,
+        "TURN credentials handed out in login answers."
+    );
     counter!(EVICTIONS).absolute(0);
+    counter!(TURN_CREDENTIALS).absolute(0);
     for state in ["active", "draining", "down"] {
         gauge!(NODES, "state" => state).set(0.0);
     }
@@ -51,6 +57,10 @@ pub fn login(elapsed: Duration, result: &Result<Endpoint, LoginError>) {
         }
         Err(e) => counter!(LOGINS, "result" => e.label()).increment(1),
     }
+}
+
+pub fn turn_credential() {
+    counter!(TURN_CREDENTIALS).increment(1);
 }
 
 pub fn evicted(n: usize) {

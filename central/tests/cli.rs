@@ -63,6 +63,25 @@ fn bad_flags_exit_with_one_line_naming_the_flag() {
         &["--secret", "s", "--ticket-ttl-secs", "0"],
         "--ticket-ttl-secs",
     );
+    run_bad(
+        &["--secret", "s", "--turn-urls", "http://turn.example:3478"],
+        "--turn-urls",
+    );
+    run_bad(&["--secret", "s", "--stun-urls", "turn:x"], "--stun-urls");
+    run_bad(&["--secret", "s", "--turn-urls", "turn:x"], "--turn-secret");
+    run_bad(
+        &[
+            "--secret",
+            "s",
+            "--turn-urls",
+            "turn:x",
+            "--turn-secret",
+            "k",
+            "--turn-ttl-secs",
+            "abc",
+        ],
+        "--turn-ttl-secs",
+    );
 }
 
 #[test]
@@ -95,6 +114,14 @@ fn help_lists_every_flag() {
         "--log-json",
         "--ticket-ttl-secs",
         "--probe-interval-ms",
+        "--stun-urls",
+        "CENTRAL_STUN_URLS",
+        "--turn-urls",
+        "CENTRAL_TURN_URLS",
+        "--turn-secret",
+        "CENTRAL_TURN_SECRET",
+        "--turn-ttl-secs",
+        "CENTRAL_TURN_TTL_SECS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -29,6 +29,8 @@ import { ChatStore } from './chat-store.js';
 
 const params = new URLSearchParams(location.search);
 const TEST = params.get('test') === '1';
+// `?relay=1`: peer connections use only TURN relay candidates (to check a TURN deployment).
+const RELAY_ONLY = params.get('relay') === '1';
 const PAGE = 30;
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -213,7 +215,9 @@ async function signIn(user) {
     app.store = null;
     toast('Chat history is not available in this browser (IndexedDB failed); messages will not be kept.');
   }
-  const manager = new PeerManager(client);
+  // Every call uses the ICE servers of the client's latest login (TURN credentials renewed at
+  // each reconnect), see RoapPeer.
+  const manager = new PeerManager(client, RELAY_ONLY ? { rtcConfig: { iceTransportPolicy: 'relay' } } : {});
   app.manager = manager;
   manager.addEventListener('peer', (ev) => {
     const { peer, incoming } = /** @type {CustomEvent} */ (ev).detail;

@@ -4,7 +4,8 @@
  * node, automatic reconnect through central, typed ROAP events and send helpers, Ping
  * keepalive, and plain-words text for every error type.
  *
- * Contract: /work/shared/CONTRACT.md sections 2 (login) and 3 (WebSocket protocol).
+ * Contract: /work/shared/CONTRACT.md sections 2 (login), 3 (WebSocket protocol) and 9 (ICE
+ * servers: every login answer carries fresh STUN/TURN servers, kept in `client.iceServers`).
  */
 
 /**
@@ -13,6 +14,8 @@
  * @property {string} url        the node's WebSocket URL, e.g. "ws://127.0.0.1:8091/ws"
  * @property {string} token      the ticket to present to that node
  * @property {number} expiresIn  seconds the ticket stays valid
+ * @property {RTCIceServer[]} iceServers  STUN/TURN servers for RTCPeerConnection (TURN with a
+ *   short-lived username/credential); empty when central has none configured
  */
 
 /**
@@ -107,6 +110,33 @@ export class SignalError extends Error {
 }
 
 /**
+ * The usable entries of a login answer's `iceServers` (contract section 9): objects whose
+ * `urls` is a string or an array of strings, with `username` / `credential` kept when they are
+ * strings. Anything else (absent, malformed) gives fewer entries, never an exception, so a
+ * central without ICE servers or with a newer format still lets the user sign in.
+ * @param {unknown} value
+ * @returns {RTCIceServer[]}
+ */
+export function parseIceServers(value) {
+  if (!Array.isArray(value)) return [];
+  /** @type {RTCIceServer[]} */
+  const out = [];
+  for (const s of value) {
+    if (!s || typeof s !== 'object') continue;
+    const raw = /** @type {any} */ (s).urls;
+    const urls = (typeof raw === 'string' ? [raw] : Array.isArray(raw) ? raw : []).filter((u) => typeof u === 'string' && u !== '');
+    if (urls.length === 0) continue;
+    /** @type {RTCIceServer} */
+    const server = { urls };
+    const { username, credential } = /** @type {any} */ (s);
+    if (typeof username === 'string') server.username = username;
+    if (typeof credential === 'string') server.credential = credential;
+    out.push(server);
+  }
+  return out;
+}
+
+/**
  * Asks central for a signaling endpoint (contract section 2).
  * @param {string} centralUrl  e.g. "http://127.0.0.1:8080" (`location.origin` in the demo)
  * @param {string} user
@@ -154,6 +184,7 @@ export async function login(centralUrl, user, opts = {}) {
     url: body.url,
     token: body.token,
     expiresIn: Number(body.expiresIn) || 0,
+    iceServers: parseIceServers(body.iceServers),
     connectUrl: connect.toString(),
   };
 }
@@ -207,6 +238,9 @@ export class SignalEvent extends Event {
  * - `state`: CustomEvent `{state, node?, code?, reason?, retryInMs?}`
  * - `replaced`: this user logged in elsewhere (close 4409); no reconnect
  * - `reconnected`: CustomEvent `{node}` after a reconnect's Welcome
+ *
+ * `iceServers` holds the STUN/TURN servers of the latest login (refreshed on every login, so
+ * TURN credentials are renewed on each reconnect); peer connections read it when they start.
  */
 export class SignalClient extends EventTarget {
   /**
@@ -356,6 +390,11 @@ export class SignalClient extends EventTarget {
   #setState(state, extra = {}) {
     this.state = state;
     this.dispatchEvent(new CustomEvent('state', { detail: { state, node: this.node, ...extra } }));
+  }
+
+  /** The ICE servers of the latest login (a copy; empty before the first login). */
+  get iceServers() {
+    return (this.endpoint?.iceServers ?? []).map((s) => ({ ...s }));
   }
 
   #clearTimers() {

@@ -230,7 +230,13 @@ impl Coturn {
                 .arg("--use-auth-secret")
                 .arg(format!("--static-auth-secret={secret}"))
                 .args(["--realm", &realm])
-                .args(["--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log"])
+                .args([
+                    "--no-tls",
+                    "--no-dtls",
+                    "--no-cli",
+                    "--no-stdout-log",
+                    "--simple-log",
+                ])
                 .arg(format!("--log-file={}", dir.join("turn.log").display()))
                 .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
                 .arg(format!("--db={}", dir.join("turndb").display()))

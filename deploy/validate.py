@@ -76,6 +76,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "redis": {"enabled": False, "external": {"existingSecret": "my-redis-url"}},
         "logJson": False,
     },
+    "turn-coturn-tls": {
+        "turn": {
+            "enabled": True,
+            "urls": ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"],
+            "stunUrls": ["stun:turn.example.com:3478"],
+            "ttlSecs": 600,
+            "coturn": {"tlsSecretName": "turn-tls", "externalIp": "203.0.113.10",
+                       "extraSecrets": [{"name": "turn-next", "key": "turn-secret"}]},
+        },
+    },
+    "turn-external-existing-secret": {
+        "turn": {"enabled": True, "urls": ["turn:turn.example.net:3478"], "existingSecret": "my-turn-secret",
+                 "coturn": {"enabled": False}},
+    },
 }
 
 # Values that values.schema.json must refuse (at install, lint and render alike).
@@ -88,6 +102,8 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "JWT on without a secret": {"jwt": {"enabled": True}},
     "bad pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "extraArgs not a flag": {"signalNode": {"extraArgs": ["rm -rf /"]}},
+    "TURN on without URLs": {"turn": {"enabled": True}},
+    "TURN URL with a bad scheme": {"turn": {"enabled": True, "urls": ["http://turn.example.com:3478"]}},
 }
 
 
@@ -376,7 +392,8 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
                 if ref:
                     secret_refs.add((ref["name"], ref["key"]))
     rendered_secrets = {s["metadata"]["name"]: s for s in by_kind(objs, "Secret")}
-    existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"]} - {""}
+    existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"],
+                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"])} - {""}
     for sname, key in secret_refs:
         if sname in existing:
             continue
@@ -390,6 +407,34 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         expect(len(base64.b64decode(s["data"][v["clusterSecret"]["key"]])) >= 32, "generated cluster secret >= 32 chars")
         src = (CHART / "templates" / "secret.yaml").read_text()
         expect('lookup "v1" "Secret"' in src, "secret.yaml keeps the generated secret with lookup")
+
+    # TURN: central hands out credentials signed with the secret coturn checks.
+    t = v["turn"]
+    cargs, cenv = arg_map(cc), env_map(cc)
+    expect(("--turn-urls" in cargs) == bool(t["enabled"]) == ("CENTRAL_TURN_SECRET" in cenv),
+           "--turn-urls and CENTRAL_TURN_SECRET iff turn.enabled")
+    expect(cargs.get("--stun-urls") == (",".join(t["stunUrls"]) or None), "--stun-urls from turn.stunUrls")
+    coturns = [o for o in by_kind(objs, "Deployment") if o["metadata"]["name"].endswith("-coturn")]
+    if t["enabled"]:
+        expect(cargs["--turn-urls"] == ",".join(t["urls"]), f"--turn-urls {cargs['--turn-urls']}")
+        expect(cargs.get("--turn-ttl-secs") == str(t["ttlSecs"]), "--turn-ttl-secs from turn.ttlSecs")
+        facts.append("TURN")
+    if t["enabled"] and t["coturn"]["enabled"]:
+        expect(len(coturns) == 1, "a coturn Deployment")
+        cpod = coturns[0]["spec"]["template"]["spec"]
+        tc = cpod["containers"][0]
+        targs = tc["args"]
+        expect(cpod.get("hostNetwork") is True, "coturn on the host network (relay ports)")
+        expect("--use-auth-secret" in targs and "--static-auth-secret=$(TURN_SECRET)" in targs,
+               "coturn checks TURN REST credentials with $(TURN_SECRET)")
+        expect(env_map(tc)["TURN_SECRET"] == cenv["CENTRAL_TURN_SECRET"], "coturn and central share one TURN secret")
+        expect(sum(a.startswith("--static-auth-secret=") for a in targs) == 1 + len(t["coturn"]["extraSecrets"]),
+               "one --static-auth-secret per accepted secret")
+        expect(("--no-tls" in targs) == (not t["coturn"]["tlsSecretName"]), "TLS iff coturn.tlsSecretName")
+        expect(cpod["securityContext"].get("runAsNonRoot") is True, "coturn runs as non-root")
+        facts.append("coturn")
+    else:
+        expect(not coturns, "no coturn unless turn.enabled and turn.coturn.enabled")
 
     # Redis bundled or external.
     redis_sts = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"].endswith("-redis")]
@@ -591,13 +636,31 @@ def compose_checks(r: Report) -> dict[str, Any]:
         expect(p.returncode == 0, p.stderr[:500])
         svcs = yaml.safe_load(p.stdout)["services"]
         got = {k: (s.get("environment") or {}).get("CENTRAL_SECRET") or (s.get("environment") or {}).get("SIGNAL_SECRET")
-               for k, s in svcs.items() if k not in ("redis", "loadgen")}
+               for k, s in svcs.items() if k not in ("redis", "loadgen", "coturn")}
         expect(set(got.values()) == {"probe-secret-123"}, f"CLUSTER_SECRET does not reach every service: {got}")
         text = COMPOSE.read_text()
         expect(text.count("${CLUSTER_SECRET") == 1, "CLUSTER_SECRET is referenced in exactly one place")
         return f"{len(got)} services"
 
     r.check("compose: cluster secret from one place (CLUSTER_SECRET)", one_secret)
+
+    def turn_secret() -> str:
+        p = compose_config(COMPOSE, env={"TURN_SECRET": "probe-turn-secret-123", "TURN_URLS": "turn:localhost:3478"})
+        expect(p.returncode == 0, p.stderr[:500])
+        svcs = yaml.safe_load(p.stdout)["services"]
+        central_env, coturn = svcs["central"]["environment"], svcs.get("coturn")
+        expect(central_env.get("CENTRAL_TURN_SECRET") == "probe-turn-secret-123", "TURN_SECRET reaches central")
+        expect(central_env.get("CENTRAL_TURN_URLS") == "turn:localhost:3478", "TURN_URLS reaches central")
+        expect(coturn is not None and coturn.get("profiles") == ["turn"], "coturn under the turn profile")
+        expect((coturn.get("environment") or {}).get("TURN_SECRET") == "probe-turn-secret-123", "TURN_SECRET reaches coturn")
+        cmd = " ".join(coturn.get("command") or [])
+        # (`config` prints `$$` for a literal `$`: the shell in the container expands it.)
+        expect("--use-auth-secret" in cmd and '--static-auth-secret="$$TURN_SECRET"' in cmd,
+               "coturn checks TURN REST credentials with $TURN_SECRET")
+        expect(COMPOSE.read_text().count("${TURN_SECRET") == 1, "TURN_SECRET is referenced in exactly one place")
+        return "central and coturn"
+
+    r.check("compose: TURN secret from one place (TURN_SECRET) for central and coturn", turn_secret)
 
     text = COMPOSE.read_text()
     # (what, broken file, a word the error must name: refused for the right reason)

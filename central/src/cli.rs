@@ -74,6 +74,7 @@ pub struct Args {
     pub turn_urls: Option<String>,
 
     /// Shared with the TURN server (coturn's static-auth-secret): signs the TURN credentials
+    /// (unused without --turn-urls)
     #[arg(
         long,
         env = "CENTRAL_TURN_SECRET",
@@ -217,8 +218,8 @@ impl Args {
     }
 }
 
-/// The ICE flags together: URLs checked, TURN URLs only with a secret and a secret only with
-/// TURN URLs.
+/// The ICE flags together: URLs checked, TURN URLs only with a secret. A secret without TURN
+/// URLs is unused (so a deployment may always pass it and switch TURN on by the URLs alone).
 fn ice_config(
     stun_urls: &str,
     turn_urls: &str,
@@ -238,7 +239,7 @@ fn ice_config(
     }
     let secret = turn_secret.filter(|s| !s.is_empty());
     let turn = match (turn_urls.is_empty(), secret) {
-        (true, None) => None,
+        (true, _) => None,
         (false, Some(secret)) => Some(TurnConfig {
             urls: turn_urls,
             secret,
@@ -250,7 +251,6 @@ fn ice_config(
                 "is required with --turn-urls (coturn's static-auth-secret; must not be empty)",
             ))
         }
-        (true, Some(_)) => return Err(bad(SECRET, "is given without --turn-urls")),
     };
     Ok(IceConfig { stun_urls, turn })
 }
@@ -324,9 +324,11 @@ mod tests {
         assert_eq!(turn.ttl, Duration::from_secs(600));
         assert_eq!(turn.secret, "north");
         assert!(!format!("{c:?}").contains("north"), "secret in Debug");
-        // Empty values mean none (unset variables in compose).
+        // Empty values mean none (unset variables in compose); a secret alone is unused.
         let c = parse(&["--secret", "s", "--turn-urls", "", "--turn-secret", ""]).unwrap();
         assert!(c.ice.turn.is_none());
+        let c = parse(&["--secret", "s", "--stun-urls", " ", "--turn-secret", "k"]).unwrap();
+        assert_eq!(c.ice, IceConfig::default());
         for (args, flag) in [
             (&["--turn-urls", "http://x"][..], "--turn-urls"),
             (
@@ -339,7 +341,6 @@ mod tests {
                 &["--turn-urls", "turn:x", "--turn-secret", ""],
                 "--turn-secret",
             ),
-            (&["--turn-secret", "k"], "--turn-secret"),
             (
                 &[
                     "--turn-urls",

@@ -233,6 +233,11 @@ mod tests {
             turn_credential(b"north", "1700003600:alice"),
             "wjwSXO2ch1B6VaLTLMy2Avn5O9o="
         );
+        // The example of docs/protocol.md section 9.
+        assert_eq!(
+            turn_credential(b"example-secret", "1767225600:alice"),
+            "5WfIj48HgplQ7zHyAZ47whjDCXs="
+        );
     }
 
     #[test]

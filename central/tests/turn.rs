@@ -1,8 +1,9 @@
 //! TURN credentials from central's login answer against a real coturn (`turnserver` started on
 //! loopback with `use-auth-secret`): a TURN Allocate (RFC 8656, long-term credentials with
 //! MESSAGE-INTEGRITY) with them succeeds and relays on 127.0.0.1; a credential signed with
-//! another secret, or one past its expiry, is refused by coturn with 401. The STUN/TURN
-//! client is the few lines below (test only).
+//! another secret, or one past its expiry, is refused by coturn with 401; during a rotation
+//! (coturn given the old and the new secret) credentials of both work. The STUN/TURN client is
+//! the few lines below (test only).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -20,6 +21,8 @@ use testkit::Coturn;
 use tokio::net::UdpSocket;
 
 const TURN_SECRET: &str = "coturn-static-auth-secret";
+/// The secret a rotation moves to: coturn accepts it already, central does not sign with it yet.
+const NEXT_SECRET: &str = "coturn-next-static-auth-secret";
 
 const MAGIC: u32 = 0x2112_A442;
 const ALLOCATE: u16 = 0x0003;
@@ -179,7 +182,7 @@ async fn coturn_accepts_the_login_credentials_and_refuses_wrong_or_expired_ones(
         );
         return;
     };
-    let turn = Coturn::start(&bin, TURN_SECRET).await;
+    let turn = Coturn::start(&bin, &[TURN_SECRET, NEXT_SECRET]).await;
     let turn_url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
     let stun_url = format!("stun:127.0.0.1:{}", turn.port);
     let c = Central::start(
@@ -232,6 +235,11 @@ async fn coturn_accepts_the_login_credentials_and_refuses_wrong_or_expired_ones(
     // Someone else's name with alice's credential: refused.
     let other = format!("{expiry}:mallory");
     assert_eq!(allocate(turn.addr(), &other, &password).await, Err(401));
+
+    // Rotation, step 1 done (coturn has both secrets): credentials signed with the next secret
+    // work as well, so central can be switched to it without refusing anyone.
+    let next = credential(NEXT_SECRET, &username);
+    assert!(allocate(turn.addr(), &username, &next).await.is_ok());
 
     // A second login (as on reconnect) gets a fresh credential that works too.
     let (_, again) = c.login("bob").await;

@@ -204,8 +204,9 @@ pub fn turnserver_bin() -> Option<PathBuf> {
 }
 
 /// A real coturn `turnserver` on a free loopback port (UDP and TCP), relaying on 127.0.0.1,
-/// checking TURN REST API credentials (`use-auth-secret`) against `secret`, no TLS/DTLS;
-/// killed on drop. Ready once it answers a STUN Binding request over UDP.
+/// checking TURN REST API credentials (`use-auth-secret`) against any of `secrets` (several:
+/// as during a rotation), no TLS/DTLS; killed on drop. Ready once it answers a STUN Binding
+/// request over UDP.
 pub struct Coturn {
     pub port: u16,
     pub realm: String,
@@ -214,7 +215,7 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    pub async fn start(bin: &Path, secret: &str) -> Coturn {
+    pub async fn start(bin: &Path, secrets: &[&str]) -> Coturn {
         let port = free_port();
         let realm = "signal.test".to_owned();
         let dir =
@@ -228,7 +229,7 @@ impl Coturn {
                 .args(["--listening-port", &port.to_string()])
                 .args(["--min-port", "40000", "--max-port", "60000"])
                 .arg("--use-auth-secret")
-                .arg(format!("--static-auth-secret={secret}"))
+                .args(secrets.iter().map(|s| format!("--static-auth-secret={s}")))
                 .args(["--realm", &realm])
                 .args([
                     "--no-tls",

@@ -1,6 +1,7 @@
 //! The login: authenticate the user, pick a node, mint the ticket for it, and add the ICE
 //! servers (with the user's TURN credentials, see [`crate::ice`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -31,7 +32,7 @@ pub struct Login {
     tickets: TicketKey,
     jwt: Option<JwtVerifier>,
     ttl: Duration,
-    ice: IceConfig,
+    ice: Arc<IceConfig>,
 }
 
 impl Login {
@@ -41,13 +42,13 @@ impl Login {
             tickets: TicketKey::new(secret.as_bytes()),
             jwt: jwt_secret.map(|s| JwtVerifier::new(s.as_bytes())),
             ttl,
-            ice: IceConfig::default(),
+            ice: Arc::new(IceConfig::default()),
         }
     }
 
     /// The ICE servers every login answer carries.
     pub fn with_ice(mut self, ice: IceConfig) -> Self {
-        self.ice = ice;
+        self.ice = Arc::new(ice);
         self
     }
 

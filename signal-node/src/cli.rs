@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 use signal_proto::NodeId;
 
-use crate::config::{Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES};
+use crate::config::{
+    Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES, DEFAULT_RESUME_BUFFER_BYTES,
+    DEFAULT_RESUME_BUFFER_FRAMES,
+};
 use crate::directory::Directory;
 
 /// A flag whose value cannot be used. The message names the flag.
@@ -88,6 +91,18 @@ pub struct Args {
     /// Outbound queue per connection, in bytes.
     #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     pub outbound_queue_bytes: u64,
+    /// How long a session outlives a connection that ended without a client close (network
+    /// loss, 1012 drain, 1013 slow reader), in milliseconds: within it the client resumes with
+    /// nothing lost.
+    #[arg(long, env = "SIGNAL_RESUME_WINDOW_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub resume_window_ms: u64,
+    /// Unacknowledged frames kept per session for a resume, in frames (past it the oldest
+    /// written ones are dropped).
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER_FRAMES", default_value_t = DEFAULT_RESUME_BUFFER_FRAMES as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub resume_buffer_frames: u64,
+    /// Unacknowledged frames kept per session for a resume, in bytes.
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER_BYTES", default_value_t = DEFAULT_RESUME_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(1024 * 1024 * 1024)))]
+    pub resume_buffer_bytes: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -165,6 +180,11 @@ impl Args {
             .map_err(|_| invalid("outbound-queue", "too large"))?;
         c.outbound_queue_bytes = usize::try_from(self.outbound_queue_bytes)
             .map_err(|_| invalid("outbound-queue-bytes", "too large"))?;
+        c.resume_window = Duration::from_millis(self.resume_window_ms);
+        c.resume_buffer_frames = usize::try_from(self.resume_buffer_frames)
+            .map_err(|_| invalid("resume-buffer-frames", "too large"))?;
+        c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)
+            .map_err(|_| invalid("resume-buffer-bytes", "too large"))?;
         Ok(c)
     }
 }
@@ -188,6 +208,11 @@ mod tests {
         assert_eq!((c.rate_limit, c.rate_burst), (200, 400));
         assert_eq!(c.drain, Duration::from_secs(10));
         assert!(!c.dev_auth);
+        assert_eq!(c.resume_window, Duration::from_secs(30));
+        assert_eq!((c.resume_buffer_frames, c.resume_buffer_bytes), (1024, 1 << 20));
+        assert!(parse(&["--dev-auth", "--resume-buffer-frames", "0"])
+            .unwrap_err()
+            .contains("--resume-buffer-frames"));
         assert!(parse(&["--id", "n1"]).unwrap_err().contains("--secret"));
         assert!(parse(&["--dev-auth", "--id", "n1"]).is_ok());
         assert!(parse(&["--dev-auth", "--listen", "nope"])

@@ -14,6 +14,13 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default outbound queue size (bytes) per connection.
 pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 
+/// Default `--resume-window-ms`.
+pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
+/// Default `--resume-buffer-frames`.
+pub const DEFAULT_RESUME_BUFFER_FRAMES: usize = 1024;
+/// Default `--resume-buffer-bytes`.
+pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
+
 /// Where the user directory lives.
 #[derive(Clone, Debug)]
 pub enum DirectoryConfig {
@@ -58,6 +65,12 @@ pub struct Config {
     /// Outbound queue per connection, in bytes (one message larger than this still passes
     /// when the queue is empty).
     pub outbound_queue_bytes: usize,
+    /// How long a session outlives a connection that ended without a client close.
+    pub resume_window: Duration,
+    /// Unacknowledged frames kept per session, in frames.
+    pub resume_buffer_frames: usize,
+    /// Unacknowledged frames kept per session, in bytes.
+    pub resume_buffer_bytes: usize,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -81,6 +94,9 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("outbound_queue", &self.outbound_queue)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("resume_window", &self.resume_window)
+            .field("resume_buffer_frames", &self.resume_buffer_frames)
+            .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +127,9 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            resume_window: Duration::from_millis(DEFAULT_RESUME_WINDOW_MS),
+            resume_buffer_frames: DEFAULT_RESUME_BUFFER_FRAMES,
+            resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
             metrics: None,
         }
     }

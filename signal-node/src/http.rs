@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::connection;
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::session::takeover::Resume;
 
 #[derive(Clone)]
 struct AppState {
@@ -35,6 +36,32 @@ pub fn router(node: Node, metrics: PrometheusHandle) -> Router {
 struct WsQuery {
     token: Option<String>,
     user: Option<String>,
+    /// A session token from a Welcome: continue that session (contract section 5).
+    resume: Option<String>,
+    /// The last frame number the client received (default 0).
+    last: Option<String>,
+}
+
+/// Longest `?resume=` token accepted (ours are 32 hex digits).
+const MAX_RESUME_TOKEN: usize = 128;
+
+fn parse_resume(q: &WsQuery) -> Result<Option<Resume>, ApiError> {
+    let Some(token) = q.resume.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if token.len() > MAX_RESUME_TOKEN {
+        return Err(ApiError::BadRequest("resume token too long".into()));
+    }
+    let last = match q.last.as_deref() {
+        None | Some("") => 0,
+        Some(l) => l.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!("last must be a frame number, got {l:?}"))
+        })?,
+    };
+    Ok(Some(Resume {
+        token: token.to_owned(),
+        last,
+    }))
 }
 
 async fn ws(
@@ -45,6 +72,10 @@ async fn ws(
     let query: Result<Query<WsQuery>, QueryRejection> = Query::try_from_uri(&uri);
     let Ok(Query(q)) = query else {
         return ApiError::BadRequest("malformed query string".into()).into_response();
+    };
+    let resume = match parse_resume(&q) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
     let auth = match st.node.authenticate(q.token.as_deref(), q.user.as_deref()) {
         Ok(a) => a,
@@ -58,7 +89,7 @@ async fn ws(
         Ok(u) => u,
         Err(rej) => return rej.into_response(),
     };
-    let pending = match st.node.open(auth).await {
+    let pending = match st.node.open(auth, resume).await {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");
@@ -95,7 +126,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "node": node.id().as_str(),
         "instance": node.instance(),
         "draining": node.is_draining(),
-        "connections": node.hub().len(),
+        "sessions": node.hub().len(),
+        "resumeWindowMs": node.config().resume_window.as_millis() as u64,
         "directory": {
             "backend": dir.backend,
             "healthy": dir.healthy,

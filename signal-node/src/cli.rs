@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(c.drain, Duration::from_secs(10));
         assert!(!c.dev_auth);
         assert_eq!(c.resume_window, Duration::from_secs(30));
-        assert_eq!((c.resume_buffer_frames, c.resume_buffer_bytes), (1024, 1 << 20));
+        assert_eq!(
+            (c.resume_buffer_frames, c.resume_buffer_bytes),
+            (1024, 1 << 20)
+        );
         assert!(parse(&["--dev-auth", "--resume-buffer-frames", "0"])
             .unwrap_err()
             .contains("--resume-buffer-frames"));

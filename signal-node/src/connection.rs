@@ -40,6 +40,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
     tracing::info!(%user, node = %node.id(), conn, session = session.id(), resumed = pending.resumed, "connection open");
     metrics::counter!("signal_connections_opened_total").increment(1);
     metrics::gauge!("signal_connections").increment(1.0);
+    node.connection_count(1);
     let (sink, stream) = socket.split();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let writer = tokio::spawn(write_loop(
@@ -83,6 +84,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
     metrics::counter!("signal_connections_closed_total", "code" => reason.code.to_string())
         .increment(1);
     metrics::gauge!("signal_connections").decrement(1.0);
+    node.connection_count(-1);
     pending.finish(keep, written);
 }
 

@@ -54,9 +54,9 @@ fn parse_resume(q: &WsQuery) -> Result<Option<Resume>, ApiError> {
     }
     let last = match q.last.as_deref() {
         None | Some("") => 0,
-        Some(l) => l.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("last must be a frame number, got {l:?}"))
-        })?,
+        Some(l) => l
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("last must be a frame number, got {l:?}")))?,
     };
     Ok(Some(Resume {
         token: token.to_owned(),
@@ -126,6 +126,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "node": node.id().as_str(),
         "instance": node.instance(),
         "draining": node.is_draining(),
+        "connections": node.connections(),
         "sessions": node.hub().len(),
         "resumeWindowMs": node.config().resume_window.as_millis() as u64,
         "directory": {

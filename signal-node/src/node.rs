@@ -3,7 +3,7 @@
 //! needs: deliver into the local table, drain, reassert. Opening and ending sessions is in
 //! `session::takeover`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ struct Inner {
     claim_locks: Vec<tokio::sync::Mutex<()>>,
     tasks: TaskTracker,
     expiry: Expiry,
+    /// Attached connections (the table also holds sessions kept for a resume).
+    connections: AtomicUsize,
 }
 
 /// Who is connecting, and whether a ticket from central proved it.
@@ -93,6 +95,7 @@ impl Node {
                     .collect(),
                 tasks: TaskTracker::new(),
                 expiry: Expiry::default(),
+                connections: AtomicUsize::new(0),
             }),
         }
     }
@@ -123,6 +126,19 @@ impl Node {
     }
     pub fn tasks(&self) -> &TaskTracker {
         &self.inner.tasks
+    }
+
+    /// Connections open now (sessions kept for a resume not counted).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_count(&self, delta: isize) {
+        if delta > 0 {
+            self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn expiry(&self) -> &Expiry {

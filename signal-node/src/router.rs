@@ -207,7 +207,10 @@ impl Router {
         if loc.node_id == self.node.id().as_str() {
             // Here (or a previous life of this node id), but not in the local table.
             if self.node.is_ours(loc) {
-                return match self.node.deliver_local(to, frame, Some(loc), origin.clone()) {
+                return match self
+                    .node
+                    .deliver_local(to, frame, Some(loc), origin.clone())
+                {
                     DeliverStatus::Delivered => Ok(Route::Local),
                     DeliverStatus::PeerOverloaded => Err(Attempt::Final(unavailable(format!(
                         "{to}'s connection is not reading fast enough and was closed"

@@ -26,8 +26,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::outbound::{Closer, PushError, CLOSE_REPLACED, CLOSE_SLOW};
-pub use ring::{Entry, Origin, RingLimits};
 use ring::Ring;
+pub use ring::{Entry, Origin, RingLimits};
 
 /// Bounds of a session (from the node's flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,6 @@ struct Shared {
     /// Local id, unique in this node instance: the `conn` of the directory's `Location`.
     id: u64,
     user: UserId,
-    token: String,
     limits: SessionLimits,
     state: Mutex<State>,
     /// Wakes the attached connection's writer.
@@ -62,6 +61,8 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
+    /// The resume token (a takeover installs the one the client presented).
+    token: String,
     ring: Ring,
     /// Highest frame number written to a connection's socket.
     written: u64,
@@ -213,9 +214,9 @@ impl Session {
             inner: Arc::new(Shared {
                 id,
                 user,
-                token: new_token(),
                 limits,
                 state: Mutex::new(State {
+                    token: new_token(),
                     ring: Ring::new(1, limits.ring),
                     written: 0,
                     acked: 0,
@@ -241,8 +242,8 @@ impl Session {
         &self.inner.user
     }
 
-    pub fn token(&self) -> &str {
-        &self.inner.token
+    pub fn token(&self) -> String {
+        self.lock().token.clone()
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -310,8 +311,7 @@ impl Session {
                 a.unwritten_bytes += st.ring.get(n).map_or(0, |e| e.frame.len());
                 let dropped = st.ring.trim(st.written);
                 if dropped > 0 {
-                    metrics::counter!("signal_resume_buffer_drops_total")
-                        .increment(dropped as u64);
+                    metrics::counter!("signal_resume_buffer_drops_total").increment(dropped as u64);
                 }
                 if st.ring.over() && a.closer.close(CLOSE_SLOW, "outbound queue full") {
                     // More unwritten than the resume buffer holds.
@@ -329,7 +329,12 @@ impl Session {
 
     /// Buffers a frame for a connection that is gone or closing: only if it fits once written
     /// frames make room (an unwritten frame is never dropped).
-    fn buffer(ring: &mut Ring, written: u64, frame: &str, origin: Origin) -> Result<u64, PushError> {
+    fn buffer(
+        ring: &mut Ring,
+        written: u64,
+        frame: &str,
+        origin: Origin,
+    ) -> Result<u64, PushError> {
         // The stamped frame is a few bytes longer; the bound is approximate by that much.
         if !ring.fits(frame.len(), written) {
             return Err(PushError::Full);
@@ -373,11 +378,11 @@ impl Session {
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
         }
-        Self::check(&self.inner.token, &st, token, last)
+        Self::check(&st, token, last)
     }
 
-    fn check(own: &str, st: &State, token: &str, last: u64) -> Result<(), Refusal> {
-        if !bool::from(own.as_bytes().ct_eq(token.as_bytes())) {
+    fn check(st: &State, token: &str, last: u64) -> Result<(), Refusal> {
+        if !bool::from(st.token.as_bytes().ct_eq(token.as_bytes())) {
             return Err(Refusal::Token);
         }
         if last > st.ring.last_n() {
@@ -403,7 +408,7 @@ impl Session {
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
         }
-        Self::check(&self.inner.token, &st, token, last)?;
+        Self::check(&st, token, last)?;
         if let Phase::Attached(a) = &st.phase {
             a.closer
                 .close(CLOSE_REPLACED, "replaced by a newer connection");
@@ -432,7 +437,7 @@ impl Session {
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
         }
-        Self::check(&self.inner.token, &st, token, last)?;
+        Self::check(&st, token, last)?;
         if let Phase::Attached(a) = &st.phase {
             a.closer.close(CLOSE_REPLACED, "resumed on another node");
         }
@@ -450,7 +455,12 @@ impl Session {
     /// failed), or a handover whose numbers do not follow on: a fresh stream from 1. Frames
     /// that arrived meanwhile are numbered after the handed ones. Returns whether the session
     /// was resumed and how many frames the writer will send before new ones.
-    pub fn install(&self, handover: Option<(Handover, u64)>, conn: u64, closer: Closer) -> (bool, u64) {
+    pub fn install(
+        &self,
+        handover: Option<(Handover, u64, String)>,
+        conn: u64,
+        closer: Closer,
+    ) -> (bool, u64) {
         let limits = self.inner.limits.ring;
         let mut st = self.lock();
         let st = &mut *st;
@@ -463,13 +473,14 @@ impl Session {
         };
         let mut cursor = 0;
         let mut resumed = false;
-        if let Some((h, last)) = handover {
+        if let Some((h, last, token)) = handover {
             let first = h.frames.first().map_or(h.next_n, |e| e.n);
             let mut ring = Ring::new(first, limits);
             let follows = first == last + 1
                 && h.frames.into_iter().all(|e| ring.push_numbered(e))
                 && ring.next_n() == h.next_n;
             if follows {
+                st.token = token;
                 st.ring = ring;
                 st.written = last;
                 st.acked = last;

@@ -27,7 +27,11 @@ impl Expiry {
     /// Arms a deadline for session `id` of `user`. A session resumed meanwhile is recognised
     /// when the deadline fires (the callback checks), so nothing needs disarming.
     pub fn arm(&self, at: Instant, id: u64, user: UserId) {
-        let mut set = self.inner.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = self
+            .inner
+            .set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let earliest = set.first().is_none_or(|(t, _, _)| at < *t);
         set.insert((at, id, user));
         metrics::gauge!("signal_session_deadlines").set(set.len() as f64);
@@ -51,7 +55,11 @@ impl Expiry {
     }
 
     fn due(&self, now: Instant) -> (Vec<(u64, UserId)>, Option<Instant>) {
-        let mut set = self.inner.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = self
+            .inner
+            .set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
         while let Some((t, _, _)) = set.first() {
             if *t > now {

@@ -8,9 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use signal_proto::relay::{
-    Location, TakeSessionRequest, TakeSessionResponse, TakeStatus,
-};
+use signal_proto::relay::{Location, TakeSessionRequest, TakeSessionResponse, TakeStatus};
 use signal_proto::roap::Welcome;
 use signal_proto::{ErrorType, Message, SessionId, UserId};
 
@@ -49,7 +47,8 @@ impl Pending {
     /// `written`: the last frame number written to the socket.
     pub fn finish(mut self, keep: bool, written: u64) {
         self.finished = true;
-        self.node.connection_ended(&self.session, self.conn, keep, written);
+        self.node
+            .connection_ended(&self.session, self.conn, keep, written);
     }
 }
 
@@ -74,7 +73,7 @@ impl Node {
         Message::Welcome(Welcome {
             user: session.user().clone(),
             node: self.id().clone(),
-            session: Some(session.token().to_owned()),
+            session: Some(session.token()),
             resumed: Some(resumed),
             resume_window_ms: Some(self.config().resume_window.as_millis() as u64),
             extra: Default::default(),
@@ -110,7 +109,9 @@ impl Node {
                         Ok(Some(prev)) if prev != loc => self.replace_elsewhere(&user, prev),
                         Ok(_) => {}
                         // The session is here: serve it; the directory heals on reassert.
-                        Err(e) => tracing::warn!(%user, error = %e, "directory claim failed on resume"),
+                        Err(e) => {
+                            tracing::warn!(%user, error = %e, "directory claim failed on resume")
+                        }
                     }
                     metrics::counter!("signal_sessions_resumed_total", "where" => "same_node")
                         .increment(1);
@@ -144,7 +145,7 @@ impl Node {
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {
-                    Ok(h) => handover = Some((h, r.last)),
+                    Ok(h) => handover = Some((h, r.last, r.token.clone())),
                     Err(why) => refusal = refusal.or(Some(why)),
                 }
             }
@@ -154,7 +155,9 @@ impl Node {
         }
         let (resumed, start) = if resume.is_some() {
             let (resumed, replay) = session.install(handover, conn, closer.clone());
-            let start = resume.as_ref().map_or(0, |r| if resumed { r.last } else { 0 });
+            let start = resume
+                .as_ref()
+                .map_or(0, |r| if resumed { r.last } else { 0 });
             if resumed {
                 metrics::counter!("signal_sessions_resumed_total", "where" => "other_node")
                     .increment(1);

@@ -59,9 +59,12 @@ fn resume_checks_token_gap_and_ahead() {
     for _ in 0..3 {
         s.push(r#"{"type":"Ok"}"#, Origin::Node).unwrap();
     }
-    let tok = s.token().to_owned();
+    let tok = s.token();
     assert_eq!(tok.len(), 32);
-    assert_eq!(s.check_resume("0".repeat(32).as_str(), 0), Err(Refusal::Token));
+    assert_eq!(
+        s.check_resume("0".repeat(32).as_str(), 0),
+        Err(Refusal::Token)
+    );
     assert_eq!(s.check_resume(&tok, 4), Err(Refusal::Ahead));
     assert!(s.check_resume(&tok, 0).is_ok());
     // Written frames 1..3; a fourth push drops frame 1 (written) from the ring.
@@ -83,7 +86,7 @@ fn resume_here_replays_after_last_and_closes_the_old_connection() {
         s.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
     let new = Closer::default();
-    let replay = s.resume_here(&s.token().to_owned(), 2, 2, new).unwrap();
+    let replay = s.resume_here(&s.token(), 2, 2, new).unwrap();
     assert_eq!(replay, 3);
     assert_eq!(old.reason().unwrap().code, CLOSE_REPLACED);
     let mut got = Vec::new();
@@ -103,10 +106,7 @@ fn detached_sessions_buffer_within_bounds_and_refuse_past_them() {
     s.push(r#"{"type":"Ok"}"#, roap("a")).unwrap();
     s.push(r#"{"type":"Ok"}"#, roap("a")).unwrap();
     // Unwritten frames are never dropped: the third does not fit.
-    assert_eq!(
-        s.push(r#"{"type":"Ok"}"#, roap("a")),
-        Err(PushError::Full)
-    );
+    assert_eq!(s.push(r#"{"type":"Ok"}"#, roap("a")), Err(PushError::Full));
     // At the end both are owed OFFLINE; a second end owes nothing.
     assert_eq!(s.end().len(), 2);
     assert!(s.end().is_empty());
@@ -127,7 +127,7 @@ fn slow_reader_is_closed_1013_and_the_session_kept_buffering() {
     assert_eq!(s.push(r#"{"type":"Ok"}"#, Origin::Node).unwrap(), 3);
     assert_eq!(c.reason().unwrap().code, CLOSE_SLOW);
     assert_eq!(s.detach(1, true, 0), Detached::Kept);
-    assert!(s.check_resume(&s.token().to_owned(), 0).is_ok());
+    assert!(s.check_resume(&s.token(), 0).is_ok());
 }
 
 #[test]
@@ -137,9 +137,12 @@ fn hand_over_and_install_continue_the_numbering() {
     for _ in 0..4 {
         old.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
-    let h = old.hand_over(&old.token().to_owned(), 1).unwrap();
+    let h = old.hand_over(&old.token(), 1).unwrap();
     assert_eq!(h.next_n, 5);
-    assert_eq!(h.frames.iter().map(|e| e.n).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        h.frames.iter().map(|e| e.n).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     assert!(old.is_ended());
     assert!(old.end().is_empty(), "a handed-over session owes nothing");
     // Over the wire and back.
@@ -149,9 +152,14 @@ fn hand_over_and_install_continue_the_numbering() {
     let new = Session::new(9, user("bob"), limits(100, 100), true);
     // A frame arriving during the takeover waits, then follows the handed ones.
     assert_eq!(new.push(r#"{"type":"Ok"}"#, roap("carol")).unwrap(), 0);
-    let (resumed, replay) = new.install(Some((h, 1)), 3, Closer::default());
+    let (resumed, replay) = new.install(Some((h, 1, "t".into())), 3, Closer::default());
     assert!(resumed);
     assert_eq!(replay, 4);
+    assert_eq!(
+        new.token(),
+        "t",
+        "the resumed session keeps the client's token"
+    );
     let mut got = Vec::new();
     let mut w = 1;
     while let Next::Frame(n, f) = new.try_next_frame(3, w) {

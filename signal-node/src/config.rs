@@ -71,6 +71,9 @@ pub struct Config {
     pub resume_buffer_frames: usize,
     /// Unacknowledged frames kept per session, in bytes.
     pub resume_buffer_bytes: usize,
+    /// When cancelled, a draining node stops waiting for the takeover of its kept sessions
+    /// and ends them (the whole in-process dev cluster stops: nobody is left to resume on).
+    pub handover_stop: Option<tokio_util::sync::CancellationToken>,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -130,6 +133,7 @@ impl Config {
             resume_window: Duration::from_millis(DEFAULT_RESUME_WINDOW_MS),
             resume_buffer_frames: DEFAULT_RESUME_BUFFER_FRAMES,
             resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
+            handover_stop: None,
             metrics: None,
         }
     }

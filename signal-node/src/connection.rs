@@ -101,12 +101,39 @@ struct Reader {
 impl Reader {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
         let idle = self.node.config().idle_timeout;
+        // Once the node closes the connection, frames the client sent before it saw the close
+        // are still read and relayed (until its close frame, or `CLOSE_GRACE`): they are not
+        // numbered, so the client could not tell they were lost.
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
+            let wait = match grace {
+                Some(until) => until.saturating_duration_since(tokio::time::Instant::now()),
+                None => idle,
+            };
             let next = tokio::select! {
                 biased;
-                _ = self.closer.closed() => return,
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                _ = self.closer.closed(), if grace.is_none() => {
+                    let slow = self.closer.reason().is_some_and(|r| r.code == CLOSE_SLOW);
+                    if slow {
+                        return;
+                    }
+                    grace = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                next = tokio::time::timeout(wait, stream.next()) => next,
             };
+            if grace.is_some() {
+                match next {
+                    Ok(Some(Ok(WsMessage::Text(t)))) => {
+                        self.on_text(t.as_str()).await;
+                        continue;
+                    }
+                    Ok(Some(Ok(
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Binary(_),
+                    ))) => continue,
+                    _ => return,
+                }
+            }
             match next {
                 Err(_) => {
                     self.closer.close(CLOSE_NORMAL, "idle timeout");

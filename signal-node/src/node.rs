@@ -333,7 +333,17 @@ impl Node {
         }
         let handover_until = tokio::time::Instant::now() + self.inner.config.resume_window;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        while !self.inner.hub.is_empty() && tokio::time::Instant::now() < handover_until {
+        let cut_short = || {
+            self.inner
+                .config
+                .handover_stop
+                .as_ref()
+                .is_some_and(|t| t.is_cancelled())
+        };
+        while !self.inner.hub.is_empty()
+            && tokio::time::Instant::now() < handover_until
+            && !cut_short()
+        {
             tick.tick().await;
         }
         let left = self.inner.hub.snapshot();

@@ -337,3 +337,26 @@ async fn drain_hands_sessions_over() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     stop(nodes).await;
 }
+
+/// Frames a client sends while its node is closing the connection (1012) are still relayed:
+/// they carry no number, so the client could not tell they were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_crossing_a_drain_close_are_relayed() {
+    let redis = Redis::start().await;
+    let mut nodes = pair(&redis, Duration::from_secs(3)).await;
+    let (mut carol, _) = welcomed(&nodes[0].ws("carol")).await;
+    let mut bob = nodes[1].connect("bob").await;
+    let mut draining = nodes.remove(0);
+    draining.begin_shutdown();
+    for i in 0..5 {
+        carol.send_json(&msg("bob", i)).await;
+    }
+    let got = read_numbered(&mut bob, 5).await;
+    assert_eq!(
+        got.iter().map(|(_, i)| *i).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(carol.expect_close().await, 1012);
+    draining.join().await.unwrap();
+    stop(nodes).await;
+}

@@ -9,6 +9,7 @@ use signal_proto::NodeId;
 
 use crate::config::{Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES};
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// A flag whose value cannot be used. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,11 @@ pub struct Args {
     /// A connection silent this long is closed, in milliseconds.
     #[arg(long, env = "SIGNAL_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
+    /// Browser origins allowed to open a WebSocket, comma-separated scheme://host[:port]
+    /// (e.g. https://app.example.com); others get 403 before the upgrade. Requests without an
+    /// Origin header (non-browser clients) are not affected. [default: * (any)]
+    #[arg(long, env = "SIGNAL_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<AllowedOrigins>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -165,6 +171,7 @@ impl Args {
             .map_err(|_| invalid("outbound-queue", "too large"))?;
         c.outbound_queue_bytes = usize::try_from(self.outbound_queue_bytes)
             .map_err(|_| invalid("outbound-queue-bytes", "too large"))?;
+        c.allowed_origins = self.allowed_origins.unwrap_or_default();
         Ok(c)
     }
 }
@@ -205,5 +212,13 @@ mod tests {
         assert!(parse(&["--dev-auth", "--id", "a b"])
             .unwrap_err()
             .contains("--id"));
+        assert!(c.allowed_origins.is_any());
+        assert!(
+            parse(&["--dev-auth", "--allowed-origins", "app.example.com"])
+                .unwrap_err()
+                .contains("--allowed-origins")
+        );
+        let c = parse(&["--dev-auth", "--allowed-origins", "https://a.example"]).unwrap();
+        assert_eq!(c.allowed_origins.origins(), ["https://a.example"]);
     }
 }

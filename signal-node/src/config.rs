@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -58,6 +59,8 @@ pub struct Config {
     /// Outbound queue per connection, in bytes (one message larger than this still passes
     /// when the queue is empty).
     pub outbound_queue_bytes: usize,
+    /// Browser origins allowed to open a WebSocket (a request without `Origin` always may).
+    pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -81,6 +84,7 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("outbound_queue", &self.outbound_queue)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("allowed_origins", &self.allowed_origins.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +115,7 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            allowed_origins: AllowedOrigins::any(),
             metrics: None,
         }
     }

@@ -173,6 +173,7 @@ impl DevCluster {
             nc.directory = DirectoryConfig::Memory(directory.clone());
             nc.secret = Some(config.secret.clone());
             nc.dev_auth = true;
+            nc.allowed_origins = config.allowed_origins.clone();
             nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);
             nc.drain = opts.node_drain;
             nc.handover_stop = Some(cluster.handover_stop.clone());

@@ -12,6 +12,7 @@ use crate::config::{
     DEFAULT_RESUME_BUFFER_FRAMES,
 };
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// A flag whose value cannot be used. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,11 @@ pub struct Args {
     /// A connection silent this long is closed, in milliseconds.
     #[arg(long, env = "SIGNAL_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
+    /// Browser origins allowed to open a WebSocket, comma-separated scheme://host[:port]
+    /// (e.g. https://app.example.com); others get 403 before the upgrade. Requests without an
+    /// Origin header (non-browser clients) are not affected. [default: * (any)]
+    #[arg(long, env = "SIGNAL_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<AllowedOrigins>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -185,6 +191,7 @@ impl Args {
             .map_err(|_| invalid("resume-buffer-frames", "too large"))?;
         c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)
             .map_err(|_| invalid("resume-buffer-bytes", "too large"))?;
+        c.allowed_origins = self.allowed_origins.unwrap_or_default();
         Ok(c)
     }
 }
@@ -233,5 +240,13 @@ mod tests {
         assert!(parse(&["--dev-auth", "--id", "a b"])
             .unwrap_err()
             .contains("--id"));
+        assert!(c.allowed_origins.is_any());
+        assert!(
+            parse(&["--dev-auth", "--allowed-origins", "app.example.com"])
+                .unwrap_err()
+                .contains("--allowed-origins")
+        );
+        let c = parse(&["--dev-auth", "--allowed-origins", "https://a.example"]).unwrap();
+        assert_eq!(c.allowed_origins.origins(), ["https://a.example"]);
     }
 }

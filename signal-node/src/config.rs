@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -74,6 +75,8 @@ pub struct Config {
     /// When cancelled, a draining node stops waiting for the takeover of its kept sessions
     /// and ends them (the whole in-process dev cluster stops: nobody is left to resume on).
     pub handover_stop: Option<tokio_util::sync::CancellationToken>,
+    /// Browser origins allowed to open a WebSocket (a request without `Origin` always may).
+    pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -100,6 +103,7 @@ impl std::fmt::Debug for Config {
             .field("resume_window", &self.resume_window)
             .field("resume_buffer_frames", &self.resume_buffer_frames)
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
+            .field("allowed_origins", &self.allowed_origins.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +138,7 @@ impl Config {
             resume_buffer_frames: DEFAULT_RESUME_BUFFER_FRAMES,
             resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
             handover_stop: None,
+            allowed_origins: AllowedOrigins::any(),
             metrics: None,
         }
     }

@@ -4,7 +4,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -67,8 +67,17 @@ fn parse_resume(q: &WsQuery) -> Result<Option<Resume>, ApiError> {
 async fn ws(
     State(st): State<AppState>,
     uri: Uri,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // Before the ticket is looked at: a page from a foreign origin does not spend it.
+    if let Err(e) = crate::origin::check_upgrade(
+        &st.node.config().allowed_origins,
+        &headers,
+        st.node.id().as_str(),
+    ) {
+        return e.into_response();
+    }
     let query: Result<Query<WsQuery>, QueryRejection> = Query::try_from_uri(&uri);
     let Ok(Query(q)) = query else {
         return ApiError::BadRequest("malformed query string".into()).into_response();

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod node;
+pub mod origin;
 pub mod outbound;
 pub mod peers;
 pub mod ratelimit;

@@ -53,7 +53,9 @@ function frame(payload, opcode = 1) {
  * @typedef {object} Session
  * @property {string} id
  * @property {number} n          the last frame number given out
- * @property {{n:number, text:string}[]} ring  frames not acknowledged yet, oldest first
+ * @property {{n:number, text:string}[]} ring  every frame of the session, oldest first (kept
+ *   after its Ack too, so that `replayOverlap` can send acknowledged ones again)
+ * @property {number} acked      the highest Ack
  */
 
 export class Fixture {
@@ -120,9 +122,11 @@ export class Fixture {
     c.sock.destroy();
   }
 
-  /** Sends `msg` to `user`, numbered in its session. @param {string} user @param {object} msg */
+  /**
+   * Sends `msg` to `user`, numbered in its session; while its connection is gone the frame is
+   * kept for the resume. @param {string} user @param {object} msg
+   */
   send(user, msg) {
-    if (!this.conns.get(user)) throw new Error(`${user} is not connected`);
     this.#out(user, msg);
   }
 
@@ -228,7 +232,7 @@ export class Fixture {
     const resumed = !!resume && session?.id === resume && !this.refuseResume.has(user);
     this.refuseResume.delete(user);
     if (!resumed || !session) {
-      session = { id: randomBytes(16).toString('hex'), n: 0, ring: [] };
+      session = { id: randomBytes(16).toString('hex'), n: 0, ring: [], acked: 0 };
       this.sessions.set(user, session);
     }
     const welcome = { type: 'Welcome', user, node, session: session.id, resumed, resumeWindowMs: 30000 };
@@ -289,7 +293,7 @@ export class Fixture {
           continue;
         }
         if (m.type === 'Ack') {
-          mine.ring = mine.ring.filter((f) => f.n > m.n);
+          mine.acked = Math.max(mine.acked, Number(m.n) || 0);
           continue;
         }
         m.from = user;

@@ -47,6 +47,7 @@ function frame(payload, opcode = 1) {
  * @property {boolean} silent   stop answering Pings
  * @property {URLSearchParams} query  the upgrade request's query (token, resume, last)
  * @property {any} welcome      the Welcome sent on this connection
+ * @property {boolean} closing  the node sent a close frame first (the client's is only the echo)
  */
 
 /**
@@ -111,6 +112,7 @@ export class Fixture {
     if (!c) throw new Error(`${user} is not connected`);
     const b = Buffer.alloc(2);
     b.writeUInt16BE(code);
+    c.closing = true;
     c.sock.write(frame(b, 8));
     c.sock.end();
   }
@@ -225,6 +227,7 @@ export class Fixture {
     sock.on('error', () => {});
     const old = this.conns.get(user);
     if (old) {
+      old.closing = true;
       old.sock.write(frame(Buffer.from([0x11, 0x39]), 8)); // 4409
       old.sock.end();
     }
@@ -237,7 +240,7 @@ export class Fixture {
     }
     const welcome = { type: 'Welcome', user, node, session: session.id, resumed, resumeWindowMs: 30000 };
     /** @type {Conn} */
-    const conn = { user, node, sock, received: [], silent: false, query: u.searchParams, welcome };
+    const conn = { user, node, sock, received: [], silent: false, query: u.searchParams, welcome, closing: false };
     this.conns.set(user, conn);
     this.history.push(conn);
     sock.write(frame(JSON.stringify(welcome)));
@@ -274,7 +277,7 @@ export class Fixture {
           // A client close 1000/1001 ends the session; echo the close (status code only) and
           // end, as a server does.
           const code = p.length >= 2 ? p.readUInt16BE(0) : 1005;
-          if ((code === 1000 || code === 1001) && this.sessions.get(user) === mine && this.conns.get(user) === conn) {
+          if ((code === 1000 || code === 1001) && !conn.closing && this.sessions.get(user) === mine && this.conns.get(user) === conn) {
             this.sessions.delete(user);
           }
           sock.end(frame(p.subarray(0, 2), 8));

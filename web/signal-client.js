@@ -593,7 +593,10 @@ export class SignalClient extends EventTarget {
     this.everConnected = true;
     this.attempt = 0;
     this.node = msg.node;
-    const resumed = !!resuming && msg.resumed === true && msg.session === resuming;
+    // The node decides: `resumed:true` means the numbering continues. The contract says the
+    // token stays the same; a node that hands out another one is followed (the next resume
+    // presents the token of the last Welcome).
+    const resumed = !!resuming && msg.resumed === true;
     if (!resumed) {
       // A new session: numbering starts again at 1.
       this.lastN = 0;

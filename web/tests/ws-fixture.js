@@ -82,6 +82,8 @@ export class Fixture {
     this.refuseResume = new Set();
     /** on a resume, also replay this many frames at or below `last` (the client must drop them) */
     this.replayOverlap = 0;
+    /** on a resume, give the session a new token (the client must present it next time) */
+    this.rotateOnResume = false;
     this.next = 0;
     this.base = '';
     /** @type {http.Server | null} */
@@ -237,6 +239,8 @@ export class Fixture {
     if (!resumed || !session) {
       session = { id: randomBytes(16).toString('hex'), n: 0, ring: [], acked: 0 };
       this.sessions.set(user, session);
+    } else if (this.rotateOnResume) {
+      session.id = randomBytes(16).toString('hex');
     }
     const welcome = { type: 'Welcome', user, node, session: session.id, resumed, resumeWindowMs: 30000 };
     /** @type {Conn} */

@@ -362,23 +362,44 @@ test('a call set up while the callee\'s node is drained completes; the callee re
   assert.ok(carolNode);
   assert.equal(await carol.textContent('#session'), 'New session');
   const aliceErrors = (await alice.evaluate(() => /** @type {any} */ (window).demo.errors)).length;
-  // When the Offer reaches carol, drain her node: it closes her connection (1012) while she is
-  // answering, and every frame of the setup still in flight either way crosses the handover.
+  // When the Offer reaches carol, drain her node (it closes her connection with 1012 at once:
+  // she is its only user), and hold the Offer and every signaling frame after it back from
+  // the page until she has reconnected, so that the whole setup runs across the handover in
+  // every run, however loaded the machine: alice's candidates sent meanwhile are kept in the
+  // session and replayed on the other node, carol's Answer leaves through the other node.
   // Record when the connection was lost and when the call connected.
   await carol.evaluate((node) => {
     const w = /** @type {any} */ (window);
     const c = w.demo.client;
-    w.t = { lost: 0, connected: 0 };
-    c.addEventListener(
-      'Offer',
-      () => {
+    w.t = { lost: 0, connected: 0, held: 0 };
+    const dispatch = c.dispatchEvent.bind(c);
+    /** @type {Event[] | null} */
+    let held = null;
+    let done = false;
+    c.dispatchEvent = (/** @type {Event} */ ev) => {
+      const signaling = 'message' in ev && ev.type !== 'Welcome';
+      if (signaling && !done && held === null && ev.type === 'Offer') {
+        held = [];
         w.drained = fetch(`/v1/dev/nodes/${node}/drain`, { method: 'POST' }).then((r) => r.status);
-      },
-      { once: true },
-    );
-    c.addEventListener('state', (/** @type {any} */ ev) => {
-      if (ev.detail.state === 'reconnecting' && !w.t.lost) w.t.lost = performance.now();
-    });
+      }
+      if (signaling && held !== null) {
+        held.push(ev);
+        w.t.held += 1;
+        return true;
+      }
+      const r = dispatch(ev);
+      if (ev.type === 'state') {
+        const st = /** @type {CustomEvent} */ (ev).detail.state;
+        if (st === 'reconnecting' && !w.t.lost) w.t.lost = performance.now();
+        if (st === 'open' && held !== null && w.t.lost) {
+          const release = held;
+          held = null;
+          done = true;
+          for (const e of release) dispatch(e);
+        }
+      }
+      return r;
+    };
     const conv = /** @type {HTMLElement} */ (document.getElementById('conv'));
     new MutationObserver(() => {
       if (conv.dataset.state === 'connected' && !w.t.connected) w.t.connected = performance.now();
@@ -399,7 +420,7 @@ test('a call set up while the callee\'s node is drained completes; the callee re
   });
   const lost = states.find((/** @type {any} */ s) => s.state === 'reconnecting');
   assert.equal(lost?.code, 1012, JSON.stringify(states));
-  assert.ok(t.lost > 0 && t.lost < t.connected, `the connection was lost during the setup: ${JSON.stringify(t)}`);
+  assert.ok(t.lost > 0 && t.lost < t.connected && t.held >= 2, `the connection was lost during the setup: ${JSON.stringify(t)}`);
   assert.equal(reconnects.length, 1, JSON.stringify(reconnects));
   assert.equal(reconnects[0].resumed, true, `${JSON.stringify(states)}\n--- central output ---\n${centralLog.split('\n').filter((l) => /resum|session|carol|drain/i.test(l)).join('\n')}`);
   assert.notEqual(reconnects[0].node, carolNode, 'resumed on the other node');

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_node::origin::AllowedOrigins;
 
 use crate::ice::IceConfig;
 
@@ -18,6 +19,18 @@ pub struct Config {
     pub secret: String,
     /// When set, login needs `Authorization: Bearer <JWT>` (HS256) signed with this.
     pub jwt_secret: Option<String>,
+    /// With a JWT secret: the `aud` the login JWTs must carry.
+    pub jwt_audience: Option<String>,
+    /// With a JWT secret: the `iss` the login JWTs must carry.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on the login JWT's `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// Without a JWT secret outside `dev`: `run` refuses to start unless this says that anyone
+    /// may log in as anyone (`--open-login`).
+    pub open_login: bool,
+    /// Browser origins allowed by the API's CORS answers and the login (the dev cluster also
+    /// gives it to its nodes).
+    pub allowed_origins: AllowedOrigins,
     /// Told to nodes at registration and in every heartbeat answer.
     pub heartbeat_interval: Duration,
     /// A node silent this long is evicted; a node not answering probes this long is down.
@@ -49,6 +62,11 @@ impl std::fmt::Debug for Config {
             .field("grpc_listen", &self.grpc_listen)
             .field("secret", &"..")
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| ".."))
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("open_login", &self.open_login)
+            .field("allowed_origins", &self.allowed_origins.to_string())
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("node_timeout", &self.node_timeout)
             .field("probe_interval", &self.probe_interval)
@@ -73,6 +91,11 @@ impl Config {
             grpc_listen: loopback,
             secret: random_secret(),
             jwt_secret: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(crate::auth::DEFAULT_LEEWAY_SECS),
+            open_login: false,
+            allowed_origins: AllowedOrigins::any(),
             heartbeat_interval: Duration::from_millis(2000),
             node_timeout: Duration::from_millis(6000),
             probe_interval: Duration::from_millis(1000),
@@ -85,6 +108,13 @@ impl Config {
             log_json: false,
             metrics: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether login takes `?user=ID` without a JWT (dev mode or `--open-login`).
+    pub fn login_is_open(&self) -> bool {
+        self.jwt_secret.is_none()
     }
 }
 

@@ -36,11 +36,12 @@ pub struct Login {
 }
 
 impl Login {
-    pub fn new(registry: Registry, secret: &str, jwt_secret: Option<&str>, ttl: Duration) -> Self {
+    /// `jwt`: `None` is the open login (`?user=ID`).
+    pub fn new(registry: Registry, secret: &str, jwt: Option<JwtVerifier>, ttl: Duration) -> Self {
         Self {
             registry,
             tickets: TicketKey::new(secret.as_bytes()),
-            jwt: jwt_secret.map(|s| JwtVerifier::new(s.as_bytes())),
+            jwt,
             ttl,
             ice: Arc::new(IceConfig::default()),
         }
@@ -50,6 +51,11 @@ impl Login {
     pub fn with_ice(mut self, ice: IceConfig) -> Self {
         self.ice = Arc::new(ice);
         self
+    }
+
+    /// Whether anyone may log in as anyone (no JWT verifier).
+    pub fn is_open(&self) -> bool {
+        self.jwt.is_none()
     }
 
     /// Handles one login; records its latency and outcome in the metrics.

@@ -200,7 +200,12 @@ async fn killed_node_means_offline_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_1012_spread_over_the_window_and_exits_0() {
     let redis = Redis::start().await;
-    let mut node = NodeProc::start("d", Some(&redis), &["--drain-ms", "1500"]).await;
+    let mut node = NodeProc::start(
+        "d",
+        Some(&redis),
+        &["--drain-ms", "1500", "--resume-window-ms", "1000"],
+    )
+    .await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(node.connect(&format!("u{i}")).await);

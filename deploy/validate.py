@@ -377,9 +377,14 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
     expect(pre[0] == "sleep" and int(pre[1]) == n["preStopSleepSeconds"], f"node preStop {pre}")
     grace = pod["terminationGracePeriodSeconds"]
     drain_s = -(-n["drainMs"] // 1000)
-    expect(grace >= int(pre[1]) + drain_s, f"grace {grace}s < preStop {pre[1]}s + drain {drain_s}s")
-    expect(grace == n["preStopSleepSeconds"] + drain_s + n["terminationGraceExtraSeconds"], f"grace {grace}s")
-    facts.append(f"grace {grace}s for drain {n['drainMs']}ms")
+    resume_s = -(-n["resumeWindowMs"] // 1000)
+    expect(grace >= int(pre[1]) + drain_s + resume_s,
+           f"grace {grace}s < preStop {pre[1]}s + drain {drain_s}s + resume window {resume_s}s")
+    expect(grace == n["preStopSleepSeconds"] + drain_s + resume_s + n["terminationGraceExtraSeconds"], f"grace {grace}s")
+    for flag, key in (("--resume-window-ms", "resumeWindowMs"), ("--resume-buffer-frames", "resumeBufferFrames"),
+                      ("--resume-buffer-bytes", "resumeBufferBytes")):
+        expect(args.get(flag) == str(n[key]), f"{flag} from values")
+    facts.append(f"grace {grace}s for drain {n['drainMs']}ms + resume window {n['resumeWindowMs']}ms")
     expect(nc.get("resources", {}).get("requests"), "node resources")
     sc = {**v["podSecurityContext"]}
     expect(pod["securityContext"].get("runAsNonRoot") is sc.get("runAsNonRoot") is True, "pods run as non-root")

@@ -103,7 +103,7 @@ key: {{ .Values.turn.key }}
 {{/* The grace period of a node pod: preStop sleep + drain window (rounded up) + slack. */}}
 {{- define "signal-cluster.node.terminationGrace" -}}
 {{- $n := .Values.signalNode -}}
-{{- add $n.preStopSleepSeconds (div (add $n.drainMs 999) 1000) $n.terminationGraceExtraSeconds }}
+{{- add $n.preStopSleepSeconds (div (add $n.drainMs 999) 1000) (div (add $n.resumeWindowMs 999) 1000) $n.terminationGraceExtraSeconds }}
 {{- end }}
 
 {{/* Number of per-pod Services/hosts: every pod the StatefulSet may ever have. */}}

@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn ice_flags() {
-        let c = parse(&["--secret", "s"]).unwrap();
+        let c = parse(&["--secret", "s", "--open-login"]).unwrap();
         assert_eq!(c.ice, IceConfig::default());
         let c = parse(&[
             "--dev",
@@ -458,9 +458,27 @@ mod tests {
         assert_eq!(turn.secret, "north");
         assert!(!format!("{c:?}").contains("north"), "secret in Debug");
         // Empty values mean none (unset variables in compose); a secret alone is unused.
-        let c = parse(&["--secret", "s", "--turn-urls", "", "--turn-secret", ""]).unwrap();
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--turn-urls",
+            "",
+            "--turn-secret",
+            "",
+        ])
+        .unwrap();
         assert!(c.ice.turn.is_none());
-        let c = parse(&["--secret", "s", "--stun-urls", " ", "--turn-secret", "k"]).unwrap();
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--stun-urls",
+            " ",
+            "--turn-secret",
+            "k",
+        ])
+        .unwrap();
         assert_eq!(c.ice, IceConfig::default());
         for (args, flag) in [
             (&["--turn-urls", "http://x"][..], "--turn-urls"),

@@ -51,12 +51,16 @@ BINARIES = ("central", "signal-node", "loadgen")
 ENV_PREFIXES = {"central": "CENTRAL_", "signal-node": "SIGNAL_", "loadgen": "LOADGEN_"}
 RELEASE, NAMESPACE = "sig", "rtc"
 EXTERNAL_REDIS_URL = "redis://redis.example.internal:6379/0"
+# The least a default install needs: login is authenticated, so a JWT secret (or openLogin).
+JWT_VALUE = "a-jwt-secret-of-32-bytes-or-more!"
+WITH_JWT: dict[str, Any] = {"jwt": {"value": JWT_VALUE}}
 
 # The chart's value sets that are rendered and validated. Together they switch on every
 # conditional template branch, so that the flags check sees every flag the chart can pass.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "external-redis": {"redis": {"enabled": False, "external": {"url": EXTERNAL_REDIS_URL}}},
+    "default": WITH_JWT,
+    "open-login": {"openLogin": True},
+    "external-redis": {**WITH_JWT, "redis": {"enabled": False, "external": {"url": EXTERNAL_REDIS_URL}}},
     "hpa-servicemonitor": {
         "signalNode": {
             "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 6},
@@ -67,30 +71,63 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "central": {"probeIntervalMs": 1000,
                     "ingress": {"enabled": True, "className": "nginx", "tlsSecretName": "signal-tls"}},
-        "jwt": {"enabled": True, "value": "a-jwt-secret-of-32-bytes-or-more!"},
+        "jwt": {"value": JWT_VALUE, "audience": "signal", "issuer": "https://app.example.com", "leewaySecs": 10},
+        "allowedOrigins": ["https://app.example.com", "http://localhost:3000"],
     },
     "hostport-existing-secrets": {
         "signalNode": {"exposure": {"mode": "hostPort"}, "replicaCount": 2},
         "clusterSecret": {"existingSecret": "my-cluster-secret"},
-        "jwt": {"enabled": True, "existingSecret": "my-jwt-secret"},
+        "jwt": {"existingSecret": "my-jwt-secret"},
         "redis": {"enabled": False, "external": {"existingSecret": "my-redis-url"}},
         "logJson": False,
         "grpcTls": {"enabled": True, "secretName": "signal-grpc-tls"},
         "networkPolicy": {"extraGrpcFrom": [{"namespaceSelector": {"matchLabels": {"name": "ops"}}}]},
     },
+    "turn-coturn-tls": {
+        **WITH_JWT,
+        "turn": {
+            "enabled": True,
+            "urls": ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"],
+            "stunUrls": ["stun:turn.example.com:3478"],
+            "ttlSecs": 600,
+            "coturn": {"tlsSecretName": "turn-tls", "externalIp": "203.0.113.10",
+                       "extraSecrets": [{"name": "turn-next", "key": "turn-secret"}]},
+        },
+    },
+    "turn-external-existing-secret": {
+        "openLogin": True,
+        "turn": {"enabled": True, "urls": ["turn:turn.example.net:3478"], "existingSecret": "my-turn-secret",
+                 "coturn": {"enabled": False}},
+    },
 }
 
-# Values that values.schema.json must refuse (at install, lint and render alike).
+# Values that values.schema.json must refuse (at install, lint and render alike). Each is
+# otherwise valid (a JWT secret is given) unless the login itself is what is wrong.
 BAD_VALUES: dict[str, dict[str, Any]] = {
-    "replicaCount as a string": {"central": {"replicaCount": "two"}},
-    "unknown exposure mode": {"signalNode": {"exposure": {"mode": "nodeport"}}},
-    "unknown top-level key": {"replicas": 3},
-    "negative drainMs": {"signalNode": {"drainMs": -1}},
-    "external Redis without URL": {"redis": {"enabled": False}},
-    "JWT on without a secret": {"jwt": {"enabled": True}},
-    "gRPC TLS on without a Secret": {"grpcTls": {"enabled": True}},
-    "bad pull policy": {"image": {"pullPolicy": "Sometimes"}},
-    "extraArgs not a flag": {"signalNode": {"extraArgs": ["rm -rf /"]}},
+    "replicaCount as a string": {**WITH_JWT, "central": {"replicaCount": "two"}},
+    "unknown exposure mode": {**WITH_JWT, "signalNode": {"exposure": {"mode": "nodeport"}}},
+    "unknown top-level key": {**WITH_JWT, "replicas": 3},
+    "negative drainMs": {**WITH_JWT, "signalNode": {"drainMs": -1}},
+    "external Redis without URL": {**WITH_JWT, "redis": {"enabled": False}},
+    "neither a JWT secret nor openLogin (the defaults)": {},
+    "openLogin false without a JWT secret": {"openLogin": False, "jwt": {"value": ""}},
+    "JWT secret too short": {"jwt": {"value": "short"}},
+    "openLogin together with a JWT secret": {"openLogin": True, "jwt": {"value": JWT_VALUE}},
+    "the old jwt.enabled switch": {"jwt": {"enabled": False, "value": JWT_VALUE}},
+    "allowedOrigins entry not an origin": {**WITH_JWT, "allowedOrigins": ["app.example.com"]},
+    "bad pull policy": {**WITH_JWT, "image": {"pullPolicy": "Sometimes"}},
+    "extraArgs not a flag": {**WITH_JWT, "signalNode": {"extraArgs": ["rm -rf /"]}},
+    "TURN on without URLs": {**WITH_JWT, "turn": {"enabled": True}},
+    "gRPC TLS on without a Secret": {**WITH_JWT, "grpcTls": {"enabled": True}},
+    "TURN URL with a bad scheme": {**WITH_JWT, "turn": {"enabled": True, "urls": ["http://turn.example.com:3478"]}},
+}
+# What the refusal must name (the full schema error), where the first line alone is vague.
+BAD_REASONS: dict[str, list[str]] = {
+    "neither a JWT secret nor openLogin (the defaults)": ["/jwt/value", "/jwt/existingSecret", "/openLogin"],
+    "openLogin false without a JWT secret": ["/jwt/value", "/jwt/existingSecret", "/openLogin"],
+    "JWT secret too short": ["'/jwt/value': minLength: got 5, want 16"],
+    "openLogin together with a JWT secret": ["'/jwt/value': maxLength"],
+    "external Redis without URL": ["/redis/external"],
 }
 
 
@@ -299,7 +336,15 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
     expect(cc["readinessProbe"]["httpGet"]["path"] == "/readyz", "central readiness on /readyz")
     expect("CENTRAL_SECRET" in env_map(cc), "central gets CENTRAL_SECRET")
     expect("CENTRAL_REDIS_URL" in env_map(cc), "central replicas share Redis (CENTRAL_REDIS_URL)")
-    expect(("CENTRAL_JWT_SECRET" in env_map(cc)) == bool(v["jwt"]["enabled"]), "CENTRAL_JWT_SECRET iff jwt.enabled")
+    # Login: JWT unless openLogin is set explicitly (then central says so with CENTRAL_OPEN_LOGIN).
+    open_login = bool(v["openLogin"])
+    expect(("CENTRAL_JWT_SECRET" in env_map(cc)) == (not open_login), "CENTRAL_JWT_SECRET unless openLogin")
+    expect((env_map(cc).get("CENTRAL_OPEN_LOGIN") == "true") == open_login, "CENTRAL_OPEN_LOGIN=true iff openLogin")
+    cargs = arg_map(cc)
+    for flag, key in (("--jwt-audience", "audience"), ("--jwt-issuer", "issuer")):
+        want_flag = None if open_login or not v["jwt"][key] else v["jwt"][key]
+        expect(cargs.get(flag) == want_flag, f"central {flag}={cargs.get(flag)} but jwt.{key}={v['jwt'][key]!r}")
+    facts.append("open login" if open_login else "JWT login")
     expect("resources" in cc and cc["resources"].get("requests"), "central resources")
 
     # Signal nodes: StatefulSet, stable id = pod name, headless service for gRPC, drain-aware grace.
@@ -326,15 +371,24 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         # as args come after env; but env entries referring to them must come later.
         expect(var in names, f"{var} defined")
     expect("SIGNAL_SECRET" in envs and "SIGNAL_REDIS_URL" in envs, "nodes get SIGNAL_SECRET and SIGNAL_REDIS_URL")
+    want_origins = ",".join(v["allowedOrigins"]) or None
+    expect(args.get("--allowed-origins") == want_origins and cargs.get("--allowed-origins") == want_origins,
+           f"--allowed-origins on nodes {args.get('--allowed-origins')} and central {cargs.get('--allowed-origins')}"
+           f" != {want_origins}")
     expect(nc["livenessProbe"]["httpGet"]["path"] == "/healthz", "node liveness on /healthz")
     expect(nc["readinessProbe"]["httpGet"]["path"] == "/readyz", "node readiness on /readyz")
     pre = nc["lifecycle"]["preStop"]["exec"]["command"]
     expect(pre[0] == "sleep" and int(pre[1]) == n["preStopSleepSeconds"], f"node preStop {pre}")
     grace = pod["terminationGracePeriodSeconds"]
     drain_s = -(-n["drainMs"] // 1000)
-    expect(grace >= int(pre[1]) + drain_s, f"grace {grace}s < preStop {pre[1]}s + drain {drain_s}s")
-    expect(grace == n["preStopSleepSeconds"] + drain_s + n["terminationGraceExtraSeconds"], f"grace {grace}s")
-    facts.append(f"grace {grace}s for drain {n['drainMs']}ms")
+    resume_s = -(-n["resumeWindowMs"] // 1000)
+    expect(grace >= int(pre[1]) + drain_s + resume_s,
+           f"grace {grace}s < preStop {pre[1]}s + drain {drain_s}s + resume window {resume_s}s")
+    expect(grace == n["preStopSleepSeconds"] + drain_s + resume_s + n["terminationGraceExtraSeconds"], f"grace {grace}s")
+    for flag, key in (("--resume-window-ms", "resumeWindowMs"), ("--resume-buffer-frames", "resumeBufferFrames"),
+                      ("--resume-buffer-bytes", "resumeBufferBytes")):
+        expect(args.get(flag) == str(n[key]), f"{flag} from values")
+    facts.append(f"grace {grace}s for drain {n['drainMs']}ms + resume window {n['resumeWindowMs']}ms")
     expect(nc.get("resources", {}).get("requests"), "node resources")
     sc = {**v["podSecurityContext"]}
     expect(pod["securityContext"].get("runAsNonRoot") is sc.get("runAsNonRoot") is True, "pods run as non-root")
@@ -380,7 +434,8 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
                 if ref:
                     secret_refs.add((ref["name"], ref["key"]))
     rendered_secrets = {s["metadata"]["name"]: s for s in by_kind(objs, "Secret")}
-    existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"]} - {""}
+    existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"],
+                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"])} - {""}
     for sname, key in secret_refs:
         if sname in existing:
             continue
@@ -394,6 +449,34 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         expect(len(base64.b64decode(s["data"][v["clusterSecret"]["key"]])) >= 32, "generated cluster secret >= 32 chars")
         src = (CHART / "templates" / "secret.yaml").read_text()
         expect('lookup "v1" "Secret"' in src, "secret.yaml keeps the generated secret with lookup")
+
+    # TURN: central hands out credentials signed with the secret coturn checks.
+    t = v["turn"]
+    cargs, cenv = arg_map(cc), env_map(cc)
+    expect(("--turn-urls" in cargs) == bool(t["enabled"]) == ("CENTRAL_TURN_SECRET" in cenv),
+           "--turn-urls and CENTRAL_TURN_SECRET iff turn.enabled")
+    expect(cargs.get("--stun-urls") == (",".join(t["stunUrls"]) or None), "--stun-urls from turn.stunUrls")
+    coturns = [o for o in by_kind(objs, "Deployment") if o["metadata"]["name"].endswith("-coturn")]
+    if t["enabled"]:
+        expect(cargs["--turn-urls"] == ",".join(t["urls"]), f"--turn-urls {cargs['--turn-urls']}")
+        expect(cargs.get("--turn-ttl-secs") == str(t["ttlSecs"]), "--turn-ttl-secs from turn.ttlSecs")
+        facts.append("TURN")
+    if t["enabled"] and t["coturn"]["enabled"]:
+        expect(len(coturns) == 1, "a coturn Deployment")
+        cpod = coturns[0]["spec"]["template"]["spec"]
+        tc = cpod["containers"][0]
+        targs = tc["args"]
+        expect(cpod.get("hostNetwork") is True, "coturn on the host network (relay ports)")
+        expect("--use-auth-secret" in targs and "--static-auth-secret=$(TURN_SECRET)" in targs,
+               "coturn checks TURN REST credentials with $(TURN_SECRET)")
+        expect(env_map(tc)["TURN_SECRET"] == cenv["CENTRAL_TURN_SECRET"], "coturn and central share one TURN secret")
+        expect(sum(a.startswith("--static-auth-secret=") for a in targs) == 1 + len(t["coturn"]["extraSecrets"]),
+               "one --static-auth-secret per accepted secret")
+        expect(("--no-tls" in targs) == (not t["coturn"]["tlsSecretName"]), "TLS iff coturn.tlsSecretName")
+        expect(cpod["securityContext"].get("runAsNonRoot") is True, "coturn runs as non-root")
+        facts.append("coturn")
+    else:
+        expect(not coturns, "no coturn unless turn.enabled and turn.coturn.enabled")
 
     # Redis bundled or external.
     redis_sts = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"].endswith("-redis")]
@@ -469,6 +552,14 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
         facts.append("gRPC mTLS")
     notes = [t for p, t in render_cache[name].items() if p.endswith("NOTES.txt")]
     expect(bool(notes) and "/v1/endpoint?user=" in notes[0], "NOTES.txt tells how to log in")
+    expect(("OPEN LOGIN" in notes[0]) == open_login and ("Bearer $JWT" in notes[0]) == (not open_login),
+           "NOTES.txt says whether login is open or needs a JWT")
+    smoke = [o for o in by_kind(objs, "Pod") if o["metadata"]["name"].endswith("-loadgen-smoke")]
+    if smoke:
+        lenv = env_map(smoke[0]["spec"]["containers"][0])
+        expect(("LOADGEN_JWT_SECRET" in lenv) == (not open_login), "helm test's loadgen mints JWTs unless openLogin")
+        if v["jwt"]["audience"] and not open_login:
+            expect(lenv.get("LOADGEN_JWT_AUDIENCE") == v["jwt"]["audience"], "helm test's loadgen JWTs carry the audience")
     return ", ".join(facts)
 
 
@@ -518,13 +609,17 @@ def chart_checks(r: Report) -> list[dict[str, Any]]:
 
     # Negative: the checks above must bite.
     for what, bad in BAD_VALUES.items():
-        def refused(bad: dict[str, Any] = bad) -> str:
+        def refused(bad: dict[str, Any] = bad, reasons: list[str] = BAD_REASONS.get(what, [])) -> str:
             with helm.Chart.load(str(CHART)) as chart:
                 try:
                     chart.validate_schema(bad)
                 except helm.HelmValuesError as e:
                     first = str(e).strip().splitlines()
                     detail = first[1].strip() if len(first) > 1 else first[0]
+                    missing = [r for r in reasons if r not in str(e)]
+                    expect(not missing, f"refused, but the error does not name {missing}: {e}")
+                    if reasons:
+                        detail = "; ".join(ln.strip() for ln in first[2:])[:200]
                 else:
                     raise CheckError("values.schema.json accepted it")
                 try:
@@ -598,6 +693,12 @@ def compose_checks(r: Report) -> dict[str, Any]:
         redis = svcs.get("redis")
         expect(redis is not None and "healthcheck" in redis, "redis with a healthcheck")
         expect(svcs["central"]["depends_on"]["redis"]["condition"] == "service_healthy", "central waits for healthy redis")
+        # Login is authenticated by default: the demo says --open-login out loud, or has a JWT secret.
+        central_cmd = svcs["central"].get("command") or []
+        central_env = svcs["central"].get("environment") or {}
+        open_login = "--open-login" in central_cmd or str(central_env.get("CENTRAL_OPEN_LOGIN", "")).lower() in ("true", "1")
+        expect(open_login != ("CENTRAL_JWT_SECRET" in central_env), "central: exactly one of --open-login or CENTRAL_JWT_SECRET")
+        expect(not open_login or "OPEN LOGIN" in COMPOSE.read_text(), "the open login of the demo is documented in the file")
         nodes = {k: s for k, s in svcs.items() if s.get("command", [None])[0] == "signal-node"}
         expect(len(nodes) == 3, f"three signal nodes, found {sorted(nodes)}")
         weights, host_ports, adverts = set(), set(), set()
@@ -629,13 +730,31 @@ def compose_checks(r: Report) -> dict[str, Any]:
         expect(p.returncode == 0, p.stderr[:500])
         svcs = yaml.safe_load(p.stdout)["services"]
         got = {k: (s.get("environment") or {}).get("CENTRAL_SECRET") or (s.get("environment") or {}).get("SIGNAL_SECRET")
-               for k, s in svcs.items() if k not in ("redis", "loadgen")}
+               for k, s in svcs.items() if k not in ("redis", "loadgen", "coturn")}
         expect(set(got.values()) == {"probe-secret-123"}, f"CLUSTER_SECRET does not reach every service: {got}")
         text = COMPOSE.read_text()
         expect(text.count("${CLUSTER_SECRET") == 1, "CLUSTER_SECRET is referenced in exactly one place")
         return f"{len(got)} services"
 
     r.check("compose: cluster secret from one place (CLUSTER_SECRET)", one_secret)
+
+    def turn_secret() -> str:
+        p = compose_config(COMPOSE, env={"TURN_SECRET": "probe-turn-secret-123", "TURN_URLS": "turn:localhost:3478"})
+        expect(p.returncode == 0, p.stderr[:500])
+        svcs = yaml.safe_load(p.stdout)["services"]
+        central_env, coturn = svcs["central"]["environment"], svcs.get("coturn")
+        expect(central_env.get("CENTRAL_TURN_SECRET") == "probe-turn-secret-123", "TURN_SECRET reaches central")
+        expect(central_env.get("CENTRAL_TURN_URLS") == "turn:localhost:3478", "TURN_URLS reaches central")
+        expect(coturn is not None and coturn.get("profiles") == ["turn"], "coturn under the turn profile")
+        expect((coturn.get("environment") or {}).get("TURN_SECRET") == "probe-turn-secret-123", "TURN_SECRET reaches coturn")
+        cmd = " ".join(coturn.get("command") or [])
+        # (`config` prints `$$` for a literal `$`: the shell in the container expands it.)
+        expect("--use-auth-secret" in cmd and '--static-auth-secret="$$TURN_SECRET"' in cmd,
+               "coturn checks TURN REST credentials with $TURN_SECRET")
+        expect(COMPOSE.read_text().count("${TURN_SECRET") == 1, "TURN_SECRET is referenced in exactly one place")
+        return "central and coturn"
+
+    r.check("compose: TURN secret from one place (TURN_SECRET) for central and coturn", turn_secret)
 
     text = COMPOSE.read_text()
     # (what, broken file, a word the error must name: refused for the right reason)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian machine (as root, or with sudo):
-# installs what is missing (redis-server, Chromium, Node.js, docker-compose, Python tools for the
-# chart), then: format, clippy, unit + integration tests of every crate (real redis-server,
-# real WebSocket/gRPC on loopback, real processes), deployment validation, and the browser
-# tests (node unit tests + end-to-end in headless Chromium against `central --dev`).
+# installs what is missing (redis-server, coturn, Chromium, Node.js, docker-compose, Python
+# tools for the chart), then: format, clippy, unit + integration tests of every crate (real
+# redis-server, real coturn, real WebSocket/gRPC on loopback, real processes), deployment
+# validation, and the browser tests (node unit tests + end-to-end in headless Chromium against
+# `central --dev`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -17,6 +18,7 @@ fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v turnserver >/dev/null || missing+=(coturn)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)

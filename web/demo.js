@@ -29,6 +29,8 @@ import { ChatStore } from './chat-store.js';
 
 const params = new URLSearchParams(location.search);
 const TEST = params.get('test') === '1';
+// `?relay=1`: peer connections use only TURN relay candidates (to check a TURN deployment).
+const RELAY_ONLY = params.get('relay') === '1';
 const PAGE = 30;
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -44,6 +46,7 @@ const el = {
   me: $('me'),
   node: $('node'),
   nodeUrl: $('node-url'),
+  session: $('session'),
   logout: $('logout'),
   callForm: /** @type {HTMLFormElement} */ ($('call-form')),
   callName: /** @type {HTMLInputElement} */ ($('call-name')),
@@ -84,8 +87,10 @@ const app = {
   testStream: null,
   /** @type {string[]} plain-words errors shown, newest last */
   errors: [],
-  /** @type {{state:string, code?:number, reason?:string}[]} the client's last state changes */
+  /** @type {{state:string, code?:number, reason?:string, resumed?:boolean}[]} the client's last state changes */
   states: [],
+  /** @type {{node:string, resumed:boolean}[]} the client's reconnects, newest last */
+  reconnects: [],
 };
 Object.assign(window, { demo: app });
 
@@ -143,6 +148,7 @@ const STATE_TEXT = {
   open: 'Connected',
   reconnecting: 'Connection lost, reconnecting…',
   replaced: 'Signed in elsewhere',
+  disconnected: 'Disconnected by the application',
   closed: 'Disconnected',
 };
 
@@ -159,6 +165,18 @@ function showEndpoint() {
   el.me.textContent = app.user;
   el.node.textContent = c.node || c.endpoint?.node || '';
   el.nodeUrl.textContent = c.endpoint?.url ?? '';
+}
+
+/** The session line under the endpoint: new, or resumed after a reconnect (contract section 5). */
+function showSession() {
+  const c = app.client;
+  if (!c || !c.session) {
+    el.session.textContent = '';
+    delete el.session.dataset.resumed;
+    return;
+  }
+  el.session.dataset.resumed = String(c.resumed);
+  el.session.textContent = c.resumed ? 'Session resumed' : 'New session';
 }
 
 // ---------------------------------------------------------------- sign in / out
@@ -193,18 +211,33 @@ async function signIn(user) {
   app.user = user;
   client.addEventListener('state', (ev) => {
     const d = /** @type {CustomEvent} */ (ev).detail;
-    app.states.push({ state: d.state, code: d.code, reason: d.reason });
+    app.states.push({ state: d.state, code: d.code, reason: d.reason, resumed: d.resumed });
     if (app.states.length > 50) app.states.shift();
     showClientState(d.state);
     if (d.state === 'reconnecting') showEndpoint();
+    if (d.state === 'open') showSession();
     if (d.state === 'closed' && d.reason && app.client === client && el.app.hidden === false) toast(d.reason);
   });
   client.addEventListener('reconnected', (ev) => {
+    const d = /** @type {CustomEvent} */ (ev).detail;
+    app.reconnects.push({ node: d.node, resumed: d.resumed });
+    if (app.reconnects.length > 50) app.reconnects.shift();
     showEndpoint();
-    toast(`Reconnected via ${/** @type {CustomEvent} */ (ev).detail.node}.`, 'info');
+    showSession();
+    // A resumed session lost nothing: only the node changed. A failed resume is 'sessionreset'.
+    if (d.resumed) toast(`Reconnected via ${d.node}.`, 'info');
+  });
+  client.addEventListener('sessionreset', (ev) => {
+    // The node could not resume the session: frames sent to us meanwhile may be lost. This is
+    // where the page would subscribe and join again (it has no subscriptions or rooms yet);
+    // calls still being set up may not complete and can be started again.
+    toast(`Reconnected via ${/** @type {CustomEvent} */ (ev).detail.node} with a new session: calls being set up may need to be started again.`, 'info');
   });
   client.addEventListener('replaced', () => {
     toast('You signed in with this name somewhere else, so this page was disconnected.');
+  });
+  client.addEventListener('disconnected', () => {
+    toast('You were disconnected by the application.');
   });
   await client.connect();
   try {
@@ -213,7 +246,9 @@ async function signIn(user) {
     app.store = null;
     toast('Chat history is not available in this browser (IndexedDB failed); messages will not be kept.');
   }
-  const manager = new PeerManager(client);
+  // Every call uses the ICE servers of the client's latest login (TURN credentials renewed at
+  // each reconnect), see RoapPeer.
+  const manager = new PeerManager(client, RELAY_ONLY ? { rtcConfig: { iceTransportPolicy: 'relay' } } : {});
   app.manager = manager;
   manager.addEventListener('peer', (ev) => {
     const { peer, incoming } = /** @type {CustomEvent} */ (ev).detail;
@@ -240,6 +275,7 @@ async function signIn(user) {
   el.login.hidden = true;
   el.app.hidden = false;
   showEndpoint();
+  showSession();
   showClientState(client.state);
   await loadContacts();
   el.callName.focus();

@@ -6,7 +6,8 @@
  * each remote user, starts calls, accepts incoming ones and resolves glare by tieBreaker.
  *
  * Every peer connection carries two pre-negotiated data channels: `chat` (id 0, text) and
- * `files` (id 1, binary, the chunk protocol of file-transfer.js).
+ * `files` (id 1, binary, the chunk protocol of file-transfer.js). Its ICE servers are those of
+ * the signaling client's latest login (STUN, TURN with short-lived credentials).
  *
  * Glare (both sides send an Offer before either answered): the Offer with the higher tieBreaker
  * wins. The winner answers the loser's Offer with Error CONFLICT and keeps waiting for its own
@@ -72,7 +73,9 @@ export class RoapPeer extends EventTarget {
     this.tieBreaker = 0;
     /** we sent the Offer of the current exchange */
     this.initiator = false;
-    this.pc = new RTCPeerConnection(opts.rtcConfig ?? { iceServers: [] });
+    // The ICE servers of the client's latest login (fresh TURN credentials), unless the app
+    // gives its own in rtcConfig (which may also set e.g. iceTransportPolicy).
+    this.pc = new RTCPeerConnection({ iceServers: opts.client.iceServers ?? [], ...opts.rtcConfig });
     this.chat = this.pc.createDataChannel('chat', { negotiated: true, id: 0, ordered: true });
     this.files = this.pc.createDataChannel('files', { negotiated: true, id: 1, ordered: true });
     this.files.binaryType = 'arraybuffer';

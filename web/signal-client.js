@@ -1,10 +1,13 @@
 // @ts-check
 /**
  * @file The browser's signaling client: login at central, the WebSocket to the assigned signal
- * node, automatic reconnect through central, typed ROAP events and send helpers, Ping
- * keepalive, and plain-words text for every error type.
+ * node, automatic reconnect through central that resumes the session (numbered frames,
+ * batched acks, duplicates dropped), typed ROAP events and send helpers, Ping keepalive, and
+ * plain-words text for every error type.
  *
- * Contract: /work/shared/CONTRACT.md sections 2 (login) and 3 (WebSocket protocol).
+ * Contract: /work/shared/CONTRACT.md sections 2 (login), 3 (WebSocket protocol), 5 (sessions)
+ * and 9 (ICE servers: every login answer carries fresh STUN/TURN servers, kept in
+ * `client.iceServers`).
  */
 
 /**
@@ -13,6 +16,8 @@
  * @property {string} url        the node's WebSocket URL, e.g. "ws://127.0.0.1:8091/ws"
  * @property {string} token      the ticket to present to that node
  * @property {number} expiresIn  seconds the ticket stays valid
+ * @property {RTCIceServer[]} iceServers  STUN/TURN servers for RTCPeerConnection (TURN with a
+ *   short-lived username/credential); empty when central has none configured
  */
 
 /**
@@ -33,8 +38,13 @@
  *   | {type:'Candidate', to:string, from?:string, sessionID:string, candidate:IceCandidateInit|null, seq?:number}
  *   | {type:'Shutdown', to:string, from?:string, sessionID:string, seq?:number}
  *   | {type:'Error', to:string, from?:string, sessionID?:string, errorType:ErrorType, description?:string, origin?:string, seq?:number}
- *   | {type:'Welcome', user:string, node:string}
+ *   | {type:'Welcome', user:string, node:string, session?:string, resumed?:boolean, resumeWindowMs?:number}
  *   | {type:'Ping'} | {type:'Pong'}} RoapMessage
+ */
+
+/**
+ * The node's first frame on a connection.
+ * @typedef {{type:'Welcome', user:string, node:string, session?:string, resumed?:boolean, resumeWindowMs?:number}} Welcome
  */
 
 /** Close codes of the contract. */
@@ -46,6 +56,8 @@ export const CLOSE = Object.freeze({
   DRAINING: 1012,
   TRY_AGAIN_LATER: 1013,
   REPLACED: 4409,
+  /** the application (its backend) disconnected this user: never reconnect */
+  APP_DISCONNECT: 4403,
   /** used by this client when the server stops answering Pings */
   KEEPALIVE: 4000,
 });
@@ -107,6 +119,33 @@ export class SignalError extends Error {
 }
 
 /**
+ * The usable entries of a login answer's `iceServers` (contract section 9): objects whose
+ * `urls` is a string or an array of strings, with `username` / `credential` kept when they are
+ * strings. Anything else (absent, malformed) gives fewer entries, never an exception, so a
+ * central without ICE servers or with a newer format still lets the user sign in.
+ * @param {unknown} value
+ * @returns {RTCIceServer[]}
+ */
+export function parseIceServers(value) {
+  if (!Array.isArray(value)) return [];
+  /** @type {RTCIceServer[]} */
+  const out = [];
+  for (const s of value) {
+    if (!s || typeof s !== 'object') continue;
+    const raw = /** @type {any} */ (s).urls;
+    const urls = (typeof raw === 'string' ? [raw] : Array.isArray(raw) ? raw : []).filter((u) => typeof u === 'string' && u !== '');
+    if (urls.length === 0) continue;
+    /** @type {RTCIceServer} */
+    const server = { urls };
+    const { username, credential } = /** @type {any} */ (s);
+    if (typeof username === 'string') server.username = username;
+    if (typeof credential === 'string') server.credential = credential;
+    out.push(server);
+  }
+  return out;
+}
+
+/**
  * Asks central for a signaling endpoint (contract section 2).
  * @param {string} centralUrl  e.g. "http://127.0.0.1:8080" (`location.origin` in the demo)
  * @param {string} user
@@ -154,8 +193,26 @@ export async function login(centralUrl, user, opts = {}) {
     url: body.url,
     token: body.token,
     expiresIn: Number(body.expiresIn) || 0,
+    iceServers: parseIceServers(body.iceServers),
     connectUrl: connect.toString(),
   };
+}
+
+/**
+ * The URL that resumes `session` on the endpoint central handed out (contract section 5):
+ * `connectUrl` (which carries the fresh ticket) plus `resume=<session>&last=<last>`.
+ * Without a session it is `connectUrl` unchanged (a new session).
+ * @param {string} connectUrl  e.g. "ws://host:port/ws?token=..."
+ * @param {string | null | undefined} session  the token from the last Welcome
+ * @param {number} last  the highest frame number received
+ * @returns {string}
+ */
+export function resumeUrl(connectUrl, session, last) {
+  if (!session) return connectUrl;
+  const u = new URL(connectUrl);
+  u.searchParams.set('resume', session);
+  u.searchParams.set('last', String(Math.max(0, Math.floor(last))));
+  return u.toString();
 }
 
 /**
@@ -173,9 +230,9 @@ export function backoffDelay(attempt, opts = {}) {
   return cap / 2 + random() * (cap / 2);
 }
 
-/** Close codes after which the client goes back to central for a new endpoint. */
+/** Close codes after which the client goes back to central for a new endpoint (and resumes). */
 export function shouldReconnect(/** @type {number} */ code) {
-  return code !== CLOSE.NORMAL && code !== CLOSE.REPLACED;
+  return code !== CLOSE.NORMAL && code !== CLOSE.REPLACED && code !== CLOSE.APP_DISCONNECT;
 }
 
 /**
@@ -197,7 +254,7 @@ export class SignalEvent extends Event {
 }
 
 /**
- * @typedef {'idle'|'connecting'|'open'|'reconnecting'|'replaced'|'closed'} ClientState
+ * @typedef {'idle'|'connecting'|'open'|'reconnecting'|'replaced'|'disconnected'|'closed'} ClientState
  */
 
 /**
@@ -206,13 +263,27 @@ export class SignalEvent extends Event {
  * - `servererror`: an Error with `origin:"server"` (`SignalEvent`, `.text` in plain words)
  * - `state`: CustomEvent `{state, node?, code?, reason?, retryInMs?}`
  * - `replaced`: this user logged in elsewhere (close 4409); no reconnect
- * - `reconnected`: CustomEvent `{node}` after a reconnect's Welcome
+ * - `disconnected`: CustomEvent `{code, reason, text}`: the application disconnected this user
+ *   (close 4403); no reconnect
+ * - `reconnected`: CustomEvent `{node, resumed}` after a reconnect's Welcome
+ * - `sessionreset`: CustomEvent `{node, previous}` when a resume was refused (Welcome
+ *   `resumed:false`): frames may have been lost and the page must subscribe and join again
+ *
+ * Sessions (contract section 5): the client tracks the highest frame number `n` received
+ * (`lastN`), drops every frame numbered at or below it (so a replay never reaches the app
+ * twice), acks cumulatively (`{"type":"Ack","n"}`) at most every `ackIntervalMs` or after
+ * `ackEvery` frames, whichever comes first, and at once when the page is hidden, and on every
+ * reconnect presents `resume=<session>&last=<lastN>` with the fresh ticket. `resumed` says
+ * whether the current connection continues the previous session.
+ *
+ * `iceServers` holds the STUN/TURN servers of the latest login (refreshed on every login, so
+ * TURN credentials are renewed on each reconnect); peer connections read it when they start.
  */
 export class SignalClient extends EventTarget {
   /**
    * @param {{central:string, user:string, bearer?:string, WebSocket?:typeof WebSocket,
    *   fetch?:typeof fetch, pingIntervalMs?:number, pingTimeoutMs?:number, baseBackoffMs?:number,
-   *   maxBackoffMs?:number, maxQueue?:number}} opts
+   *   maxBackoffMs?:number, maxQueue?:number, ackIntervalMs?:number, ackEvery?:number}} opts
    */
   constructor(opts) {
     super();
@@ -226,6 +297,26 @@ export class SignalClient extends EventTarget {
     this.baseBackoffMs = opts.baseBackoffMs ?? 250;
     this.maxBackoffMs = opts.maxBackoffMs ?? 15000;
     this.maxQueue = opts.maxQueue ?? 256;
+    /** longest an unacknowledged frame waits for its Ack */
+    this.ackIntervalMs = opts.ackIntervalMs ?? 100;
+    /** frames after which an Ack goes out at once */
+    this.ackEvery = Math.max(1, opts.ackEvery ?? 32);
+    /** @type {string | null} the session token of the last Welcome (null: none yet, or ended) */
+    this.session = null;
+    /** whether the current (or last) connection resumed the previous session */
+    this.resumed = false;
+    /** the node's resume window (ms) from the last Welcome */
+    this.resumeWindowMs = 0;
+    /** highest frame number received in this session */
+    this.lastN = 0;
+    /** highest frame number acknowledged to the node */
+    this.ackedN = 0;
+    /** frames dropped because their number was not above `lastN` (duplicates after a resume) */
+    this.duplicates = 0;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.ackTimer = undefined;
+    /** @type {WebSocket | null} a socket given up by the keepalive, closed once a new one is welcomed */
+    this.stale = null;
     /** @type {ClientState} */
     this.state = 'idle';
     /** @type {WebSocket | null} */
@@ -255,20 +346,29 @@ export class SignalClient extends EventTarget {
         void this.#attempt();
       }
     };
-    if (typeof globalThis.addEventListener === 'function') globalThis.addEventListener('online', this.onOnline);
+    /** Acks what arrived when the page is hidden or left (it may never run a timer again). */
+    this.onHide = (/** @type {Event} */ ev) => {
+      if (ev.type === 'pagehide' || typeof document === 'undefined' || document.visibilityState === 'hidden') this.#flushAck();
+    };
+    if (typeof globalThis.addEventListener === 'function') {
+      globalThis.addEventListener('online', this.onOnline);
+      globalThis.addEventListener('pagehide', this.onHide);
+    }
+    if (typeof document !== 'undefined') document.addEventListener('visibilitychange', this.onHide);
   }
 
   /**
    * Logs in at central and connects. Resolves with the Welcome; rejects with a SignalError if
-   * this first attempt fails (later losses reconnect by themselves).
-   * @returns {Promise<{type:'Welcome', user:string, node:string}>}
+   * this first attempt fails (later losses reconnect by themselves). Always starts a new session.
+   * @returns {Promise<Welcome>}
    */
   connect() {
-    if (this.state !== 'idle' && this.state !== 'closed' && this.state !== 'replaced') {
+    if (this.state !== 'idle' && this.state !== 'closed' && this.state !== 'replaced' && this.state !== 'disconnected') {
       return Promise.reject(new SignalError(`already ${this.state}`));
     }
     this.everConnected = false;
     this.attempt = 0;
+    this.#endSession();
     this.#setState('connecting');
     return new Promise((resolve, reject) => {
       this.firstConnect = { resolve, reject };
@@ -276,7 +376,10 @@ export class SignalClient extends EventTarget {
     });
   }
 
-  /** Closes for good (no reconnect). */
+  /**
+   * Closes for good (no reconnect), e.g. on logout: a normal close (1000), which ends the
+   * session on the node (the user goes offline at once instead of after the resume window).
+   */
   close() {
     this.#clearTimers();
     this.current = {};
@@ -285,14 +388,21 @@ export class SignalClient extends EventTarget {
     this.ws = null;
     if (ws) {
       ws.onclose = null;
+      ws.onmessage = null;
       try {
         ws.close(CLOSE.NORMAL, 'bye');
       } catch {
         // already closed
       }
     }
+    this.#closeStale();
+    this.#endSession();
     this.queue = [];
-    if (typeof globalThis.removeEventListener === 'function') globalThis.removeEventListener('online', this.onOnline);
+    if (typeof globalThis.removeEventListener === 'function') {
+      globalThis.removeEventListener('online', this.onOnline);
+      globalThis.removeEventListener('pagehide', this.onHide);
+    }
+    if (typeof document !== 'undefined') document.removeEventListener('visibilitychange', this.onHide);
     this.#setState('closed');
   }
 
@@ -312,7 +422,13 @@ export class SignalClient extends EventTarget {
       this.queue.push(text);
       return;
     }
-    throw new SignalError(this.state === 'replaced' ? 'Signed in elsewhere: this page is disconnected.' : 'Not connected to the signaling server.');
+    throw new SignalError(
+      this.state === 'replaced'
+        ? 'Signed in elsewhere: this page is disconnected.'
+        : this.state === 'disconnected'
+          ? 'Disconnected by the application.'
+          : 'Not connected to the signaling server.',
+    );
   }
 
   /** @param {string} to @param {string} sessionID @param {string} sdp @param {{seq?:number, tieBreaker?:number}} [o] */
@@ -358,11 +474,55 @@ export class SignalClient extends EventTarget {
     this.dispatchEvent(new CustomEvent('state', { detail: { state, node: this.node, ...extra } }));
   }
 
+  /** The ICE servers of the latest login (a copy; empty before the first login). */
+  get iceServers() {
+    return (this.endpoint?.iceServers ?? []).map((s) => ({ ...s }));
+  }
+
   #clearTimers() {
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
     if (this.pongTimer !== undefined) clearTimeout(this.pongTimer);
-    this.retryTimer = this.pingTimer = this.pongTimer = undefined;
+    if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
+    this.retryTimer = this.pingTimer = this.pongTimer = this.ackTimer = undefined;
+  }
+
+  /** Forgets the session: the next connection starts a new one. */
+  #endSession() {
+    this.session = null;
+    this.resumed = false;
+    this.lastN = 0;
+    this.ackedN = 0;
+  }
+
+  #closeStale() {
+    const s = this.stale;
+    this.stale = null;
+    if (!s) return;
+    try {
+      s.close(CLOSE.NORMAL, 'superseded');
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Sends the cumulative Ack now if anything is unacknowledged. */
+  #flushAck() {
+    if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    const ws = this.ws;
+    if (this.state !== 'open' || !ws || ws.readyState !== 1 || this.lastN <= this.ackedN) return;
+    ws.send(JSON.stringify({ type: 'Ack', n: this.lastN }));
+    this.ackedN = this.lastN;
+  }
+
+  /** A numbered frame arrived: ack at once after `ackEvery` frames, else within `ackIntervalMs`. */
+  #scheduleAck() {
+    if (this.lastN - this.ackedN >= this.ackEvery) {
+      this.#flushAck();
+      return;
+    }
+    if (this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.#flushAck(), this.ackIntervalMs);
   }
 
   /** One login + connect attempt. */
@@ -381,9 +541,11 @@ export class SignalClient extends EventTarget {
     }
     if (this.current !== mine || this.state === 'closed') return;
     this.endpoint = ep;
+    // Resume the session if there is one (the node decides whether it still can).
+    const resuming = this.session;
     let ws;
     try {
-      ws = new this.WS(ep.connectUrl);
+      ws = new this.WS(resumeUrl(ep.connectUrl, resuming, this.lastN));
     } catch (e) {
       this.#failed(new SignalError(`Cannot open the signaling connection (${e instanceof Error ? e.message : e}).`), false);
       return;
@@ -402,7 +564,16 @@ export class SignalClient extends EventTarget {
       if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
       if (msg.type === 'Welcome' && !welcomed) {
         welcomed = true;
-        this.#welcomed(msg);
+        this.#welcomed(msg, resuming);
+      } else if (typeof msg.n === 'number') {
+        this.#alive();
+        // A frame at or below the highest seen was delivered already (replayed after a resume).
+        if (msg.n <= this.lastN) {
+          this.duplicates += 1;
+          return;
+        }
+        this.lastN = msg.n;
+        this.#scheduleAck();
       }
       this.#dispatch(msg);
     };
@@ -422,11 +593,22 @@ export class SignalClient extends EventTarget {
     if (code === CLOSE.REPLACED) {
       this.#failFirst(new SignalError('This user signed in somewhere else.', { fatal: true }));
       this.queue = [];
+      this.#endSession();
       this.#setState('replaced', { code, reason });
       this.dispatchEvent(new CustomEvent('replaced', { detail: { code, reason } }));
       return;
     }
+    if (code === CLOSE.APP_DISCONNECT) {
+      const text = 'Disconnected by the application.';
+      this.#failFirst(new SignalError(text, { fatal: true }));
+      this.queue = [];
+      this.#endSession();
+      this.#setState('disconnected', { code, reason });
+      this.dispatchEvent(new CustomEvent('disconnected', { detail: { code, reason, text } }));
+      return;
+    }
     if (code === CLOSE.NORMAL && welcomed) {
+      this.#endSession();
       this.#setState('closed', { code, reason });
       return;
     }
@@ -442,13 +624,32 @@ export class SignalClient extends EventTarget {
     );
   }
 
-  /** @param {{type:'Welcome', user:string, node:string}} msg */
-  #welcomed(msg) {
+  /**
+   * @param {Welcome} msg
+   * @param {string | null} resuming  the session this connection asked to resume
+   */
+  #welcomed(msg, resuming) {
     const reconnect = this.everConnected;
     this.everConnected = true;
     this.attempt = 0;
     this.node = msg.node;
-    this.#setState('open');
+    // The node decides: `resumed:true` means the numbering continues. The contract says the
+    // token stays the same; a node that hands out another one is followed (the next resume
+    // presents the token of the last Welcome).
+    const resumed = !!resuming && msg.resumed === true;
+    if (!resumed) {
+      // A new session: numbering starts again at 1.
+      this.lastN = 0;
+      this.ackedN = 0;
+    } else {
+      // The node knows `last` from the URL: everything up to it counts as acknowledged.
+      this.ackedN = this.lastN;
+    }
+    this.session = typeof msg.session === 'string' && msg.session ? msg.session : null;
+    this.resumed = resumed;
+    this.resumeWindowMs = Number(msg.resumeWindowMs) || 0;
+    this.#closeStale();
+    this.#setState('open', { resumed, session: this.session });
     const queued = this.queue;
     this.queue = [];
     for (const t of queued) this.ws?.send(t);
@@ -457,7 +658,8 @@ export class SignalClient extends EventTarget {
       this.firstConnect.resolve(msg);
       this.firstConnect = undefined;
     }
-    if (reconnect) this.dispatchEvent(new CustomEvent('reconnected', { detail: { node: msg.node } }));
+    if (reconnect) this.dispatchEvent(new CustomEvent('reconnected', { detail: { node: msg.node, resumed } }));
+    if (resuming && !resumed) this.dispatchEvent(new CustomEvent('sessionreset', { detail: { node: msg.node, previous: resuming } }));
   }
 
   /** @param {SignalError} err */
@@ -495,26 +697,29 @@ export class SignalClient extends EventTarget {
         this.pongTimer = setTimeout(() => {
           this.pongTimer = undefined;
           // No answer: treat as network loss. Do not wait for a closing handshake that a dead
-          // network never completes: drop this socket and reconnect now.
+          // network never completes, and do not send a close frame either (a client close
+          // ends the session on the node): abandon this socket, resume on a new one, and
+          // close the old one once the new one is welcomed (the node has replaced it by then).
           if (this.ws !== ws) return;
-          try {
-            ws.close(CLOSE.KEEPALIVE, 'keepalive timeout');
-          } catch {
-            // already closing
-          }
+          this.#closeStale();
+          this.stale = ws;
           this.#lost(ws, CLOSE.KEEPALIVE, 'keepalive timeout', true);
         }, this.pingTimeoutMs);
       }
     }, this.pingIntervalMs);
   }
 
-  /** @param {RoapMessage} msg */
-  #dispatch(msg) {
+  /** Any frame proves the connection alive. */
+  #alive() {
     if (this.pongTimer !== undefined) {
-      // Any frame proves the connection alive.
       clearTimeout(this.pongTimer);
       this.pongTimer = undefined;
     }
+  }
+
+  /** @param {RoapMessage} msg */
+  #dispatch(msg) {
+    this.#alive();
     if (msg.type === 'Error') {
       const peer = 'from' in msg ? msg.from : undefined;
       const text = describeError(msg.errorType, { peer, description: msg.description });
@@ -543,6 +748,8 @@ function closeText(code) {
       return 'the server stopped answering';
     case CLOSE.ABNORMAL:
       return 'network error or refused';
+    case CLOSE.APP_DISCONNECT:
+      return 'disconnected by the application';
     default:
       return `code ${code}`;
   }

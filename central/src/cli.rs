@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use signal_node::origin::AllowedOrigins;
 use signal_proto::grpc_tls::GrpcTls;
 
 use crate::config::{random_secret, Config};
+use crate::ice::{parse_urls, IceConfig, TurnConfig, UrlKind};
 
 /// Coordinator of the signaling cluster: node registry, weighted least connections, login.
 #[derive(Debug, Clone, Parser)]
@@ -26,9 +28,39 @@ pub struct Args {
     #[arg(long, env = "CENTRAL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
-    /// When set, login needs an `Authorization: Bearer <JWT>` (HS256) signed with this
+    /// Login needs an `Authorization: Bearer <JWT>` (HS256, `sub` = user id, `exp` required)
+    /// signed with this; required unless --dev or --open-login
     #[arg(long, env = "CENTRAL_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Without --jwt-secret: anyone may log in as any user id (`?user=ID`). For a demo, or a
+    /// private network behind the application's own gate; logs a warning at start
+    #[arg(long, env = "CENTRAL_OPEN_LOGIN", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub open_login: bool,
+
+    /// Login JWTs must carry this audience (`aud` claim) [default: `aud` not checked]
+    #[arg(long, env = "CENTRAL_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Login JWTs must carry this issuer (`iss` claim) [default: `iss` not checked]
+    #[arg(long, env = "CENTRAL_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew tolerated on the login JWT's `exp` and `nbf`
+    #[arg(
+        long,
+        env = "CENTRAL_JWT_LEEWAY_SECS",
+        default_value_t = 30,
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(0..=600)
+    )]
+    pub jwt_leeway_secs: u64,
+
+    /// Browser origins allowed to call the API (CORS) and log in, comma-separated
+    /// scheme://host[:port]; with --dev also given to the in-process nodes (WebSocket Origin
+    /// check). Requests without an Origin header are not affected [default: * (any)]
+    #[arg(long, env = "CENTRAL_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<AllowedOrigins>,
 
     /// Heartbeat interval told to nodes at registration
     #[arg(
@@ -65,6 +97,34 @@ pub struct Args {
         value_name = "SECS"
     )]
     pub ticket_ttl_secs: u64,
+
+    /// STUN servers for the login answer's iceServers, comma-separated stun:/stuns: URLs
+    #[arg(long, env = "CENTRAL_STUN_URLS", value_name = "URLS")]
+    pub stun_urls: Option<String>,
+
+    /// TURN servers for the login answer's iceServers, comma-separated turn:/turns: URLs
+    /// (needs --turn-secret)
+    #[arg(long, env = "CENTRAL_TURN_URLS", value_name = "URLS")]
+    pub turn_urls: Option<String>,
+
+    /// Shared with the TURN server (coturn's static-auth-secret): signs the TURN credentials
+    /// (unused without --turn-urls)
+    #[arg(
+        long,
+        env = "CENTRAL_TURN_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of the TURN credentials handed out at login
+    #[arg(
+        long,
+        env = "CENTRAL_TURN_TTL_SECS",
+        default_value_t = 3600,
+        value_name = "SECS"
+    )]
+    pub turn_ttl_secs: u64,
 
     /// Share the registry between central replicas, e.g. redis://127.0.0.1:6379/
     #[arg(long, env = "CENTRAL_REDIS_URL", value_name = "URL")]
@@ -103,6 +163,12 @@ pub struct Args {
     #[arg(long, env = "CENTRAL_GRPC_TLS_CA", value_name = "PEM")]
     pub grpc_tls_ca: Option<PathBuf>,
 }
+
+/// Why central does not start without a JWT secret outside `--dev` (it names both flags).
+pub const OPEN_LOGIN_REFUSED: &str =
+    "is required unless --dev or --open-login (CENTRAL_OPEN_LOGIN): \
+without it anyone could log in as any user; pass the JWT secret your application's backend \
+signs logins with, or --open-login to allow that on purpose";
 
 /// A flag with a bad value; the message names the flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +233,12 @@ impl Args {
                 ));
             }
         }
+        let ice = ice_config(
+            self.stun_urls.as_deref().unwrap_or(""),
+            self.turn_urls.as_deref().unwrap_or(""),
+            self.turn_secret,
+            self.turn_ttl_secs,
+        )?;
         if self.dev && self.dev_nodes == 0 {
             return Err(bad("--dev-nodes", "must be at least 1"));
         }
@@ -181,6 +253,28 @@ impl Args {
                 e.to_string(),
             )
         })?;
+        // Last: a bad value of another flag is reported first.
+        if self.jwt_secret.is_some() && self.open_login {
+            return Err(bad(
+                "--open-login (CENTRAL_OPEN_LOGIN)",
+                "conflicts with --jwt-secret (CENTRAL_JWT_SECRET): choose JWT login or open login",
+            ));
+        }
+        if self.jwt_secret.is_none() && !self.open_login && !self.dev {
+            return Err(bad("--jwt-secret (CENTRAL_JWT_SECRET)", OPEN_LOGIN_REFUSED));
+        }
+        for (flag, v) in [
+            ("--jwt-audience (CENTRAL_JWT_AUDIENCE)", &self.jwt_audience),
+            ("--jwt-issuer (CENTRAL_JWT_ISSUER)", &self.jwt_issuer),
+        ] {
+            match v.as_deref() {
+                Some("") => return Err(bad(flag, "must not be empty")),
+                Some(_) if self.jwt_secret.is_none() => {
+                    return Err(bad(flag, "needs --jwt-secret (CENTRAL_JWT_SECRET)"))
+                }
+                _ => {}
+            }
+        }
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Ok(Config {
@@ -194,10 +288,16 @@ impl Args {
                 .unwrap_or(if self.dev { loopback(0) } else { any(9090) }),
             secret,
             jwt_secret: self.jwt_secret,
+            jwt_audience: self.jwt_audience,
+            jwt_issuer: self.jwt_issuer,
+            jwt_leeway: Duration::from_secs(self.jwt_leeway_secs),
+            open_login: self.open_login,
+            allowed_origins: self.allowed_origins.unwrap_or_default(),
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             node_timeout: Duration::from_millis(self.node_timeout_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             ticket_ttl: Duration::from_secs(self.ticket_ttl_secs),
+            ice,
             redis_url: self.redis_url,
             dev: self.dev,
             dev_nodes: self.dev_nodes,
@@ -207,6 +307,43 @@ impl Args {
             grpc_tls,
         })
     }
+}
+
+/// The ICE flags together: URLs checked, TURN URLs only with a secret. A secret without TURN
+/// URLs is unused (so a deployment may always pass it and switch TURN on by the URLs alone).
+fn ice_config(
+    stun_urls: &str,
+    turn_urls: &str,
+    turn_secret: Option<String>,
+    turn_ttl_secs: u64,
+) -> Result<IceConfig, ConfigError> {
+    const STUN: &str = "--stun-urls (CENTRAL_STUN_URLS)";
+    const TURN: &str = "--turn-urls (CENTRAL_TURN_URLS)";
+    const SECRET: &str = "--turn-secret (CENTRAL_TURN_SECRET)";
+    let stun_urls = parse_urls(stun_urls, UrlKind::Stun).map_err(|e| bad(STUN, e.to_string()))?;
+    let turn_urls = parse_urls(turn_urls, UrlKind::Turn).map_err(|e| bad(TURN, e.to_string()))?;
+    if turn_ttl_secs == 0 {
+        return Err(bad(
+            "--turn-ttl-secs (CENTRAL_TURN_TTL_SECS)",
+            "must be at least 1",
+        ));
+    }
+    let secret = turn_secret.filter(|s| !s.is_empty());
+    let turn = match (turn_urls.is_empty(), secret) {
+        (true, _) => None,
+        (false, Some(secret)) => Some(TurnConfig {
+            urls: turn_urls,
+            secret,
+            ttl: Duration::from_secs(turn_ttl_secs),
+        }),
+        (false, None) => {
+            return Err(bad(
+                SECRET,
+                "is required with --turn-urls (coturn's static-auth-secret; must not be empty)",
+            ))
+        }
+    };
+    Ok(IceConfig { stun_urls, turn })
 }
 
 #[cfg(test)]
@@ -224,18 +361,86 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = parse(&["--secret", "s"]).unwrap();
+        let c = parse(&["--secret", "s", "--open-login"]).unwrap();
         assert_eq!(c.http_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.node_timeout, Duration::from_secs(6));
         assert_eq!(c.ticket_ttl, Duration::from_secs(60));
         assert!(c.jwt_secret.is_none() && c.redis_url.is_none() && !c.dev);
+        assert!(c.open_login && c.allowed_origins.is_any());
+        assert_eq!(c.jwt_leeway, Duration::from_secs(30));
         let d = parse(&["--dev"]).unwrap();
         assert_eq!(d.http_listen.to_string(), "127.0.0.1:8080");
         assert!(!d.secret.is_empty());
         let d = parse(&["--dev", "--http-listen", "127.0.0.1:9999"]).unwrap();
         assert_eq!(d.http_listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn login_is_authenticated_unless_dev_or_open_login() {
+        let e = parse(&["--secret", "s"]).unwrap_err();
+        assert!(
+            e.contains("--jwt-secret") && e.contains("--open-login"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        let c = parse(&["--secret", "s", "--jwt-secret", "j"]).unwrap();
+        assert!(!c.open_login && c.jwt_secret.is_some());
+        assert!(parse(&["--dev"]).is_ok());
+        let e = parse(&["--secret", "s", "--jwt-secret", "j", "--open-login"]).unwrap_err();
+        assert!(
+            e.contains("--open-login") && e.contains("--jwt-secret"),
+            "{e}"
+        );
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--jwt-secret",
+            "j",
+            "--jwt-audience",
+            "signal",
+            "--jwt-issuer",
+            "https://app",
+            "--jwt-leeway-secs",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.jwt_audience.as_deref(), Some("signal"));
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://app"));
+        assert_eq!(c.jwt_leeway, Duration::from_secs(5));
+        assert!(
+            parse(&["--secret", "s", "--open-login", "--jwt-audience", "a"])
+                .unwrap_err()
+                .contains("--jwt-audience")
+        );
+        assert!(parse(&[
+            "--secret",
+            "s",
+            "--jwt-secret",
+            "j",
+            "--jwt-leeway-secs",
+            "601"
+        ])
+        .unwrap_err()
+        .contains("--jwt-leeway-secs"));
+    }
+
+    #[test]
+    fn allowed_origins() {
+        let c = parse(&[
+            "--dev",
+            "--allowed-origins",
+            "https://a.example,http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins.origins(),
+            ["https://a.example", "http://localhost:3000"]
+        );
+        assert!(parse(&["--dev", "--allowed-origins", "a.example"])
+            .unwrap_err()
+            .contains("--allowed-origins"));
     }
 
     #[test]
@@ -254,5 +459,81 @@ mod tests {
         assert!(parse(&["--secret", "s", "--heartbeat-interval-ms", "x"])
             .unwrap_err()
             .contains("--heartbeat-interval-ms"));
+    }
+
+    #[test]
+    fn ice_flags() {
+        let c = parse(&["--secret", "s", "--open-login"]).unwrap();
+        assert_eq!(c.ice, IceConfig::default());
+        let c = parse(&[
+            "--dev",
+            "--stun-urls",
+            "stun:127.0.0.1:3478",
+            "--turn-urls",
+            "turn:127.0.0.1:3478?transport=udp,turns:turn.example:5349",
+            "--turn-secret",
+            "north",
+            "--turn-ttl-secs",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(c.ice.stun_urls, ["stun:127.0.0.1:3478"]);
+        let turn = c.ice.turn.clone().unwrap();
+        assert_eq!(turn.urls.len(), 2);
+        assert_eq!(turn.ttl, Duration::from_secs(600));
+        assert_eq!(turn.secret, "north");
+        assert!(!format!("{c:?}").contains("north"), "secret in Debug");
+        // Empty values mean none (unset variables in compose); a secret alone is unused.
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--turn-urls",
+            "",
+            "--turn-secret",
+            "",
+        ])
+        .unwrap();
+        assert!(c.ice.turn.is_none());
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--stun-urls",
+            " ",
+            "--turn-secret",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(c.ice, IceConfig::default());
+        for (args, flag) in [
+            (&["--turn-urls", "http://x"][..], "--turn-urls"),
+            (
+                &["--turn-urls", "stun:x", "--turn-secret", "k"],
+                "--turn-urls",
+            ),
+            (&["--stun-urls", "turn:x"], "--stun-urls"),
+            (&["--turn-urls", "turn:x"], "--turn-secret"),
+            (
+                &["--turn-urls", "turn:x", "--turn-secret", ""],
+                "--turn-secret",
+            ),
+            (
+                &[
+                    "--turn-urls",
+                    "turn:x",
+                    "--turn-secret",
+                    "k",
+                    "--turn-ttl-secs",
+                    "0",
+                ],
+                "--turn-ttl-secs",
+            ),
+        ] {
+            let mut v = vec!["--secret", "s"];
+            v.extend_from_slice(args);
+            let e = parse(&v).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
     }
 }

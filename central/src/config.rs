@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_node::origin::AllowedOrigins;
 use signal_proto::grpc_tls::GrpcTls;
+
+use crate::ice::IceConfig;
 
 /// Everything `run` needs besides its listeners.
 #[derive(Clone)]
@@ -17,6 +20,18 @@ pub struct Config {
     pub secret: String,
     /// When set, login needs `Authorization: Bearer <JWT>` (HS256) signed with this.
     pub jwt_secret: Option<String>,
+    /// With a JWT secret: the `aud` the login JWTs must carry.
+    pub jwt_audience: Option<String>,
+    /// With a JWT secret: the `iss` the login JWTs must carry.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on the login JWT's `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// Without a JWT secret outside `dev`: `run` refuses to start unless this says that anyone
+    /// may log in as anyone (`--open-login`).
+    pub open_login: bool,
+    /// Browser origins allowed by the API's CORS answers and the login (the dev cluster also
+    /// gives it to its nodes).
+    pub allowed_origins: AllowedOrigins,
     /// Told to nodes at registration and in every heartbeat answer.
     pub heartbeat_interval: Duration,
     /// A node silent this long is evicted; a node not answering probes this long is down.
@@ -25,6 +40,8 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Lifetime of the tickets handed out at login.
     pub ticket_ttl: Duration,
+    /// STUN/TURN servers in the login answer (TURN with short-lived credentials).
+    pub ice: IceConfig,
     /// Share the registry between central replicas.
     pub redis_url: Option<String>,
     /// All-in-one local cluster (`central --dev`).
@@ -48,10 +65,16 @@ impl std::fmt::Debug for Config {
             .field("grpc_listen", &self.grpc_listen)
             .field("secret", &"..")
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| ".."))
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("open_login", &self.open_login)
+            .field("allowed_origins", &self.allowed_origins.to_string())
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("node_timeout", &self.node_timeout)
             .field("probe_interval", &self.probe_interval)
             .field("ticket_ttl", &self.ticket_ttl)
+            .field("ice", &self.ice)
             .field("redis_url", &self.redis_url)
             .field("dev", &self.dev)
             .field("dev_nodes", &self.dev_nodes)
@@ -72,10 +95,16 @@ impl Config {
             grpc_listen: loopback,
             secret: random_secret(),
             jwt_secret: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(crate::auth::DEFAULT_LEEWAY_SECS),
+            open_login: false,
+            allowed_origins: AllowedOrigins::any(),
             heartbeat_interval: Duration::from_millis(2000),
             node_timeout: Duration::from_millis(6000),
             probe_interval: Duration::from_millis(1000),
             ticket_ttl: Duration::from_secs(60),
+            ice: IceConfig::default(),
             redis_url: None,
             dev: true,
             dev_nodes: 2,
@@ -84,6 +113,13 @@ impl Config {
             metrics: None,
             grpc_tls: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether login takes `?user=ID` without a JWT (dev mode or `--open-login`).
+    pub fn login_is_open(&self) -> bool {
+        self.jwt_secret.is_none()
     }
 }
 

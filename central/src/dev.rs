@@ -115,6 +115,8 @@ pub struct DevCluster {
     central: Option<JoinHandle<Result<(), CentralError>>>,
     nodes: Vec<DevNode>,
     control: DevNodes,
+    /// Cancelled when the whole cluster stops (see `signal_node::Config::handover_stop`).
+    handover_stop: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, CentralError> {
@@ -160,6 +162,7 @@ impl DevCluster {
             central: Some(central),
             nodes: Vec::new(),
             control: control.clone(),
+            handover_stop: CancellationToken::new(),
         };
         let directory = Directory::memory();
         for i in 0..opts.nodes {
@@ -171,8 +174,10 @@ impl DevCluster {
             nc.directory = DirectoryConfig::Memory(directory.clone());
             nc.secret = Some(config.secret.clone());
             nc.dev_auth = true;
+            nc.allowed_origins = config.allowed_origins.clone();
             nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);
             nc.drain = opts.node_drain;
+            nc.handover_stop = Some(cluster.handover_stop.clone());
             nc.metrics = config.metrics.clone();
             let node_listeners = signal_node::Listeners {
                 http: bind(SocketAddr::new(opts.node_host, 0), "node http").await?,
@@ -275,6 +280,8 @@ impl DevCluster {
 
     /// Stops the nodes (graceful drain), then central.
     pub async fn shutdown(mut self) -> Result<(), CentralError> {
+        // The whole cluster stops: no node is left to take kept sessions over.
+        self.handover_stop.cancel();
         for n in &self.nodes {
             n.stop.cancel();
         }
@@ -313,6 +320,7 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
+        self.handover_stop.cancel();
         for n in &self.nodes {
             n.stop.cancel();
         }

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tower_http::cors::CorsLayer;
+use signal_node::origin::AllowedOrigins;
 
 use crate::dev::DevNodes;
 use crate::error::{ApiError, LoginError};
@@ -23,6 +23,8 @@ use crate::registry::{Registry, StoreHealth};
 #[derive(Clone)]
 pub struct AppState {
     pub login: Login,
+    /// Browser origins allowed by the API's CORS answers and the login.
+    pub allowed_origins: AllowedOrigins,
     pub registry: Registry,
     /// False once shutdown began: `/readyz` answers 503.
     pub ready: Arc<AtomicBool>,
@@ -40,7 +42,7 @@ pub fn router(state: AppState) -> Router {
     if state.dev_nodes.is_some() {
         api = api.route("/v1/dev/nodes/{id}/drain", post(dev_drain));
     }
-    let api = api.layer(CorsLayer::permissive());
+    let api = api.layer(crate::cors::layer(&state.allowed_origins));
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -60,6 +62,7 @@ async fn endpoint(
     query: Result<Query<EndpointQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    crate::cors::check_login(&state.allowed_origins, &headers)?;
     let query = query.map_err(|e| {
         ApiError::from(LoginError::BadUser(format!(
             "bad query string: {}",
@@ -163,18 +166,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StoreHealth::RedisUp => json!({"store": "redis", "ok": true}),
         StoreHealth::RedisDown(e) => json!({"store": "redis", "ok": false, "error": e}),
     };
+    // Anyone may log in as anyone (dev mode or --open-login): operators should see it.
+    let open_login = state.login.is_open();
     // A Redis outage alone does not make central unready (contract: a shared dependency's
     // outage degrades the cluster instead of taking every replica out at once); it shows here.
     if state.ready.load(Ordering::SeqCst) {
         (
             StatusCode::OK,
-            Json(json!({"ready": true, "registry": registry})),
+            Json(json!({"ready": true, "openLogin": open_login, "registry": registry})),
         )
             .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "shutting down", "registry": registry})),
+            Json(
+                json!({"ready": false, "reason": "shutting down", "openLogin": open_login, "registry": registry}),
+            ),
         )
             .into_response()
     }

@@ -8,10 +8,12 @@ pub mod auth;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod ice;
 pub mod liveness;
 pub mod login;
 pub mod registry;
@@ -103,6 +105,36 @@ pub async fn serve_dev(
     serve_with(config, listeners, registry, Some(nodes), shutdown).await
 }
 
+/// The login's verifier (`None`: open login). Outside dev mode an open login needs
+/// `config.open_login` (`--open-login`), and then says so once at start.
+fn login_policy(config: &Config) -> Result<Option<auth::JwtVerifier>, CentralError> {
+    let Some(secret) = &config.jwt_secret else {
+        if !config.dev && !config.open_login {
+            return Err(CentralError::Config(format!(
+                "--jwt-secret (CENTRAL_JWT_SECRET) {}",
+                cli::OPEN_LOGIN_REFUSED
+            )));
+        }
+        if !config.dev {
+            tracing::warn!(
+                "login is OPEN (--open-login): anyone who reaches central can log in as any \
+                 user id; use --jwt-secret for anything public"
+            );
+        }
+        telemetry::open_login(true);
+        return Ok(None);
+    };
+    telemetry::open_login(false);
+    Ok(Some(auth::JwtVerifier::new(
+        secret.as_bytes(),
+        auth::JwtRules {
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+            leeway_secs: config.jwt_leeway.as_secs(),
+        },
+    )))
+}
+
 async fn serve_with(
     config: Config,
     listeners: Listeners,
@@ -111,6 +143,7 @@ async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     telemetry::describe();
+    let jwt = login_policy(&config)?;
     let http_addr = listeners.http.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
 
@@ -138,12 +171,9 @@ async fn serve_with(
 
     let ready = Arc::new(AtomicBool::new(true));
     let state = AppState {
-        login: Login::new(
-            registry.clone(),
-            &config.secret,
-            config.jwt_secret.as_deref(),
-            config.ticket_ttl,
-        ),
+        login: Login::new(registry.clone(), &config.secret, jwt, config.ticket_ttl)
+            .with_ice(config.ice.clone()),
+        allowed_origins: config.allowed_origins.clone(),
         registry: registry.clone(),
         ready: ready.clone(),
         metrics: config.metrics.clone(),
@@ -182,6 +212,9 @@ async fn serve_with(
         grpc = %grpc_addr,
         registry = ?registry,
         jwt = config.jwt_secret.is_some(),
+        allowed_origins = %config.allowed_origins,
+        stun = config.ice.stun_urls.len(),
+        turn = config.ice.has_turn(),
         heartbeat_ms = config.heartbeat_interval.as_millis() as u64,
         node_timeout_ms = config.node_timeout.as_millis() as u64,
         "central serving"

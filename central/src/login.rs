@@ -1,5 +1,7 @@
-//! The login: authenticate the user, pick a node, mint the ticket for it.
+//! The login: authenticate the user, pick a node, mint the ticket for it, and add the ICE
+//! servers (with the user's TURN credentials, see [`crate::ice`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -7,6 +9,7 @@ use signal_proto::ticket::{unix_now, Ticket, TicketKey};
 
 use crate::auth::{authenticate, JwtVerifier};
 use crate::error::LoginError;
+use crate::ice::{IceConfig, IceServer};
 use crate::registry::Registry;
 
 /// What a successful login answers.
@@ -17,6 +20,9 @@ pub struct Endpoint {
     pub token: String,
     #[serde(rename = "expiresIn")]
     pub expires_in: u64,
+    /// STUN/TURN servers for the client's RTCPeerConnections (empty when none are configured).
+    #[serde(rename = "iceServers")]
+    pub ice_servers: Vec<IceServer>,
 }
 
 /// Login service: cheap to clone.
@@ -26,16 +32,30 @@ pub struct Login {
     tickets: TicketKey,
     jwt: Option<JwtVerifier>,
     ttl: Duration,
+    ice: Arc<IceConfig>,
 }
 
 impl Login {
-    pub fn new(registry: Registry, secret: &str, jwt_secret: Option<&str>, ttl: Duration) -> Self {
+    /// `jwt`: `None` is the open login (`?user=ID`).
+    pub fn new(registry: Registry, secret: &str, jwt: Option<JwtVerifier>, ttl: Duration) -> Self {
         Self {
             registry,
             tickets: TicketKey::new(secret.as_bytes()),
-            jwt: jwt_secret.map(|s| JwtVerifier::new(s.as_bytes())),
+            jwt,
             ttl,
+            ice: Arc::new(IceConfig::default()),
         }
+    }
+
+    /// The ICE servers every login answer carries.
+    pub fn with_ice(mut self, ice: IceConfig) -> Self {
+        self.ice = Arc::new(ice);
+        self
+    }
+
+    /// Whether anyone may log in as anyone (no JWT verifier).
+    pub fn is_open(&self) -> bool {
+        self.jwt.is_none()
     }
 
     /// Handles one login; records its latency and outcome in the metrics.
@@ -58,16 +78,17 @@ impl Login {
         let user = authenticate(self.jwt.as_ref(), user_param, authorization)?;
         let assignment = self.registry.pick().await?.ok_or(LoginError::NoNode)?;
         let ttl = self.ttl.as_secs().max(1);
-        let token = self.tickets.mint(&Ticket::new(
-            user,
-            assignment.node.clone(),
-            unix_now() + ttl,
-        ));
+        let now = unix_now();
+        let ice_servers = self.ice.servers(user.as_str(), now);
+        let token = self
+            .tickets
+            .mint(&Ticket::new(user, assignment.node.clone(), now + ttl));
         Ok(Endpoint {
             node: assignment.node.into_string(),
             url: assignment.ws_url,
             token,
             expires_in: ttl,
+            ice_servers,
         })
     }
 }
@@ -114,6 +135,47 @@ mod tests {
             key.verify(&e.token, &other, unix_now() + 61),
             Err(TicketError::Expired)
         ));
+    }
+
+    #[tokio::test]
+    async fn answer_carries_ice_servers_for_the_user() {
+        let registry = Registry::memory(Duration::from_secs(60));
+        let info = NodeInfo {
+            id: NodeId::new("n1").unwrap(),
+            instance: "i".into(),
+            ws_url: "ws://n1/ws".into(),
+            grpc_url: "http://n1".into(),
+            weight: 1,
+        };
+        registry.register(info, 0).await.unwrap();
+        let login = Login::new(registry.clone(), "cluster", None, Duration::from_secs(60));
+        assert!(login
+            .endpoint(Some("alice"), None)
+            .await
+            .unwrap()
+            .ice_servers
+            .is_empty());
+        let login = login.with_ice(IceConfig {
+            stun_urls: vec!["stun:s".into()],
+            turn: Some(crate::ice::TurnConfig {
+                urls: vec!["turn:t".into()],
+                secret: "north".into(),
+                ttl: Duration::from_secs(3600),
+            }),
+        });
+        let e = login.endpoint(Some("alice"), None).await.unwrap();
+        let turn = &e.ice_servers[1];
+        let username = turn.username.clone().unwrap();
+        let (expiry, user) = username.split_once(':').unwrap();
+        assert_eq!(user, "alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry > unix_now() + 3590 && expiry <= unix_now() + 3600);
+        assert_eq!(
+            turn.credential.as_deref(),
+            Some(crate::ice::turn_credential(b"north", &username).as_str())
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["iceServers"][0]["urls"][0], "stun:s");
     }
 
     #[tokio::test]

@@ -74,6 +74,7 @@ async fn serve_dev(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let ice = config.ice.clone();
     let opts = DevOptions {
         nodes: config.dev_nodes,
         node_drain: config.dev_drain,
@@ -90,6 +91,12 @@ async fn serve_dev(
     println!("  grpc:   {}", cluster.central_grpc_url());
     for (id, url) in cluster.node_ids().iter().zip(cluster.node_ws_urls()) {
         println!("  {id}: {url}");
+    }
+    for url in &ice.stun_urls {
+        println!("  stun:   {url}");
+    }
+    for url in ice.turn.iter().flat_map(|t| &t.urls) {
+        println!("  turn:   {url}");
     }
     println!("Press Ctrl-C to stop.");
     shutdown.await;

@@ -16,6 +16,10 @@ pub const REGISTRATIONS: &str = "central_registrations_total";
 pub const PROBE_FAILURES: &str = "central_probe_failures_total";
 pub const REGISTRY_UP: &str = "central_registry_up";
 pub const GRPC_AUTH_REFUSED: &str = "central_grpc_auth_refused_total";
+pub const TURN_CREDENTIALS: &str = "central_turn_credentials_total";
+pub const JWT_REFUSED: &str = "central_jwt_refused_total";
+pub const ORIGIN_REFUSED: &str = "central_origin_refused_total";
+pub const OPEN_LOGIN: &str = "central_open_login";
 
 /// Describes every metric once (idempotent) and zeroes the counters so that they show up
 /// before the first event.
@@ -41,7 +45,25 @@ pub fn describe() {
         GRPC_AUTH_REFUSED,
         "Registry gRPC calls refused for missing or invalid credentials, by reason."
     );
+    describe_counter!(
+        TURN_CREDENTIALS,
+        "TURN credentials handed out in login answers."
+    );
+    describe_counter!(
+        JWT_REFUSED,
+        "Login JWTs refused, by reason (expired, bad_signature, wrong_audience, ...)."
+    );
+    describe_counter!(
+        ORIGIN_REFUSED,
+        "Logins refused because their Origin is not on --allowed-origins."
+    );
+    describe_gauge!(
+        OPEN_LOGIN,
+        "1 when anyone may log in as anyone (--dev or --open-login), 0 with JWT login."
+    );
     counter!(EVICTIONS).absolute(0);
+    counter!(TURN_CREDENTIALS).absolute(0);
+    counter!(ORIGIN_REFUSED).absolute(0);
     for state in ["active", "draining", "down"] {
         gauge!(NODES, "state" => state).set(0.0);
     }
@@ -56,6 +78,10 @@ pub fn login(elapsed: Duration, result: &Result<Endpoint, LoginError>) {
         }
         Err(e) => counter!(LOGINS, "result" => e.label()).increment(1),
     }
+}
+
+pub fn turn_credential() {
+    counter!(TURN_CREDENTIALS).increment(1);
 }
 
 pub fn evicted(n: usize) {
@@ -78,4 +104,16 @@ pub fn nodes(active: usize, draining: usize, down: usize) {
 
 pub fn registry_up(up: bool) {
     gauge!(REGISTRY_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn jwt_refused(reason: &'static str) {
+    counter!(JWT_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn origin_refused() {
+    counter!(ORIGIN_REFUSED).increment(1);
+}
+
+pub fn open_login(open: bool) {
+    gauge!(OPEN_LOGIN).set(if open { 1.0 } else { 0.0 });
 }

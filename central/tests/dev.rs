@@ -252,3 +252,33 @@ async fn dev_drain_route_is_404_without_dev() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn dev_cluster_gives_its_allowed_origins_to_its_nodes() {
+    let mut opts = DevOptions::default();
+    opts.central.allowed_origins = "http://127.0.0.1:8080".parse().unwrap();
+    let cluster = DevCluster::start(opts).await.unwrap();
+    let base = cluster.central_url();
+    // Open dev login (no Origin header: not a browser).
+    let (status, body) = login(&base, Some("alice"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let url = format!(
+        "{}?token={}",
+        body["url"].as_str().unwrap(),
+        body["token"].as_str().unwrap()
+    );
+    let upgrade = |origin: &'static str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    match upgrade("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    assert!(upgrade("http://127.0.0.1:8080").await.is_ok());
+    cluster.shutdown().await.unwrap();
+}

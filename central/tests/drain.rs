@@ -27,6 +27,8 @@ fn node(id: &str, central: &Central, redis: &Redis) -> (Proc, String) {
             .args(["--redis-url", &redis.url()])
             .args(["--secret", SECRET])
             .args(["--drain-ms", &DRAIN_MS.to_string()])
+            // These clients do not come back: their kept sessions end after 1 s.
+            .args(["--resume-window-ms", "1000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null()),
     );

@@ -65,6 +65,10 @@ async fn jwt_mode() {
     let (s, b) = login(&base, None, Some(&good)).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["node"], "j1");
+    // A token with an `aud` is fine when central checks no audience.
+    let with_aud = jwt(JWT_SECRET, json!({"sub": "carol", "exp": exp, "aud": "x"}));
+    let (s, b) = login(&base, None, Some(&with_aud)).await;
+    assert_eq!(s, 200, "{b}");
     // The user parameter may be given if it matches the subject.
     let (s, b) = login(&base, Some("carol"), Some(&good)).await;
     assert_eq!(s, 200, "{b}");
@@ -197,6 +201,7 @@ async fn cors_health_metrics_and_demo() {
         .await
         .unwrap();
     assert_eq!(r["ready"], true);
+    assert_eq!(r["openLogin"], true);
     assert_eq!(r["registry"]["store"], "memory");
     let m = client
         .get(format!("{}/metrics", c.url()))
@@ -244,4 +249,157 @@ async fn cors_health_metrics_and_demo() {
         .await
         .unwrap();
     assert_eq!(pkg.status(), 404);
+}
+
+#[tokio::test]
+async fn jwt_audience_issuer_and_leeway() {
+    let c = Central::start(
+        Timing::FAST,
+        &[
+            "--jwt-secret",
+            JWT_SECRET,
+            "--jwt-audience",
+            "signal",
+            "--jwt-issuer",
+            "https://app.example",
+            "--jwt-leeway-secs",
+            "30",
+        ],
+    )
+    .await;
+    let base = c.url();
+    let now = unix_now();
+    let with = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": "carol", "exp": now + 300, "aud": "signal", "iss": "https://app.example"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        jwt(JWT_SECRET, claims)
+    };
+    // Accepted (no node registered: 503 means the token passed).
+    for ok in [
+        json!({}),
+        json!({"aud": ["other", "signal"]}),
+        json!({"exp": now - 10}),
+    ] {
+        let (s, b) = login(&base, None, Some(&with(ok.clone()))).await;
+        assert_eq!(s, 503, "{ok}: {b}");
+    }
+    // Each refusal is a 401 that says why.
+    for (claims, why) in [
+        (
+            json!({"aud": "other"}),
+            "audience (`aud`) is not \"signal\"",
+        ),
+        (json!({"aud": null}), "lacks a valid `aud` claim"),
+        (
+            json!({"iss": "https://evil.example"}),
+            "issuer (`iss`) is not \"https://app.example\"",
+        ),
+        (json!({"iss": null}), "lacks a valid `iss` claim"),
+        (json!({"exp": null}), "lacks a valid `exp` claim"),
+        (json!({"exp": now - 120}), "expired"),
+        (json!({"nbf": now + 120}), "not valid yet"),
+    ] {
+        let (s, b) = login(&base, None, Some(&with(claims.clone()))).await;
+        assert_error(s, &b, 401);
+        let msg = b["error"].as_str().unwrap();
+        assert!(msg.contains(why), "{claims}: {msg:?} should say {why:?}");
+    }
+    let forged = jwt(
+        "not-the-secret",
+        json!({"sub": "carol", "exp": now + 300, "aud": "signal", "iss": "https://app.example"}),
+    );
+    let (s, b) = login(&base, None, Some(&forged)).await;
+    assert_error(s, &b, 401);
+    assert!(b["error"].as_str().unwrap().contains("signature"), "{b}");
+    let (s, b) = login(&base, None, Some("not-a-jwt")).await;
+    assert_error(s, &b, 401);
+    assert!(b["error"].as_str().unwrap().contains("malformed"), "{b}");
+    let m = c.metrics().await;
+    assert!(
+        m.contains("central_jwt_refused_total{reason=\"wrong_audience\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn cors_echoes_only_allowed_origins() {
+    let c = Central::start(
+        Timing::FAST,
+        &[
+            "--allowed-origins",
+            "https://app.example,http://localhost:3000",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, origin: Option<&str>| {
+        let mut req = client.get(format!("{}{path}", c.url()));
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        req.send()
+    };
+    let acao = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // An allowed origin is echoed (no node: 503, but a readable one).
+    let r = get("/v1/endpoint?user=alice", Some("https://app.example"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(acao(&r).as_deref(), Some("https://app.example"));
+    assert!(r.headers()["vary"].to_str().unwrap().contains("origin"));
+    let r = get("/v1/nodes", Some("http://localhost:3000"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(acao(&r).as_deref(), Some("http://localhost:3000"));
+
+    // Another origin: no CORS answer, and the login is refused with 403.
+    let r = get("/v1/endpoint?user=alice", Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(acao(&r), None);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert!(b["error"].as_str().unwrap().contains("not allowed"), "{b}");
+    let r = get("/v1/nodes", Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(acao(&r), None);
+
+    // No Origin header (a server, curl): not a browser, not affected.
+    let r = get("/v1/endpoint?user=alice", None).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(acao(&r), None);
+
+    // Preflights: allowed origin gets the answer with the Authorization header; others none.
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/endpoint", c.url()))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+    };
+    let r = preflight("https://app.example").await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(acao(&r).as_deref(), Some("https://app.example"));
+    let allow_headers = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allow_headers.contains("authorization"), "{allow_headers}");
+    let r = preflight("https://evil.example").await.unwrap();
+    assert_eq!(acao(&r), None);
+    assert!(c.metrics().await.contains("central_origin_refused_total 1"));
 }

@@ -26,10 +26,7 @@ pub const SENT_FIELD: &str = "lgSent";
 /// How users reach the cluster.
 #[derive(Debug, Clone)]
 enum Access {
-    Central {
-        url: String,
-        jwt: Option<EncodingKey>,
-    },
+    Central { url: String, jwt: Option<JwtMinter> },
     Nodes(Vec<String>),
 }
 
@@ -54,6 +51,50 @@ struct Claims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+}
+
+/// Mints the login JWTs the application's backend would: HS256, `sub` = user, and the `aud` /
+/// `iss` central expects when it checks them.
+#[derive(Clone)]
+pub struct JwtMinter {
+    key: EncodingKey,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for JwtMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtMinter")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtMinter {
+    pub fn new(secret: &str, audience: Option<String>, issuer: Option<String>) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            audience,
+            issuer,
+        }
+    }
+
+    fn mint(&self, user: &str) -> anyhow::Result<String> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: user,
+            iat: now,
+            exp: now + 3600,
+            aud: self.audience.as_deref(),
+            iss: self.issuer.as_deref(),
+        };
+        jsonwebtoken::encode(&Header::default(), &claims, &self.key).context("minting JWT")
+    }
 }
 
 fn unix_now() -> u64 {
@@ -93,7 +134,7 @@ impl Connector {
     /// `target` must be resolved (an embedded cluster is given as its central URL).
     pub fn new(
         target: &Target,
-        jwt_secret: Option<&str>,
+        jwt: Option<JwtMinter>,
         bind: BindIps,
         timeout: Duration,
         concurrency: usize,
@@ -101,7 +142,7 @@ impl Connector {
         let access = match target {
             Target::Central(url) => Access::Central {
                 url: url.trim_end_matches('/').to_owned(),
-                jwt: jwt_secret.map(|s| EncodingKey::from_secret(s.as_bytes())),
+                jwt,
             },
             Target::Nodes(urls) if !urls.is_empty() => Access::Nodes(urls.clone()),
             Target::Nodes(_) => bail!("no node URL"),
@@ -185,23 +226,15 @@ impl Connector {
     async fn login(
         &self,
         central: &str,
-        jwt: Option<&EncodingKey>,
+        jwt: Option<&JwtMinter>,
         user: &UserId,
     ) -> anyhow::Result<Endpoint> {
         let mut req = self
             .http
             .get(format!("{central}/v1/endpoint"))
             .query(&[("user", user.as_str())]);
-        if let Some(key) = jwt {
-            let now = unix_now();
-            let claims = Claims {
-                sub: user.as_str(),
-                iat: now,
-                exp: now + 3600,
-            };
-            let token =
-                jsonwebtoken::encode(&Header::default(), &claims, key).context("minting JWT")?;
-            req = req.bearer_auth(token);
+        if let Some(minter) = jwt {
+            req = req.bearer_auth(minter.mint(user.as_str())?);
         }
         let resp = req.send().await.context("login request")?;
         let status = resp.status();
@@ -356,15 +389,13 @@ mod tests {
 
     #[test]
     fn jwt_has_the_user_as_subject() {
-        let claims = Claims {
-            sub: "alice",
-            iat: 1,
-            exp: unix_now() + 60,
-        };
-        let key = EncodingKey::from_secret(b"s3cret");
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        let token = JwtMinter::new("s3cret", Some("signal".into()), Some("https://app".into()))
+            .mint("alice")
+            .unwrap();
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.set_required_spec_claims(&["sub", "exp"]);
+        v.set_required_spec_claims(&["sub", "exp", "aud", "iss"]);
+        v.set_audience(&["signal"]);
+        v.set_issuer(&["https://app"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(
             &token,
             &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),

@@ -122,6 +122,10 @@ pub struct Config {
     pub embedded_nodes: usize,
     /// Mint HS256 JWTs (`sub` = user) with this secret for central's login.
     pub jwt_secret: Option<String>,
+    /// The `aud` of those JWTs (central's `--jwt-audience`).
+    pub jwt_audience: Option<String>,
+    /// The `iss` of those JWTs (central's `--jwt-issuer`).
+    pub jwt_issuer: Option<String>,
     pub scenario: Scenario,
     /// Pairs of users; each pair has its own two connections.
     pub pairs: usize,
@@ -163,6 +167,8 @@ impl Config {
             target: Target::Embedded,
             embedded_nodes: 2,
             jwt_secret: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             scenario: Scenario::Setup,
             pairs: 20,
             rate: 50.0,
@@ -222,6 +228,24 @@ pub struct Args {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// The audience (`aud`) of those JWTs, for a central with --jwt-audience.
+    #[arg(
+        long,
+        env = "LOADGEN_JWT_AUDIENCE",
+        value_name = "AUD",
+        requires = "jwt_secret"
+    )]
+    pub jwt_audience: Option<String>,
+
+    /// The issuer (`iss`) of those JWTs, for a central with --jwt-issuer.
+    #[arg(
+        long,
+        env = "LOADGEN_JWT_ISSUER",
+        value_name = "ISS",
+        requires = "jwt_secret"
+    )]
+    pub jwt_issuer: Option<String>,
 
     /// What the users do.
     #[arg(long, env = "LOADGEN_SCENARIO", value_enum, default_value_t = Scenario::Setup)]
@@ -339,6 +363,8 @@ impl Args {
             target,
             embedded_nodes: usize::from(self.embedded_nodes),
             jwt_secret: self.jwt_secret,
+            jwt_audience: self.jwt_audience,
+            jwt_issuer: self.jwt_issuer,
             scenario: self.scenario,
             pairs: self.pairs as usize,
             rate: self.rate,

@@ -17,6 +17,8 @@ impl Embedded {
     pub async fn start(config: &Config) -> anyhow::Result<Embedded> {
         let mut central = central::Config::dev();
         central.jwt_secret = config.jwt_secret.clone();
+        central.jwt_audience = config.jwt_audience.clone();
+        central.jwt_issuer = config.jwt_issuer.clone();
         let opts = DevOptions {
             central,
             nodes: config.embedded_nodes,

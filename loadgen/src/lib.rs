@@ -132,7 +132,9 @@ async fn drive(
     let recorder = Arc::new(Recorder::new());
     let connector = Connector::new(
         target,
-        config.jwt_secret.as_deref(),
+        config.jwt_secret.as_deref().map(|s| {
+            client::JwtMinter::new(s, config.jwt_audience.clone(), config.jwt_issuer.clone())
+        }),
         config.bind_ips.clone(),
         config.timeout,
         config.connect_concurrency,

@@ -61,6 +61,9 @@ async fn closed_loop_with_jwt_login_and_churn() {
     config.pairs = 6;
     config.duration = Duration::from_secs(1);
     config.jwt_secret = Some("test-jwt-secret".into());
+    // Central checks the audience and issuer; loadgen's tokens carry them.
+    config.jwt_audience = Some("signal".into());
+    config.jwt_issuer = Some("https://app.example".into());
     let report = loadgen::run(config).await.unwrap();
     println!("{report}");
     assert_eq!(report.connections, 12, "{report}");

@@ -25,6 +25,9 @@ async fn black_hole() -> String {
                 let welcome = Message::Welcome(Welcome {
                     user: UserId::new("someone").unwrap(),
                     node: NodeId::new("black-hole").unwrap(),
+                    session: None,
+                    resumed: None,
+                    resume_window_ms: None,
                     extra: Default::default(),
                 });
                 if ws.send(WsMessage::text(welcome.to_json())).await.is_err() {

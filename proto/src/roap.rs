@@ -4,6 +4,8 @@
 //! format (`to`, `from`, `sessionID`, `sdp`, `errorType`); unknown extra fields are kept in
 //! `extra` and written back untouched when the message is relayed.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -199,13 +201,52 @@ impl ErrorMsg {
     }
 }
 
-/// First frame a node sends after the upgrade.
+/// First frame a node sends after the upgrade. `session`, `resumed` and `resumeWindowMs`
+/// (contract section 5) are absent only from nodes that predate sessions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     pub user: UserId,
     pub node: NodeId,
+    /// The session token: present it as `?resume=` to continue this session elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<bool>,
+    #[serde(
+        rename = "resumeWindowMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resume_window_ms: Option<u64>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A client's cumulative acknowledgement: every frame up to `n` arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub n: u64,
+}
+
+/// Name of the per-session frame number the node adds to every frame after the Welcome.
+pub const FRAME_NUMBER_FIELD: &str = "n";
+
+/// Adds `"n":<n>` to a JSON object's text (the node's own serialisation: a compact object
+/// without an `n` field). Returns `None` if `frame` is not an object's text.
+pub fn stamp_frame_number(frame: &str, n: u64) -> Option<String> {
+    let body = frame.trim_end();
+    let open = body.strip_suffix('}')?;
+    if !frame.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut out = String::with_capacity(body.len() + 24);
+    out.push_str(open);
+    if !open.trim_end().ends_with('{') {
+        out.push(',');
+    }
+    // Writing into a String cannot fail.
+    let _ = write!(out, "\"{FRAME_NUMBER_FIELD}\":{n}}}");
+    Some(out)
 }
 
 /// Every frame of the WebSocket protocol.
@@ -219,12 +260,13 @@ pub enum Message {
     Shutdown(Shutdown),
     Error(ErrorMsg),
     Welcome(Welcome),
+    Ack(Ack),
     Ping,
     Pong,
 }
 
 /// Names of the types a client may send, for error messages.
-const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ping";
+const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping";
 
 /// Why a frame is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -293,6 +335,7 @@ impl Message {
                 "Shutdown" => "Shutdown",
                 "Error" => "Error",
                 "Welcome" => "Welcome",
+                "Ack" => "Ack",
                 "Ping" => "Ping",
                 "Pong" => "Pong",
                 other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
@@ -320,7 +363,18 @@ impl Message {
                     session_id: None,
                 });
             }
+            Message::Offer(_)
+            | Message::Answer(_)
+            | Message::Ok(_)
+            | Message::Candidate(_)
+            | Message::Shutdown(_) => {
+                // `n` is the node's per-session frame number: a client's own is dropped.
+                if let Some(h) = msg.head_mut() {
+                    h.extra.remove(FRAME_NUMBER_FIELD);
+                }
+            }
             Message::Error(e) => {
+                e.extra.remove(FRAME_NUMBER_FIELD);
                 if e.session_id.is_none() {
                     return Err(Rejected {
                         error: ParseError::BadField {
@@ -348,6 +402,7 @@ impl Message {
             Message::Shutdown(_) => "Shutdown",
             Message::Error(_) => "Error",
             Message::Welcome(_) => "Welcome",
+            Message::Ack(_) => "Ack",
             Message::Ping => "Ping",
             Message::Pong => "Pong",
         }
@@ -417,7 +472,7 @@ impl Message {
         }
     }
 
-    /// Whether the message is relayed to a peer (everything but Welcome, Ping, Pong).
+    /// Whether the message is relayed to a peer (everything but Welcome, Ack, Ping, Pong).
     pub fn is_relayed(&self) -> bool {
         self.to().is_some()
     }
@@ -499,7 +554,7 @@ mod tests {
         let out: Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(
             out,
-            json!({"type":"Offer","to":"bob","from":"alice","sessionID":"s1","sdp":"v=0","x-app":{"k":[1,2]},"n":5})
+            json!({"type":"Offer","to":"bob","from":"alice","sessionID":"s1","sdp":"v=0","x-app":{"k":[1,2]}})
         );
         let cand = r#"{"type":"Candidate","to":"b","sessionID":"s","candidate":{"candidate":"c","foo":1}}"#;
         let out: Value =
@@ -611,6 +666,27 @@ mod tests {
         );
         let back = Message::parse(&m.to_json()).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn frame_numbers() {
+        assert_eq!(
+            stamp_frame_number(r#"{"type":"Ok","to":"b"}"#, 7).unwrap(),
+            r#"{"type":"Ok","to":"b","n":7}"#
+        );
+        assert_eq!(stamp_frame_number("{}", 1).unwrap(), r#"{"n":1}"#);
+        assert!(stamp_frame_number("[1]", 1).is_none());
+        assert!(stamp_frame_number("", 1).is_none());
+        let v: Value =
+            serde_json::from_str(&stamp_frame_number(&Message::Pong.to_json(), 42).unwrap())
+                .unwrap();
+        assert_eq!(v["n"], 42);
+        let Message::Ack(a) = Message::parse_client(r#"{"type":"Ack","n":12}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.n, 12);
+        assert!(Message::parse_client(r#"{"type":"Ack"}"#).is_err());
+        assert!(Message::parse_client(r#"{"type":"Ack","n":-1}"#).is_err());
     }
 
     #[test]

@@ -9,8 +9,12 @@ use clap::Parser;
 use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::NodeId;
 
-use crate::config::{Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES};
+use crate::config::{
+    Config, DirectoryConfig, DEFAULT_OUTBOUND_QUEUE_BYTES, DEFAULT_RESUME_BUFFER_BYTES,
+    DEFAULT_RESUME_BUFFER_FRAMES,
+};
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// A flag whose value cannot be used. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,18 @@ pub struct Args {
     /// Outbound queue per connection, in bytes.
     #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     pub outbound_queue_bytes: u64,
+    /// How long a session outlives a connection that ended without a client close (network
+    /// loss, 1012 drain, 1013 slow reader), in milliseconds: within it the client resumes with
+    /// nothing lost.
+    #[arg(long, env = "SIGNAL_RESUME_WINDOW_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub resume_window_ms: u64,
+    /// Unacknowledged frames kept per session for a resume, in frames (past it the oldest
+    /// written ones are dropped).
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER_FRAMES", default_value_t = DEFAULT_RESUME_BUFFER_FRAMES as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub resume_buffer_frames: u64,
+    /// Unacknowledged frames kept per session for a resume, in bytes.
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER_BYTES", default_value_t = DEFAULT_RESUME_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(1024 * 1024 * 1024)))]
+    pub resume_buffer_bytes: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -110,6 +126,11 @@ pub struct Args {
     /// CA (PEM) that signs every certificate of the cluster's internal gRPC.
     #[arg(long, env = "SIGNAL_GRPC_TLS_CA", value_name = "PEM")]
     pub grpc_tls_ca: Option<PathBuf>,
+    /// Browser origins allowed to open a WebSocket, comma-separated scheme://host[:port]
+    /// (e.g. https://app.example.com); others get 403 before the upgrade. Requests without an
+    /// Origin header (non-browser clients) are not affected. [default: * (any)]
+    #[arg(long, env = "SIGNAL_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<AllowedOrigins>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -189,6 +210,12 @@ impl Args {
         .map_err(|e| invalid("grpc-tls-cert", e.to_string()))?;
         c.max_used_tickets = usize::try_from(self.max_used_tickets)
             .map_err(|_| invalid("max-used-tickets", "too large"))?;
+        c.resume_window = Duration::from_millis(self.resume_window_ms);
+        c.resume_buffer_frames = usize::try_from(self.resume_buffer_frames)
+            .map_err(|_| invalid("resume-buffer-frames", "too large"))?;
+        c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)
+            .map_err(|_| invalid("resume-buffer-bytes", "too large"))?;
+        c.allowed_origins = self.allowed_origins.unwrap_or_default();
         Ok(c)
     }
 }
@@ -212,6 +239,14 @@ mod tests {
         assert_eq!((c.rate_limit, c.rate_burst), (200, 400));
         assert_eq!(c.drain, Duration::from_secs(10));
         assert!(!c.dev_auth);
+        assert_eq!(c.resume_window, Duration::from_secs(30));
+        assert_eq!(
+            (c.resume_buffer_frames, c.resume_buffer_bytes),
+            (1024, 1 << 20)
+        );
+        assert!(parse(&["--dev-auth", "--resume-buffer-frames", "0"])
+            .unwrap_err()
+            .contains("--resume-buffer-frames"));
         assert!(parse(&["--id", "n1"]).unwrap_err().contains("--secret"));
         assert!(parse(&["--dev-auth", "--id", "n1"]).is_ok());
         assert!(parse(&["--dev-auth", "--listen", "nope"])
@@ -236,5 +271,13 @@ mod tests {
         assert!(parse(&["--dev-auth", "--max-used-tickets", "0"])
             .unwrap_err()
             .contains("--max-used-tickets"));
+        assert!(c.allowed_origins.is_any());
+        assert!(
+            parse(&["--dev-auth", "--allowed-origins", "app.example.com"])
+                .unwrap_err()
+                .contains("--allowed-origins")
+        );
+        let c = parse(&["--dev-auth", "--allowed-origins", "https://a.example"]).unwrap();
+        assert_eq!(c.allowed_origins.origins(), ["https://a.example"]);
     }
 }

@@ -8,6 +8,7 @@ use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
+use crate::origin::AllowedOrigins;
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -15,6 +16,13 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default outbound queue size (bytes) per connection.
 pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+
+/// Default `--resume-window-ms`.
+pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
+/// Default `--resume-buffer-frames`.
+pub const DEFAULT_RESUME_BUFFER_FRAMES: usize = 1024;
+/// Default `--resume-buffer-bytes`.
+pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Where the user directory lives.
 #[derive(Clone, Debug)]
@@ -60,6 +68,17 @@ pub struct Config {
     /// Outbound queue per connection, in bytes (one message larger than this still passes
     /// when the queue is empty).
     pub outbound_queue_bytes: usize,
+    /// How long a session outlives a connection that ended without a client close.
+    pub resume_window: Duration,
+    /// Unacknowledged frames kept per session, in frames.
+    pub resume_buffer_frames: usize,
+    /// Unacknowledged frames kept per session, in bytes.
+    pub resume_buffer_bytes: usize,
+    /// When cancelled, a draining node stops waiting for the takeover of its kept sessions
+    /// and ends them (the whole in-process dev cluster stops: nobody is left to resume on).
+    pub handover_stop: Option<tokio_util::sync::CancellationToken>,
+    /// Browser origins allowed to open a WebSocket (a request without `Origin` always may).
+    pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
     /// Bound of the used-ticket set (see `tickets`): when full, new tickets get 503.
@@ -89,6 +108,10 @@ impl std::fmt::Debug for Config {
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("max_used_tickets", &self.max_used_tickets)
             .field("grpc_tls", &self.grpc_tls.is_some())
+            .field("resume_window", &self.resume_window)
+            .field("resume_buffer_frames", &self.resume_buffer_frames)
+            .field("resume_buffer_bytes", &self.resume_buffer_bytes)
+            .field("allowed_origins", &self.allowed_origins.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +142,11 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            resume_window: Duration::from_millis(DEFAULT_RESUME_WINDOW_MS),
+            resume_buffer_frames: DEFAULT_RESUME_BUFFER_FRAMES,
+            resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
+            handover_stop: None,
+            allowed_origins: AllowedOrigins::any(),
             metrics: None,
             max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,
             grpc_tls: None,

@@ -1,6 +1,7 @@
 //! One client WebSocket after the upgrade: a reader that processes incoming frames strictly in
-//! order (validation, rate limit, relay), and a writer that drains the bounded outbound queue
-//! to the socket and sends pings. Ends with one log line and the directory release.
+//! order (validation, rate limit, acks, relay), and a writer that sends the Welcome and then
+//! the session's numbered frames to the socket, with pings. Ends with one log line; the
+//! session is then kept for a resume or ended.
 
 use std::time::{Duration, Instant};
 
@@ -10,79 +11,129 @@ use futures::{SinkExt, StreamExt};
 use signal_proto::{ErrorType, Message, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
-use crate::node::{Node, Pending};
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+use crate::node::Node;
 use crate::outbound::{
-    Closer, OutboundRx, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_SLOW, CLOSE_TOO_LARGE,
+    CloseReason, Closer, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SLOW,
+    CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
 };
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
+use crate::session::takeover::Pending;
+use crate::session::{Next, Origin, Session};
 
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Pongs waiting to be written (they carry no number and are not kept for a resume).
+const CONTROL_QUEUE: usize = 8;
+
 /// Serves an upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, mut pending: Pending) {
+pub async fn serve(socket: WebSocket, pending: Pending) {
     let node = pending.node.clone();
-    let user = pending.user.clone();
-    let conn = pending.handle.conn;
-    let closer = pending.handle.out.closer().clone();
-    let Some(rx) = pending.rx.take() else {
-        return;
-    };
-    tracing::info!(%user, node = %node.id(), conn, "connection open");
+    let session = pending.session.clone();
+    let user = session.user().clone();
+    let conn = pending.conn;
+    let closer = pending.closer.clone();
+    tracing::info!(%user, node = %node.id(), conn, session = session.id(), resumed = pending.resumed, "connection open");
     metrics::counter!("signal_connections_opened_total").increment(1);
+    metrics::gauge!("signal_connections").increment(1.0);
+    node.connection_count(1);
     let (sink, stream) = socket.split();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let writer = tokio::spawn(write_loop(
         sink,
-        rx,
-        closer.clone(),
+        Writer {
+            session: session.clone(),
+            conn,
+            closer: closer.clone(),
+            welcome: pending.welcome.clone(),
+            start: pending.start,
+            control: control_rx,
+        },
         node.config().ping_interval,
     ));
     let mut reader = Reader {
         node: node.clone(),
         user: user.clone(),
-        pending: &pending,
+        session: session.clone(),
         closer: closer.clone(),
+        control,
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
     };
     reader.read_loop(stream).await;
-    let _ = writer.await;
-    let reason = closer.reason();
-    let (code, why) = reason
-        .map(|r| (r.code, r.reason))
-        .unwrap_or((CLOSE_NORMAL, "closed"));
+    let written = writer.await.unwrap_or(pending.start);
+    let reason = closer.reason().unwrap_or(CloseReason {
+        code: CLOSE_NORMAL,
+        reason: "closed",
+    });
+    let keep = reason.keeps_session() && node.config().resume_window > Duration::ZERO;
     tracing::info!(
         %user,
         node = %node.id(),
         conn,
-        code,
-        reason = why,
+        code = reason.code,
+        reason = reason.reason,
+        session_kept = keep,
         secs = pending.opened.elapsed().as_secs_f64(),
         "connection closed"
     );
-    metrics::counter!("signal_connections_closed_total", "code" => code.to_string()).increment(1);
-    pending.finish().await;
+    metrics::counter!("signal_connections_closed_total", "code" => reason.code.to_string())
+        .increment(1);
+    metrics::gauge!("signal_connections").decrement(1.0);
+    node.connection_count(-1);
+    pending.finish(keep, written);
 }
 
-struct Reader<'a> {
+struct Reader {
     node: Node,
     user: UserId,
-    pending: &'a Pending,
+    session: Session,
     closer: Closer,
+    control: mpsc::Sender<Utf8Bytes>,
     bucket: TokenBucket,
     router: Router,
 }
 
-impl Reader<'_> {
+impl Reader {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
         let idle = self.node.config().idle_timeout;
+        // Once the node closes the connection, frames the client sent before it saw the close
+        // are still read and relayed (until its close frame, or `CLOSE_GRACE`): they are not
+        // numbered, so the client could not tell they were lost.
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
+            let wait = match grace {
+                Some(until) => until.saturating_duration_since(tokio::time::Instant::now()),
+                None => idle,
+            };
             let next = tokio::select! {
                 biased;
-                _ = self.closer.closed() => return,
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                _ = self.closer.closed(), if grace.is_none() => {
+                    let slow = self.closer.reason().is_some_and(|r| r.code == CLOSE_SLOW);
+                    if slow {
+                        return;
+                    }
+                    grace = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                next = tokio::time::timeout(wait, stream.next()) => next,
             };
+            if grace.is_some() {
+                match next {
+                    Ok(Some(Ok(WsMessage::Text(t)))) => {
+                        self.on_text(t.as_str()).await;
+                        continue;
+                    }
+                    Ok(Some(Ok(
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Binary(_),
+                    ))) => continue,
+                    _ => return,
+                }
+            }
             match next {
                 Err(_) => {
                     self.closer.close(CLOSE_NORMAL, "idle timeout");
@@ -138,7 +189,7 @@ impl Reader<'_> {
                     }
                     WsMessage::Ping(_) | WsMessage::Pong(_) => {}
                     WsMessage::Close(_) => {
-                        self.closer.close(CLOSE_NORMAL, "client closed");
+                        self.closer.close(CLOSE_NORMAL, REASON_CLIENT_CLOSED);
                         return;
                     }
                 },
@@ -199,9 +250,25 @@ impl Reader<'_> {
                 return;
             }
         };
-        if matches!(msg, Message::Ping) {
-            let _ = self.pending.handle.out.push(Message::Pong.to_json());
-            return;
+        match msg {
+            Message::Ping => {
+                // A client pinging faster than its socket drains loses pongs, nothing else.
+                let _ = self.control.try_send(Message::Pong.to_json().into());
+                return;
+            }
+            Message::Ack(a) => {
+                if let Err(last) = self.session.ack(a.n) {
+                    tracing::info!(user = %self.user, n = a.n, last, "ack above the last frame sent");
+                    self.reply_error(
+                        None,
+                        None,
+                        ErrorType::BadMessage,
+                        format!("Ack n={} is above the last frame sent ({last})", a.n),
+                    );
+                }
+                return;
+            }
+            _ => {}
         }
         let (Some(to), Some(sid)) = (peer, session) else {
             // Every relayed client message has both (parse_client guarantees it).
@@ -228,11 +295,11 @@ impl Reader<'_> {
         msg.set_from(self.user.clone());
         let kind = msg.kind();
         let frame = msg.to_json();
-        match self
-            .router
-            .relay(&self.user, &to, sid.as_str(), frame.into())
-            .await
-        {
+        let origin = Origin::Roap {
+            sender: self.user.clone(),
+            session_id: sid.as_str().to_owned(),
+        };
+        match self.router.relay(&origin, &to, &frame).await {
             Ok(route) => {
                 metrics::counter!("signal_messages_relayed_total", "type" => kind, "route" => route.as_str())
                     .increment(1);
@@ -257,53 +324,78 @@ impl Reader<'_> {
     ) {
         metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
         let m = Message::server_error(self.user.clone(), peer, session, error, description);
-        let _ = self.pending.handle.out.push(m.to_json());
+        let _ = self.session.push(&m.to_json(), Origin::Node);
     }
 }
 
+/// What the writer of one connection reads from.
+struct Writer {
+    session: Session,
+    conn: u64,
+    closer: Closer,
+    welcome: String,
+    /// The last frame number the client already has.
+    start: u64,
+    control: mpsc::Receiver<Utf8Bytes>,
+}
+
+/// Writes the Welcome, then the session's frames after `start` in order, pongs and pings,
+/// until the connection closes; then (unless the reader is slow) what is still queued, and
+/// the close frame. Returns the last frame number written to the socket.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: OutboundRx,
-    closer: Closer,
+    mut w: Writer,
     ping_interval: Duration,
-) {
+) -> u64 {
+    let mut written = w.start;
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
+    if sink.send(welcome).await.is_err() {
+        w.closer.close(CLOSE_NORMAL, "socket write failed");
+        return written;
+    }
     loop {
-        let msg = tokio::select! {
+        let (msg, n) = tokio::select! {
             biased;
-            _ = closer.closed() => break,
-            frame = rx.recv() => match frame {
-                Some(text) => WsMessage::Text(text),
-                None => break,
+            _ = w.closer.closed() => break,
+            Some(p) = w.control.recv() => (WsMessage::Text(p), None),
+            next = w.session.next_frame(w.conn, written) => match next {
+                Some((n, text)) => (WsMessage::Text(text), Some(n)),
+                None => {
+                    // The session went on without this connection (resumed elsewhere, ended).
+                    w.closer.close(CLOSE_REPLACED, "replaced by a newer connection");
+                    break;
+                }
             },
-            _ = ping.tick() => WsMessage::Ping(bytes::Bytes::new()),
+            _ = ping.tick() => (WsMessage::Ping(bytes::Bytes::new()), None),
         };
         let sent = tokio::select! {
             biased;
-            _ = closer.closed() => break,
+            _ = w.closer.closed() => break,
             r = sink.send(msg) => r,
         };
         if sent.is_err() {
-            closer.close(CLOSE_NORMAL, "socket write failed");
-            return;
+            w.closer.close(CLOSE_NORMAL, "socket write failed");
+            return written;
+        }
+        if let Some(n) = n {
+            written = n;
         }
     }
-    // From here on a push fails (the sender then gets an error): nothing is queued behind
-    // the close frame and silently dropped.
-    rx.close();
-    let Some(reason) = closer.reason() else {
-        return;
+    let Some(reason) = w.closer.reason() else {
+        return written;
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        // What was queued before a replacement or drain still goes out; a slow connection
-        // gets only the close frame.
+        // What was queued before a drain still goes out; a slow connection gets only the
+        // close frame (its session keeps the rest for a resume).
         if reason.code != CLOSE_SLOW {
-            while let Some(text) = rx.try_recv() {
+            while let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) {
                 if sink.send(WsMessage::Text(text)).await.is_err() {
                     return;
                 }
+                written = n;
             }
         }
         let frame = CloseFrame {
@@ -314,4 +406,5 @@ async fn write_loop(
         let _ = sink.close().await;
     })
     .await;
+    written
 }

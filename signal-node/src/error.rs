@@ -31,6 +31,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A browser page from an origin not on `--allowed-origins`.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("node is draining: ask central for another endpoint")]
     Draining,
     #[error("directory unavailable, retry later: {0}")]
@@ -45,6 +48,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Draining | ApiError::DirectoryUnavailable(_) | ApiError::Busy(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -4,7 +4,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::connection;
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::session::takeover::Resume;
 
 #[derive(Clone)]
 struct AppState {
@@ -35,16 +36,55 @@ pub fn router(node: Node, metrics: PrometheusHandle) -> Router {
 struct WsQuery {
     token: Option<String>,
     user: Option<String>,
+    /// A session token from a Welcome: continue that session (contract section 5).
+    resume: Option<String>,
+    /// The last frame number the client received (default 0).
+    last: Option<String>,
+}
+
+/// Longest `?resume=` token accepted (ours are 32 hex digits).
+const MAX_RESUME_TOKEN: usize = 128;
+
+fn parse_resume(q: &WsQuery) -> Result<Option<Resume>, ApiError> {
+    let Some(token) = q.resume.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if token.len() > MAX_RESUME_TOKEN {
+        return Err(ApiError::BadRequest("resume token too long".into()));
+    }
+    let last = match q.last.as_deref() {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("last must be a frame number, got {l:?}")))?,
+    };
+    Ok(Some(Resume {
+        token: token.to_owned(),
+        last,
+    }))
 }
 
 async fn ws(
     State(st): State<AppState>,
     uri: Uri,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // Before the ticket is looked at: a page from a foreign origin does not spend it.
+    if let Err(e) = crate::origin::check_upgrade(
+        &st.node.config().allowed_origins,
+        &headers,
+        st.node.id().as_str(),
+    ) {
+        return e.into_response();
+    }
     let query: Result<Query<WsQuery>, QueryRejection> = Query::try_from_uri(&uri);
     let Ok(Query(q)) = query else {
         return ApiError::BadRequest("malformed query string".into()).into_response();
+    };
+    let resume = match parse_resume(&q) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
     let auth = match st.node.authenticate(q.token.as_deref(), q.user.as_deref()) {
         Ok(a) => a,
@@ -58,7 +98,7 @@ async fn ws(
         Ok(u) => u,
         Err(rej) => return rej.into_response(),
     };
-    let pending = match st.node.open(auth).await {
+    let pending = match st.node.open(auth, resume).await {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(node = %st.node.id(), error = %e, "upgrade refused");
@@ -95,7 +135,9 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "node": node.id().as_str(),
         "instance": node.instance(),
         "draining": node.is_draining(),
-        "connections": node.hub().len(),
+        "connections": node.connections(),
+        "sessions": node.hub().len(),
+        "resumeWindowMs": node.config().resume_window.as_millis() as u64,
         "directory": {
             "backend": dir.backend,
             "healthy": dir.healthy,

@@ -1,25 +1,16 @@
-//! The local connection table: which users are connected to this node, and the handle to
-//! reach each one (its outbound queue and closer).
+//! The local session table: which users have a session on this node (attached to a
+//! connection or kept for a resume), and the handle to reach each one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use signal_proto::relay::Location;
 use signal_proto::UserId;
 
-use crate::outbound::Outbound;
+use crate::session::Session;
 
-/// One live connection of this node.
-#[derive(Clone, Debug)]
-pub struct ConnHandle {
-    /// Per-connection id inside this node instance.
-    pub conn: u64,
-    /// Where the directory says this connection is.
-    pub location: Location,
-    pub out: Outbound,
-}
+type ConnHandle = Session;
 
-/// User -> connection on this node. A cheap `Clone` handle.
+/// User -> session on this node. A cheap `Clone` handle.
 #[derive(Clone, Debug, Default)]
 pub struct Hub {
     map: Arc<Mutex<HashMap<UserId, ConnHandle>>>,
@@ -30,11 +21,11 @@ impl Hub {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `handle` the user's connection; returns the one it replaces.
+    /// Makes `handle` the user's session; returns the one it replaces.
     pub fn insert(&self, user: UserId, handle: ConnHandle) -> Option<ConnHandle> {
         let mut map = self.lock();
         let prev = map.insert(user, handle);
-        metrics::gauge!("signal_connections").set(map.len() as f64);
+        metrics::gauge!("signal_sessions").set(map.len() as f64);
         prev
     }
 
@@ -42,21 +33,21 @@ impl Hub {
         self.lock().get(user).cloned()
     }
 
-    /// Removes the user's entry only if it is still connection `conn`.
+    /// Removes the user's entry only if it is still session `conn`.
     pub fn remove_if(&self, user: &UserId, conn: u64) -> bool {
         let mut map = self.lock();
         let removed = match map.get(user) {
-            Some(h) if h.conn == conn => map.remove(user).is_some(),
+            Some(h) if h.id() == conn => map.remove(user).is_some(),
             _ => false,
         };
-        metrics::gauge!("signal_connections").set(map.len() as f64);
+        metrics::gauge!("signal_sessions").set(map.len() as f64);
         removed
     }
 
-    /// Puts `old` back if the user's entry is still connection `conn` (an open that failed).
+    /// Puts `old` back if the user's entry is still session `conn` (an open that failed).
     pub fn restore(&self, user: &UserId, conn: u64, old: ConnHandle) {
         let mut map = self.lock();
-        if map.get(user).is_some_and(|h| h.conn == conn) {
+        if map.get(user).is_some_and(|h| h.id() == conn) {
             map.insert(user.clone(), old);
         }
     }
@@ -69,7 +60,7 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Every connection, for draining and for reasserting the directory.
+    /// Every session, for draining and for reasserting the directory.
     pub fn snapshot(&self) -> Vec<(UserId, ConnHandle)> {
         self.lock()
             .iter()

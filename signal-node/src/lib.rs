@@ -12,12 +12,14 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod node;
+pub mod origin;
 pub mod outbound;
 pub mod peers;
 pub mod ratelimit;
 pub mod registration;
 pub mod relay;
 pub mod router;
+pub mod session;
 pub mod telemetry;
 pub mod tickets;
 
@@ -115,6 +117,15 @@ pub async fn run(
     let reg_stop = CancellationToken::new();
     let registration =
         central.map(|url| tokio::spawn(registration::run(node.clone(), url, reg_stop.clone())));
+    let expiry_stop = CancellationToken::new();
+    let expiry = {
+        let node = node.clone();
+        tokio::spawn(
+            node.expiry()
+                .clone()
+                .run(expiry_stop.clone(), move |id, user| node.expire(id, &user)),
+        )
+    };
     let reassert = {
         let node = node.clone();
         let mut changes = node.directory().reconnects();
@@ -145,6 +156,8 @@ pub async fn run(
     http_stop.cancel();
     grpc_stop.cancel();
     reassert.abort();
+    expiry_stop.cancel();
+    let _ = expiry.await;
     let mut result = Ok(());
     match tokio::time::timeout(STOP_GRACE, grpc).await {
         Ok(Ok(Err(e))) => {

@@ -1,28 +1,30 @@
 //! The node's shared state (a cheap `Clone` handle): identity, local connection table,
 //! directory, peers, readiness; and the operations on connections that more than one module
-//! needs: open (claim + replace), deliver into the local table, kick, drain, reassert.
+//! needs: deliver into the local table, drain, reassert. Opening and ending sessions is in
+//! `session::takeover`.
 
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signal_proto::relay::{DeliverStatus, Location};
-use signal_proto::roap::Welcome;
 use signal_proto::ticket::{ticket_signature, unix_now, TicketKey};
-use signal_proto::{Message, NodeId, UserId};
+use signal_proto::{NodeId, UserId};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::ApiError;
-use crate::hub::{ConnHandle, Hub};
-use crate::outbound::{self, Closer, OutboundRx, PushError, CLOSE_DRAINING, CLOSE_REPLACED};
+use crate::hub::Hub;
+use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
+use crate::session::expiry::Expiry;
+use crate::session::{Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
 
-/// Number of per-user locks serialising open (insert + claim) of the same user on this node.
-const CLAIM_STRIPES: usize = 64;
+/// Number of per-user locks serialising open (insert + claim + takeover) of the same user on
+/// this node.
+pub(crate) const CLAIM_STRIPES: usize = 64;
 
 /// State of the registration with central, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +56,9 @@ struct Inner {
     accepted: AtomicU64,
     claim_locks: Vec<tokio::sync::Mutex<()>>,
     tasks: TaskTracker,
+    expiry: Expiry,
+    /// Attached connections (the table also holds sessions kept for a resume).
+    connections: AtomicUsize,
 }
 
 /// Who is connecting, and whether a ticket from central proved it.
@@ -63,59 +68,6 @@ pub struct Authenticated {
     /// `true` for `?token=` (a login central assigned to this node), `false` for dev-auth
     /// `?user=`, which central knows nothing about.
     pub by_ticket: bool,
-}
-
-/// A connection that has been accepted (in the table and the directory) but whose socket is
-/// not served yet. Dropping it undoes the registration, so a failed upgrade leaves nothing.
-pub struct Pending {
-    pub node: Node,
-    pub user: UserId,
-    pub handle: ConnHandle,
-    pub rx: Option<OutboundRx>,
-    pub opened: Instant,
-    /// Set once `finish` ran: nothing left to undo on drop.
-    finished: bool,
-}
-
-impl Pending {
-    /// Removes the connection from the table and releases its directory entry (only if it is
-    /// still this connection), awaiting the release so that a draining node leaves no entry.
-    pub async fn finish(mut self) {
-        self.finished = true;
-        let closer = self.handle.out.closer();
-        closer.close(outbound::CLOSE_NORMAL, "closed");
-        self.node.inner.hub.remove_if(&self.user, self.handle.conn);
-        if let Err(e) = self
-            .node
-            .inner
-            .directory
-            .release(&self.user, &self.handle.location)
-            .await
-        {
-            tracing::warn!(user = %self.user, error = %e, "cannot release directory entry");
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let node = self.node.clone();
-        let user = self.user.clone();
-        let handle = self.handle.clone();
-        handle.out.closer().close(outbound::CLOSE_NORMAL, "closed");
-        node.inner.hub.remove_if(&user, handle.conn);
-        let dir = node.inner.directory.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = dir.release(&user, &handle.location).await {
-                    tracing::warn!(%user, error = %e, "cannot release directory entry");
-                }
-            });
-        }
-    }
 }
 
 impl Node {
@@ -147,6 +99,8 @@ impl Node {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 tasks: TaskTracker::new(),
+                expiry: Expiry::default(),
+                connections: AtomicUsize::new(0),
             }),
         }
     }
@@ -177,6 +131,49 @@ impl Node {
     }
     pub fn tasks(&self) -> &TaskTracker {
         &self.inner.tasks
+    }
+
+    /// Connections open now (sessions kept for a resume not counted).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_count(&self, delta: isize) {
+        if delta > 0 {
+            self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn expiry(&self) -> &Expiry {
+        &self.inner.expiry
+    }
+
+    pub(crate) fn claim_lock(&self, stripe: usize) -> &tokio::sync::Mutex<()> {
+        &self.inner.claim_locks[stripe % CLAIM_STRIPES]
+    }
+
+    pub(crate) fn id_counter(&self) -> &AtomicU64 {
+        &self.inner.next_conn
+    }
+
+    pub(crate) fn count_accepted(&self) {
+        self.inner.accepted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The bounds of every session of this node.
+    pub fn session_limits(&self) -> SessionLimits {
+        let c = &self.inner.config;
+        SessionLimits {
+            ring: RingLimits {
+                frames: c.resume_buffer_frames.max(1),
+                bytes: c.resume_buffer_bytes.max(1),
+            },
+            unwritten_frames: c.outbound_queue.max(1),
+            unwritten_bytes: c.outbound_queue_bytes.max(1),
+            window: c.resume_window,
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -220,7 +217,8 @@ impl Node {
         loc.node_id == self.id().as_str() && loc.instance == self.inner.instance
     }
 
-    fn location(&self, conn: u64) -> Location {
+    /// Where the directory says session `id` of this node is.
+    pub fn location(&self, conn: u64) -> Location {
         Location {
             node_id: self.id().to_string(),
             instance: self.inner.instance.clone(),
@@ -271,79 +269,10 @@ impl Node {
         }
     }
 
-    /// Accepts a connection of `user`: queues Welcome, enters it in the local table (closing a
-    /// previous local connection with 4409), claims the directory entry (kicking the previous
-    /// location on another node) — all before the upgrade, so that the user is reachable from
-    /// every node once Welcome is sent. Fails with 503 while draining or when the directory
-    /// is down. A connection by ticket counts in [`Node::accepted_total`].
-    pub async fn open(&self, auth: Authenticated) -> Result<Pending, ApiError> {
-        let Authenticated { user, by_ticket } = auth;
-        if self.is_draining() {
-            return Err(ApiError::Draining);
-        }
-        let stripe = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            user.hash(&mut h);
-            (h.finish() as usize) % CLAIM_STRIPES
-        };
-        let _guard = self.inner.claim_locks[stripe].lock().await;
-        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let location = self.location(conn);
-        let closer = Closer::default();
-        let cfg = &self.inner.config;
-        let (out, rx) = outbound::queue(cfg.outbound_queue, cfg.outbound_queue_bytes, closer);
-        let welcome = Message::Welcome(Welcome {
-            user: user.clone(),
-            node: self.id().clone(),
-            extra: Default::default(),
-        });
-        // The queue is empty: the Welcome always fits.
-        let _ = out.push(welcome.to_json());
-        let handle = ConnHandle {
-            conn,
-            location: location.clone(),
-            out,
-        };
-        // In the table before the claim: once the directory names this connection, a Deliver
-        // for it must find it here.
-        let replaced = self.inner.hub.insert(user.clone(), handle.clone());
-        let pending = Pending {
-            node: self.clone(),
-            user: user.clone(),
-            handle,
-            rx: Some(rx),
-            opened: Instant::now(),
-            finished: false,
-        };
-        let prev = match self.inner.directory.claim(&user, &location).await {
-            Ok(prev) => prev,
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "directory claim failed: refusing the connection");
-                // The previous connection, if any, stays as it was.
-                if let Some(old) = replaced {
-                    self.inner.hub.restore(&user, conn, old);
-                }
-                return Err(ApiError::DirectoryUnavailable(e.to_string()));
-            }
-        };
-        if let Some(old) = replaced {
-            old.out
-                .closer()
-                .close(CLOSE_REPLACED, "replaced by a newer connection");
-        }
-        if let Some(prev) = prev {
-            self.replace_elsewhere(&user, prev);
-        }
-        if by_ticket {
-            self.inner.accepted.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(pending)
-    }
-
     /// The directory said `user` was at `prev`: close that connection (4409) if it is on
     /// another live node. Local ones were closed when the table entry was replaced; entries of
     /// a previous life of this node id are stale.
-    fn replace_elsewhere(&self, user: &UserId, prev: Location) {
+    pub(crate) fn replace_elsewhere(&self, user: &UserId, prev: Location) {
         if prev.node_id == self.id().as_str() {
             return;
         }
@@ -361,36 +290,27 @@ impl Node {
         });
     }
 
-    /// Queues `frame` on the local connection of `user`, if it is (still) `expect`.
+    /// Queues `frame` (without `n`) on the local session of `user`, if it is (still)
+    /// `expect`.
     pub fn deliver_local(
         &self,
         user: &UserId,
-        frame: impl Into<axum::extract::ws::Utf8Bytes>,
+        frame: &str,
         expect: Option<&Location>,
+        origin: Origin,
     ) -> DeliverStatus {
-        let Some(h) = self.inner.hub.get(user) else {
+        let Some(s) = self.inner.hub.get(user) else {
             return DeliverStatus::NotHere;
         };
         if let Some(exp) = expect {
-            if !self.is_ours(exp) || exp.conn != h.conn {
+            if !self.is_ours(exp) || exp.conn != s.id() {
                 return DeliverStatus::NotHere;
             }
         }
-        match h.out.push(frame) {
-            Ok(()) => DeliverStatus::Delivered,
+        match s.push(frame, origin) {
+            Ok(_) => DeliverStatus::Delivered,
             Err(PushError::Full) => DeliverStatus::PeerOverloaded,
             Err(PushError::Closed) => DeliverStatus::NotHere,
-        }
-    }
-
-    /// Closes the local connection of `user` with 4409 if it is still `loc`.
-    pub fn kick_local(&self, user: &UserId, loc: &Location) -> bool {
-        match self.inner.hub.get(user) {
-            Some(h) if self.is_ours(loc) && h.conn == loc.conn => h
-                .out
-                .closer()
-                .close(CLOSE_REPLACED, "replaced by a newer connection"),
-            _ => false,
         }
     }
 
@@ -400,22 +320,50 @@ impl Node {
         metrics::gauge!("signal_draining").set(1.0);
     }
 
-    /// Closes every connection with 1012, spread evenly over `window`, then waits (bounded)
-    /// for the connection tasks, including their in-flight forwards, to finish.
+    /// Closes every connection with 1012, spread evenly over `window`; then keeps serving
+    /// the takeover of the sessions it keeps until each is resumed elsewhere or its resume
+    /// window passes (bounded: `window` + the resume window), ends the rest, and waits
+    /// (bounded) for the connection tasks and their notices to finish.
     pub async fn drain(&self, window: Duration) {
         self.set_draining();
-        let conns = self.inner.hub.snapshot();
-        let n = conns.len();
-        tracing::info!(node = %self.id(), connections = n, window_ms = window.as_millis() as u64, "draining");
+        let sessions = self.inner.hub.snapshot();
+        let n = sessions.len();
+        tracing::info!(node = %self.id(), sessions = n, window_ms = window.as_millis() as u64, "draining");
         let start = tokio::time::Instant::now();
-        for (i, (_, h)) in conns.into_iter().enumerate() {
+        for (i, (_, s)) in sessions.into_iter().enumerate() {
             let at = start + window.mul_f64(i as f64 / n as f64);
             tokio::time::sleep_until(at).await;
-            h.out.closer().close(CLOSE_DRAINING, "node draining");
+            if let Some(c) = s.closer() {
+                c.close(CLOSE_DRAINING, "node draining");
+            }
         }
         // Connections that slipped in while the snapshot was taken.
-        for (_, h) in self.inner.hub.snapshot() {
-            h.out.closer().close(CLOSE_DRAINING, "node draining");
+        for (_, s) in self.inner.hub.snapshot() {
+            if let Some(c) = s.closer() {
+                c.close(CLOSE_DRAINING, "node draining");
+            }
+        }
+        let handover_until = tokio::time::Instant::now() + self.inner.config.resume_window;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let cut_short = || {
+            self.inner
+                .config
+                .handover_stop
+                .as_ref()
+                .is_some_and(|t| t.is_cancelled())
+        };
+        while !self.inner.hub.is_empty()
+            && tokio::time::Instant::now() < handover_until
+            && !cut_short()
+        {
+            tick.tick().await;
+        }
+        let left = self.inner.hub.snapshot();
+        if !left.is_empty() {
+            tracing::info!(node = %self.id(), sessions = left.len(), "drain: sessions not resumed elsewhere end");
+        }
+        for (_, s) in left {
+            self.end_session(&s, "drained");
         }
         self.inner.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait())
@@ -434,7 +382,10 @@ impl Node {
             .hub
             .snapshot()
             .into_iter()
-            .map(|(u, h)| (u, h.location))
+            .map(|(u, s)| {
+                let loc = self.location(s.id());
+                (u, loc)
+            })
             .collect();
         match self.inner.directory.reassert(&entries).await {
             Ok(n) => {

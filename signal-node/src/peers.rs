@@ -12,6 +12,7 @@ use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
     DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest, ProbeResponse,
+    TakeSessionRequest, TakeSessionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -22,6 +23,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time for one relay call to a node central no longer lists alive (it gets a short chance:
 /// it may be a node that registered after our last heartbeat).
 pub const GONE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Time for a session handover (the new connection waits for it before its Welcome).
+pub const TAKE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Largest handover answer accepted (a resume buffer plus protobuf framing).
+const MAX_TAKE_BYTES: usize = 64 * 1024 * 1024;
 /// Cached channels above this are dropped all at once (URLs come from directory entries).
 const MAX_CHANNELS: usize = 1024;
 
@@ -216,6 +221,19 @@ impl Peers {
         };
         let res = tokio::time::timeout(REQUEST_TIMEOUT, client.kick(req)).await;
         Ok(classify(res, REQUEST_TIMEOUT)?.closed)
+    }
+
+    /// Asks the node at `loc` to hand over the user's session (a resume on this node).
+    /// Answers can be up to a resume buffer large: the caller's channel accepts them.
+    pub async fn take_session(
+        &self,
+        loc: &Location,
+        req: TakeSessionRequest,
+    ) -> Result<TakeSessionResponse, ForwardError> {
+        let client = self.client(&loc.grpc_url)?;
+        let mut client = client.max_decoding_message_size(MAX_TAKE_BYTES);
+        let res = tokio::time::timeout(TAKE_TIMEOUT, client.take_session(req)).await;
+        classify(res, TAKE_TIMEOUT)
     }
 
     /// Probes the node at `grpc_url`.

@@ -1,16 +1,17 @@
 //! The `Relay` gRPC service other nodes call: deliver a frame into the local table, kick a
-//! replaced connection, probe.
+//! replaced connection, hand a session over to the node it resumed on, probe.
 
 use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
     DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, ProbeRequest,
-    ProbeResponse,
+    ProbeResponse, TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::UserId;
 use tonic::{Request, Response, Status};
 
 use crate::error::RelayError;
 use crate::node::Node;
+use crate::session::Origin;
 
 /// The node's side of node-to-node relay.
 pub struct RelayService {
@@ -31,7 +32,16 @@ impl Relay for RelayService {
     ) -> Result<Response<DeliverResponse>, Status> {
         let req = request.into_inner();
         let to = UserId::new(req.to).map_err(RelayError::from)?;
-        let status = self.node.deliver_local(&to, req.frame, req.expect.as_ref());
+        let origin = match UserId::new(req.from) {
+            Ok(sender) => Origin::Roap {
+                sender,
+                session_id: req.session_id,
+            },
+            Err(_) => Origin::Node,
+        };
+        let status = self
+            .node
+            .deliver_local(&to, &req.frame, req.expect.as_ref(), origin);
         if status == DeliverStatus::Delivered {
             metrics::counter!("signal_grpc_delivered_total").increment(1);
         }
@@ -46,6 +56,15 @@ impl Relay for RelayService {
         let loc = req.location.ok_or(RelayError::MissingLocation)?;
         let closed = self.node.kick_local(&user, &loc);
         Ok(Response::new(KickResponse { closed }))
+    }
+
+    async fn take_session(
+        &self,
+        request: Request<TakeSessionRequest>,
+    ) -> Result<Response<TakeSessionResponse>, Status> {
+        let req = request.into_inner();
+        let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
+        Ok(Response::new(self.node.hand_over(&req, &user)))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

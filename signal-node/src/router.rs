@@ -4,13 +4,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use axum::extract::ws::Utf8Bytes;
 use signal_proto::relay::{DeliverRequest, DeliverStatus, Location};
 use signal_proto::{ErrorType, UserId};
 
 use crate::node::Node;
 use crate::outbound::PushError;
 use crate::peers::{ForwardError, Liveness, GONE_TIMEOUT, REQUEST_TIMEOUT};
+use crate::session::Origin;
 
 /// Entries of a connection's route cache.
 const ROUTE_CACHE_SIZE: usize = 32;
@@ -96,18 +96,19 @@ impl Router {
         }
     }
 
-    /// Delivers `frame` (validated JSON with `from` filled in) to `to`.
+    /// Delivers `frame` (validated JSON with `from` filled in, without `n`: the recipient's
+    /// session numbers it) to `to`'s session. `origin`: who is told OFFLINE should the
+    /// session end before the frame is written.
     pub async fn relay(
         &mut self,
-        from: &UserId,
+        origin: &Origin,
         to: &UserId,
-        session_id: &str,
-        frame: Utf8Bytes,
+        frame: &str,
     ) -> Result<Route, Undelivered> {
         // Same node: no directory round trip (also works while the directory is down).
-        if let Some(h) = self.node.hub().get(to) {
-            match h.out.push(frame.clone()) {
-                Ok(()) => return Ok(Route::Local),
+        if let Some(s) = self.node.hub().get(to) {
+            match s.push(frame, origin.clone()) {
+                Ok(_) => return Ok(Route::Local),
                 Err(PushError::Full) => {
                     return Err(unavailable(format!(
                         "{to}'s connection is not reading fast enough and was closed"
@@ -121,8 +122,11 @@ impl Router {
             Some(loc) => (loc, true),
             None => (self.lookup(to).await?, false),
         };
+        // A fresh entry that leads nowhere is looked up once more: the user may have just
+        // resumed elsewhere (the new node claims the entry before taking the session over).
+        let mut second_look = true;
         loop {
-            match self.try_deliver(from, to, session_id, &frame, &loc).await {
+            match self.try_deliver(origin, to, frame, &loc).await {
                 Ok(route) => {
                     self.cache.put(to, loc);
                     return Ok(route);
@@ -146,6 +150,14 @@ impl Router {
                 }
                 Err(Attempt::Stale(u)) => {
                     self.cache.remove(to);
+                    if !cached && second_look {
+                        second_look = false;
+                        let again = self.lookup(to).await?;
+                        if again != loc {
+                            loc = again;
+                            continue;
+                        }
+                    }
                     if !cached {
                         // A fresh entry that does not lead to the user: remove it (only if
                         // it is still that entry) so that the next sender sees OFFLINE fast.
@@ -187,16 +199,18 @@ impl Router {
 
     async fn try_deliver(
         &self,
-        from: &UserId,
+        origin: &Origin,
         to: &UserId,
-        session_id: &str,
-        frame: &Utf8Bytes,
+        frame: &str,
         loc: &Location,
     ) -> Result<Route, Attempt> {
         if loc.node_id == self.node.id().as_str() {
             // Here (or a previous life of this node id), but not in the local table.
             if self.node.is_ours(loc) {
-                return match self.node.deliver_local(to, frame.clone(), Some(loc)) {
+                return match self
+                    .node
+                    .deliver_local(to, frame, Some(loc), origin.clone())
+                {
                     DeliverStatus::Delivered => Ok(Route::Local),
                     DeliverStatus::PeerOverloaded => Err(Attempt::Final(unavailable(format!(
                         "{to}'s connection is not reading fast enough and was closed"
@@ -207,11 +221,15 @@ impl Router {
             return Err(Attempt::Stale(offline(to)));
         }
         let liveness = self.node.peers().liveness(loc);
+        let (from, session_id) = match origin {
+            Origin::Node => (String::new(), String::new()),
+            Origin::Roap { sender, session_id } => (sender.to_string(), session_id.clone()),
+        };
         let req = DeliverRequest {
             to: to.to_string(),
-            from: from.to_string(),
-            session_id: session_id.to_owned(),
-            frame: frame.as_str().to_owned(),
+            from,
+            session_id,
+            frame: frame.to_owned(),
             expect: Some(loc.clone()),
         };
         let timeout = if liveness == Liveness::Gone {

@@ -20,11 +20,15 @@ fn ticket(key: &TicketKey, user: &str, node: &str, expires_at: u64) -> String {
     ))
 }
 
-async fn secured_node() -> TestNode {
+fn secured_node_config() -> signal_node::Config {
     let mut cfg = dev("node-1");
     cfg.secret = Some(SECRET.into());
     cfg.dev_auth = false;
-    TestNode::start(cfg).await
+    cfg
+}
+
+async fn secured_node() -> TestNode {
+    TestNode::start(secured_node_config()).await
 }
 
 /// The refusal's status and JSON error text.
@@ -210,4 +214,94 @@ async fn draining_node_is_not_ready_and_refuses_upgrades_503() {
     assert_eq!(err.status, Some(503));
     assert_eq!(alice.expect_close().await, 1012);
     node.join().await.unwrap();
+}
+
+/// A WebSocket upgrade with this `Origin` (none: no header): the node's Welcome, or the
+/// refusal's status and JSON error text.
+async fn connect_from(url: &str, origin: Option<&str>) -> Result<serde_json::Value, (u16, String)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+
+    let mut req = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((mut ws, _)) => {
+            let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("a frame within 10 s");
+            match first {
+                Some(Ok(Message::Text(t))) => Ok(serde_json::from_str(t.as_str()).unwrap()),
+                other => panic!("expected the Welcome, got {other:?}"),
+            }
+        }
+        Err(Error::Http(resp)) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                    .expect("a JSON body");
+            let err = body["error"].as_str().expect("{\"error\":..}").to_owned();
+            Err((resp.status().as_u16(), err))
+        }
+        Err(e) => panic!("connect {url}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn disallowed_origin_is_403_before_the_upgrade() {
+    let mut cfg = secured_node_config();
+    cfg.allowed_origins = "https://app.example, http://localhost:3000"
+        .parse()
+        .unwrap();
+    let node = TestNode::start(cfg).await;
+    let key = TicketKey::new(SECRET.as_bytes());
+
+    // A page from a foreign origin: 403 with a JSON error, and its ticket is not spent.
+    let t = ticket(&key, "alice", "node-1", unix_now() + 60);
+    for bad in ["https://evil.example", "https://app.example.evil", "null"] {
+        let (status, err) = connect_from(&node.ws_token(&t), Some(bad))
+            .await
+            .expect_err(bad);
+        assert_eq!(status, 403, "{bad}: {err}");
+        assert!(
+            err.contains("origin") && err.contains("not allowed"),
+            "{err}"
+        );
+    }
+    // An allowed origin (any case, default port spelled out or not) connects.
+    let w = connect_from(&node.ws_token(&t), Some("https://APP.example"))
+        .await
+        .unwrap();
+    assert_eq!(w["type"], "Welcome");
+    assert_eq!(w["user"], "alice");
+    let t = ticket(&key, "bob", "node-1", unix_now() + 60);
+    let w = connect_from(&node.ws_token(&t), Some("http://localhost:3000"))
+        .await
+        .unwrap();
+    assert_eq!(w["user"], "bob");
+    // No Origin header: not a browser, not subject to the check.
+    let t = ticket(&key, "carol", "node-1", unix_now() + 60);
+    let w = connect_from(&node.ws_token(&t), None).await.unwrap();
+    assert_eq!(w["user"], "carol");
+    let metrics = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("signal_origin_refused_total"), "{metrics}");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn any_origin_by_default() {
+    let node = secured_node().await;
+    let key = TicketKey::new(SECRET.as_bytes());
+    let t = ticket(&key, "alice", "node-1", unix_now() + 60);
+    let w = connect_from(&node.ws_token(&t), Some("https://anywhere.example"))
+        .await
+        .unwrap();
+    assert_eq!(w["user"], "alice");
+    node.shutdown().await.unwrap();
 }

@@ -200,7 +200,12 @@ async fn killed_node_means_offline_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_1012_spread_over_the_window_and_exits_0() {
     let redis = Redis::start().await;
-    let mut node = NodeProc::start("d", Some(&redis), &["--drain-ms", "1500"]).await;
+    let mut node = NodeProc::start(
+        "d",
+        Some(&redis),
+        &["--drain-ms", "1500", "--resume-window-ms", "1000"],
+    )
+    .await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(node.connect(&format!("u{i}")).await);
@@ -314,4 +319,98 @@ async fn roundtrip_collect(c: &mut WsClient, into: &mut Vec<serde_json::Value>) 
         }
         into.push(v);
     }
+}
+
+/// SIGTERM on a node process with 200 users: each is closed with 1012 and resumes on the other
+/// node process (shared Redis directory, gRPC takeover) with nothing lost: the frame sent
+/// before the drain and the one sent while it was away arrive exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_200_users_every_one_resumes_on_the_other_node() {
+    let redis = Redis::start().await;
+    let opts = [
+        "--drain-ms",
+        "1500",
+        "--resume-window-ms",
+        "15000",
+        "--rate-limit",
+        "0",
+    ];
+    let mut a = NodeProc::start("a", Some(&redis), &opts).await;
+    let b = NodeProc::start("b", Some(&redis), &opts).await;
+    let mut sender = b.connect("sender").await;
+    let mut users = Vec::new();
+    for i in 0..200 {
+        let name = format!("u{i}");
+        let (c, w) = WsClient::connect_welcomed(&a.ws(&name)).await;
+        users.push((name, c, w["session"].as_str().unwrap().to_owned()));
+    }
+    for (name, _, _) in &users {
+        sender
+            .send_json(&json!({"type":"Offer","to":name,"sessionID":"s0","sdp":"v=0"}))
+            .await;
+    }
+    a.proc.signal(15);
+    let b_http = b.http;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
+    let mut tasks = Vec::new();
+    for (name, mut c, tok) in users {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            let mut seen = Vec::new();
+            loop {
+                match c
+                    .recv_within(Duration::from_secs(20))
+                    .await
+                    .expect("close within 20 s")
+                {
+                    Received::Json(v) => {
+                        last = v["n"].as_u64().unwrap();
+                        seen.push(v["sessionID"].as_str().unwrap().to_owned());
+                    }
+                    Received::Closed(code) => {
+                        assert_eq!(code, 1012, "{name}");
+                        break;
+                    }
+                    Received::Ended => panic!("{name}: no close frame"),
+                }
+            }
+            // Ask the sender for the second frame now that this user is away.
+            tx.send(name.clone()).await.unwrap();
+            let url = format!("ws://{b_http}/ws?user={name}&resume={tok}&last={last}");
+            let (mut c, w) = WsClient::connect_welcomed(&url).await;
+            assert_eq!(w["resumed"], true, "{name}: {w}");
+            while seen.len() < 2 {
+                let v = c.next_json().await;
+                assert_eq!(v["n"].as_u64().unwrap(), last + 1, "{name}: {v}");
+                last += 1;
+                seen.push(v["sessionID"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(seen, vec!["s0", "s1"], "{name}");
+            c
+        }));
+    }
+    drop(tx);
+    let mut asked = 0;
+    while let Some(name) = rx.recv().await {
+        sender
+            .send_json(&json!({"type":"Offer","to":name,"sessionID":"s1","sdp":"v=0"}))
+            .await;
+        asked += 1;
+    }
+    assert_eq!(asked, 200);
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    assert!(
+        sender
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the sender was told of no failure"
+    );
+    // Every session was taken over: the drained node exits well before its resume window.
+    let status = a.proc.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
 }

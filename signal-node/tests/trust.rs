@@ -1,6 +1,6 @@
 //! Trust inside the cluster, on a node: the Relay gRPC service refuses calls without the
 //! cluster's credentials (or signed with another secret) and they have no effect: no frame
-//! reaches a user, no connection is kicked.
+//! reaches a user, no connection is kicked, no session is taken over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +9,9 @@ use common::*;
 use serde_json::json;
 use signal_proto::grpc_auth::{AuthChannel, GrpcKey, Signer};
 use signal_proto::relay::relay_client::RelayClient;
-use signal_proto::relay::{DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest};
+use signal_proto::relay::{
+    DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest, TakeSessionRequest,
+};
 use tonic::transport::Channel;
 
 const SECRET: &str = "cluster-secret";
@@ -49,11 +51,11 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
 
     let mut good = signed(node.grpc, SECRET).await;
     let probe = good.probe(ProbeRequest {}).await.unwrap().into_inner();
-    // Alice's connection is the node's first one.
+    // Alice's session is the node's first one: id 2 (her connection took id 1).
     let alice_at = Location {
         node_id: "node-1".into(),
         instance: probe.instance.clone(),
-        conn: 1,
+        conn: 2,
         grpc_url: format!("http://{}", node.grpc),
     };
     let kick = || KickRequest {
@@ -73,6 +75,17 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let e = plain.probe(ProbeRequest {}).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // TakeSession too: a takeover with a wrong token would end her session if it got through.
+    let take = || TakeSessionRequest {
+        user: "alice".into(),
+        expect: Some(alice_at.clone()),
+        session: "00000000000000000000000000000000".into(),
+        last: 0,
+    };
+    let e = plain.take_session(take()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = other.take_session(take()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     // A stale credential (signed two minutes ago) is refused too.
     let mut stale = tonic::Request::new(forged("alice"));
     let old = signal_proto::grpc_auth::unix_ms() - 120_000;
@@ -83,7 +96,8 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
     let e = plain.deliver(stale).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 
-    // Nothing reached alice: the first frame she gets is the one delivered with credentials.
+    // Nothing reached alice and her session is intact: the first frame she gets is the one
+    // delivered with credentials.
     let marker = json!({"type":"Offer","from":"bob","to":"alice","sessionID":"marker","sdp":"v=0"});
     let r = good
         .deliver(DeliverRequest {
@@ -97,7 +111,10 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
         .unwrap()
         .into_inner();
     assert_eq!(r.status, DeliverStatus::Delivered as i32);
-    assert_eq!(alice.next_json().await, marker);
+    // Frames are numbered per session (contract section 5): the marker is her first.
+    let mut numbered = marker.clone();
+    numbered["n"] = json!(1);
+    assert_eq!(alice.next_json().await, numbered);
     // Her connection is still open, and it was the one the refused kicks named.
     assert!(good.kick(kick()).await.unwrap().into_inner().closed);
     assert_eq!(alice.expect_close().await, 4409);

@@ -27,6 +27,7 @@ impl Central {
     async fn start() -> Central {
         let mut cfg = central::Config::dev();
         cfg.dev = false;
+        cfg.open_login = true;
         cfg.secret = SECRET.into();
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.node_timeout = Duration::from_millis(1000);

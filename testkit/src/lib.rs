@@ -1,5 +1,5 @@
-//! Test support for the workspace's integration tests: free ports, a real `redis-server`,
-//! child processes that are killed when dropped, a JSON WebSocket client, and waiting on
+//! Test support for the workspace's integration tests: free ports, a real `redis-server`, a
+//! real coturn `turnserver`, child processes that are killed when dropped, a JSON WebSocket client, and waiting on
 //! conditions instead of sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,6 +185,118 @@ async fn redis_ping(addr: SocketAddr) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
         Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+    )
+}
+
+/// The path of coturn's `turnserver` (`TURNSERVER_BIN` or the Debian package's), or `None`.
+/// Under `CI=true` a missing one is a panic telling how to install it, so that a TURN test
+/// never passes by skipping on a machine that should run it.
+pub fn turnserver_bin() -> Option<PathBuf> {
+    let env = std::env::var_os("TURNSERVER_BIN").map(PathBuf::from);
+    let found = env
+        .into_iter()
+        .chain(["/usr/bin/turnserver", "/usr/local/bin/turnserver"].map(PathBuf::from))
+        .find(|p| p.exists());
+    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("turnserver not found (CI=true): run ./scripts/test.sh (installs it) or apt-get install coturn");
+    }
+    found
+}
+
+/// A real coturn `turnserver` on a free loopback port (UDP and TCP), relaying on 127.0.0.1,
+/// checking TURN REST API credentials (`use-auth-secret`) against any of `secrets` (several:
+/// as during a rotation), no TLS/DTLS; killed on drop. Ready once it answers a STUN Binding
+/// request over UDP.
+pub struct Coturn {
+    pub port: u16,
+    pub realm: String,
+    dir: PathBuf,
+    _proc: Proc,
+}
+
+impl Coturn {
+    pub async fn start(bin: &Path, secrets: &[&str]) -> Coturn {
+        let port = free_port();
+        let realm = "signal.test".to_owned();
+        let dir =
+            std::env::temp_dir().join(format!("testkit-coturn-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let proc = Proc::spawn(
+            "turnserver",
+            Command::new(bin)
+                .arg("-n") // no configuration file
+                .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+                .args(["--listening-port", &port.to_string()])
+                .args(["--min-port", "40000", "--max-port", "60000"])
+                .arg("--use-auth-secret")
+                .args(secrets.iter().map(|s| format!("--static-auth-secret={s}")))
+                .args(["--realm", &realm])
+                .args([
+                    "--no-tls",
+                    "--no-dtls",
+                    "--no-cli",
+                    "--no-stdout-log",
+                    "--simple-log",
+                ])
+                .arg(format!("--log-file={}", dir.join("turn.log").display()))
+                .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
+                .arg(format!("--db={}", dir.join("turndb").display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_until(
+            "turnserver to answer a STUN Binding request",
+            Duration::from_secs(15),
+            || async move { stun_binding(addr).await },
+        )
+        .await;
+        Coturn {
+            port,
+            realm,
+            dir,
+            _proc: proc,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// What it logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One STUN Binding request over UDP: true on a Binding success response.
+async fn stun_binding(addr: SocketAddr) -> bool {
+    let Ok(sock) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        return false;
+    };
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(b"testkit-ping");
+    if sock.send_to(&req, addr).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await,
+        Ok(Ok((n, _))) if n >= 20 && buf[..2] == [0x01, 0x01] && buf[8..20] == req[8..20]
     )
 }
 

@@ -1,9 +1,12 @@
 // Tests of web/signal-client.js and web/roap-peer.js in real headless Chromium (real WebSocket,
 // real RTCPeerConnection), against ws-fixture.js: reconnect through central after close 1012 /
 // 1001 / network loss / keepalive timeout, with backoff through failed logins; no reconnect
-// after 4409; messages sent while reconnecting are delivered after the Welcome; server errors
-// in plain words; a fatal login error; and glare (both sides call at once) resolving to one call.
-// Pure helpers (backoff, error texts, glare rule) are checked in Node.
+// after 4409 or 4403; messages sent while reconnecting are delivered after the Welcome; server
+// errors in plain words; a fatal login error; glare (both sides call at once) resolving to one
+// call; and sessions (contract section 5): batched cumulative Acks (32 frames, 100 ms, page
+// hide), frames numbered at or below the last one dropped, the resume URL on every reconnect,
+// a refused resume reported as `sessionreset`, and logout ending the session with 1000.
+// Pure helpers (backoff, error texts, glare rule, resume URL) are checked in Node.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -11,7 +14,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Fixture } from './ws-fixture.js';
-import { backoffDelay, describeError, shouldReconnect, CLOSE } from '../signal-client.js';
+import { backoffDelay, describeError, shouldReconnect, resumeUrl, CLOSE } from '../signal-client.js';
 import { resolveGlare } from '../roap-peer.js';
 
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
@@ -32,12 +35,24 @@ test('backoff grows exponentially, is capped, and is jittered', () => {
   assert.ok(hi(100) <= 5000);
 });
 
-test('reconnect on every close but normal and replaced', () => {
+test('reconnect on every close but normal, replaced and disconnected by the application', () => {
   for (const c of [CLOSE.GOING_AWAY, CLOSE.DRAINING, CLOSE.TRY_AGAIN_LATER, CLOSE.ABNORMAL, CLOSE.KEEPALIVE, CLOSE.TOO_LARGE]) {
     assert.ok(shouldReconnect(c), String(c));
   }
   assert.equal(shouldReconnect(CLOSE.REPLACED), false);
   assert.equal(shouldReconnect(CLOSE.NORMAL), false);
+  assert.equal(CLOSE.APP_DISCONNECT, 4403);
+  assert.equal(shouldReconnect(CLOSE.APP_DISCONNECT), false);
+});
+
+test('the resume URL keeps the fresh ticket and adds resume and last', () => {
+  const fresh = 'ws://127.0.0.1:8091/ws?token=abc.def%2Bghi';
+  const u = new URL(resumeUrl(fresh, 'f00d', 17));
+  assert.equal(u.origin + u.pathname, 'ws://127.0.0.1:8091/ws');
+  assert.deepEqual([...u.searchParams], [['token', 'abc.def+ghi'], ['resume', 'f00d'], ['last', '17']]);
+  assert.equal(new URL(resumeUrl(fresh, 'a&b=c', 0)).searchParams.get('resume'), 'a&b=c', 'the token is escaped');
+  assert.equal(resumeUrl(fresh, null, 5), fresh, 'no session: a new one');
+  assert.equal(resumeUrl(fresh, '', 5), fresh);
 });
 
 test('every error type has plain words', () => {
@@ -77,7 +92,7 @@ before(async () => {
       const { SignalClient } = await import('/signal-client.js');
       const c = new SignalClient({ central: location.origin, user, baseBackoffMs: 20, maxBackoffMs: 200, ...opts });
       const log = /** @type {any[]} */ ([]);
-      for (const t of ['state', 'reconnected', 'replaced']) {
+      for (const t of ['state', 'reconnected', 'replaced', 'disconnected', 'sessionreset']) {
         c.addEventListener(t, (ev) => log.push({ ev: t, ...(/** @type {CustomEvent} */ (ev).detail) }));
       }
       for (const t of ['servererror', 'Pong', 'Offer']) {
@@ -115,6 +130,30 @@ async function waitLog(user, pred) {
 
 /** @param {string} user @returns {Promise<any>} */
 const state = (user) => page.evaluate((u) => /** @type {any} */ (window).clients[u].c.state, user);
+
+/** A property of `user`'s client. @param {string} user @param {string} prop @returns {Promise<any>} */
+const prop = (user, prop) => page.evaluate(([u, p]) => /** @type {any} */ (window).clients[u].c[p], [user, prop]);
+
+/** The sessionIDs of the Offers `user`'s page received, in order. @param {string} user @returns {Promise<string[]>} */
+const offers = (user) =>
+  page.evaluate((u) =>
+    /** @type {any} */ (window).clients[u].log.filter((/** @type {any} */ e) => e.ev === 'Offer').map((/** @type {any} */ e) => e.message.sessionID),
+  user);
+
+/**
+ * Polls `check` (in Node) until it is truthy.
+ * @param {string} what @param {() => unknown} check
+ */
+async function until(what, check, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** @param {string} to @param {string} sessionID */
+const offer = (to, sessionID) => ({ type: 'Offer', to, from: 'peer', sessionID, sdp: 'v=0' });
 
 test('after close 1012 the client goes back to central, lands on the other node and delivers what was sent meanwhile', { skip }, async () => {
   const welcome = await page.evaluate(() => /** @type {any} */ (window).make('carol'));
@@ -154,6 +193,12 @@ test('close 1001, network loss and a silent node all lead to a reconnect', { ski
   fx.silentUsers.delete('erin');
   await page.waitForFunction(() => /** @type {any} */ (window).clients.erin.log.filter((/** @type {any} */ e) => e.ev === 'reconnected').length === 3);
   assert.ok(fx.history.filter((c) => c.user === 'erin').some((c) => c.received.some((m) => m.type === 'Ping')));
+  // Every reconnect resumed the session: the abandoned socket sent no close frame (a client
+  // close would have ended the session).
+  const resumed = await page.evaluate(() =>
+    /** @type {any} */ (window).clients.erin.log.filter((/** @type {any} */ e) => e.ev === 'reconnected').map((/** @type {any} */ e) => e.resumed),
+  );
+  assert.deepEqual(resumed, [true, true, true]);
   await page.evaluate(() => /** @type {any} */ (window).clients.erin.c.close());
 });
 
@@ -244,4 +289,158 @@ test('glare: both call each other at once and end up in one call with a working 
   assert.equal(conflicts[0].errorType, 'CONFLICT');
   assert.equal(sent.filter((m) => m.type === 'Answer').length, 1);
   assert.equal(sent.filter((m) => m.type === 'Ok').length, 1);
+});
+
+test('acks are cumulative and batched: at once after 32 frames, else within 100 ms, and on page hide', { skip }, async () => {
+  await page.evaluate(() => /** @type {any} */ (window).make('kim'));
+  for (let i = 1; i <= 64; i++) fx.send('kim', offer('kim', `k${i}`));
+  await until('the Ack of frame 64', () => fx.acks('kim').includes(64));
+  const acks = fx.acks('kim');
+  // Two Acks (32 and 64) when the 64 frames arrive together; never one per frame.
+  assert.ok(acks.length <= 3, JSON.stringify(acks));
+  assert.deepEqual([...acks].sort((a, b) => a - b), acks, 'cumulative: ascending');
+  assert.equal((await offers('kim')).length, 64);
+
+  // One frame: acknowledged by the timer, not at once.
+  const t0 = Date.now();
+  fx.send('kim', offer('kim', 'k65'));
+  await until('the Ack of frame 65', () => fx.acks('kim').includes(65));
+  assert.ok(Date.now() - t0 >= 80, `acked after ${Date.now() - t0} ms`);
+  assert.equal(fx.acks('kim').length, acks.length + 1);
+
+  // A slow timer: the Ack goes out when the page is hidden.
+  await page.evaluate(() => /** @type {any} */ (window).make('lena', { ackIntervalMs: 60000 }));
+  fx.send('lena', offer('lena', 'l1'));
+  fx.send('lena', offer('lena', 'l2'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.lena.c.lastN === 2);
+  assert.deepEqual(fx.acks('lena'), []);
+  await page.evaluate(() => window.dispatchEvent(new Event('pagehide')));
+  await until('the Ack on page hide', () => fx.acks('lena').includes(2));
+  assert.deepEqual(fx.acks('lena'), [2]);
+});
+
+test('frames numbered at or below the last one are dropped; a resume replays the gap exactly once', { skip }, async () => {
+  const welcome = await page.evaluate(() => /** @type {any} */ (window).make('mia'));
+  assert.equal(welcome.resumed, false);
+  const first = /** @type {string} */ (welcome.session);
+  assert.match(first, /^[0-9a-f]{32}$/);
+  for (const id of ['m1', 'm2', 'm3']) fx.send('mia', offer('mia', id));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.mia.c.lastN === 3);
+  // A duplicate (an old number) never reaches the app; the next number does.
+  fx.sendRaw('mia', { ...offer('mia', 'm2-again'), n: 2 });
+  fx.sendRaw('mia', { ...offer('mia', 'm3-again'), n: 3 });
+  fx.send('mia', offer('mia', 'm4'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.mia.c.lastN === 4);
+  assert.deepEqual(await offers('mia'), ['m1', 'm2', 'm3', 'm4']);
+  assert.equal(await prop('mia', 'duplicates'), 2);
+
+  // Network loss; two frames come while the client is away; the node's replay also repeats
+  // two frames the client has.
+  fx.replayOverlap = 2;
+  const firstConn = fx.conns.get('mia');
+  fx.drop('mia');
+  fx.send('mia', offer('mia', 'm5'));
+  fx.send('mia', offer('mia', 'm6'));
+  try {
+    await waitLog('mia', `e.ev === 'reconnected'`);
+    await page.waitForFunction(() => /** @type {any} */ (window).clients.mia.c.lastN === 6);
+  } finally {
+    fx.replayOverlap = 0;
+  }
+  const now = fx.conns.get('mia');
+  assert.ok(now && firstConn && now !== firstConn);
+  // The resume URL: the fresh ticket of the new login, the session, the last frame seen.
+  assert.equal(now.query.get('token'), `mia.${now.node}`);
+  assert.equal(now.query.get('resume'), first);
+  assert.equal(now.query.get('last'), '4');
+  assert.equal(firstConn.query.get('resume'), null, 'the first connection starts a session');
+  assert.equal(now.welcome.resumed, true);
+  await waitLog('mia', `e.ev === 'reconnected' && e.resumed === true`);
+  assert.equal(await prop('mia', 'resumed'), true);
+  assert.equal(await prop('mia', 'session'), first);
+  assert.deepEqual(await offers('mia'), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6']);
+  assert.equal(await prop('mia', 'duplicates'), 4);
+  // Acks continue the numbering: everything up to 6 is acknowledged on the new connection.
+  await until('the Ack of frame 6', () => now.received.some((m) => m.type === 'Ack' && m.n === 6));
+  assert.equal(fx.sessions.get('mia')?.acked, 6);
+});
+
+test('a refused resume starts a new session and fires sessionreset; numbering starts again', { skip }, async () => {
+  const welcome = await page.evaluate(() => /** @type {any} */ (window).make('noah'));
+  fx.send('noah', offer('noah', 'n1'));
+  fx.send('noah', offer('noah', 'n2'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.noah.c.lastN === 2);
+  fx.refuseResume.add('noah');
+  fx.close('noah', 1012);
+  await waitLog('noah', `e.ev === 'sessionreset'`);
+  const now = fx.conns.get('noah');
+  assert.ok(now);
+  assert.equal(now.query.get('resume'), welcome.session, 'it did try to resume');
+  assert.equal(now.query.get('last'), '2');
+  assert.equal(now.welcome.resumed, false);
+  await waitLog('noah', `e.ev === 'reconnected' && e.resumed === false`);
+  assert.equal(await prop('noah', 'resumed'), false);
+  assert.equal(await prop('noah', 'session'), now.welcome.session);
+  assert.notEqual(now.welcome.session, welcome.session);
+  assert.equal(await prop('noah', 'lastN'), 0);
+  // Frame 1 of the new session is not mistaken for a duplicate.
+  fx.send('noah', offer('noah', 'n-new-1'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.noah.c.lastN === 1);
+  assert.deepEqual(await offers('noah'), ['n1', 'n2', 'n-new-1']);
+});
+
+test('a resumed Welcome that names another session token: the client follows it', { skip }, async () => {
+  const welcome = await page.evaluate(() => /** @type {any} */ (window).make('quinn'));
+  fx.send('quinn', offer('quinn', 'q1'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.quinn.c.lastN === 1);
+  fx.rotateOnResume = true;
+  try {
+    fx.close('quinn', 1012);
+    await waitLog('quinn', `e.ev === 'reconnected'`);
+  } finally {
+    fx.rotateOnResume = false;
+  }
+  const second = fx.conns.get('quinn');
+  assert.ok(second && second.welcome.resumed && second.welcome.session !== welcome.session);
+  await waitLog('quinn', `e.ev === 'reconnected' && e.resumed === true`);
+  assert.equal(await prop('quinn', 'session'), second.welcome.session);
+  fx.send('quinn', offer('quinn', 'q2'));
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.quinn.c.lastN === 2);
+  fx.close('quinn', 1013);
+  await page.waitForFunction(() => /** @type {any} */ (window).clients.quinn.log.filter((/** @type {any} */ e) => e.ev === 'reconnected').length === 2);
+  const third = fx.conns.get('quinn');
+  assert.equal(third?.query.get('resume'), second.welcome.session, 'the next resume presents the new token');
+  assert.equal(third?.query.get('last'), '2');
+  assert.equal(third?.welcome.resumed, true);
+  assert.deepEqual(await offers('quinn'), ['q1', 'q2']);
+});
+
+test('close 4403 (disconnected by the application) is reported and never reconnected', { skip }, async () => {
+  await page.evaluate(() => /** @type {any} */ (window).make('owen'));
+  const logins = fx.logins.length;
+  fx.close('owen', 4403);
+  await waitLog('owen', `e.ev === 'disconnected' && e.code === 4403 && e.text === 'Disconnected by the application.'`);
+  assert.equal(await state('owen'), 'disconnected');
+  // Still disconnected after several backoff periods, and no login was attempted.
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await state('owen'), 'disconnected');
+  assert.equal(fx.logins.length, logins);
+  const sendErr = await page.evaluate(() => {
+    try {
+      /** @type {any} */ (window).clients.owen.c.sendOk('x', 's');
+      return '';
+    } catch (e) {
+      return String(e);
+    }
+  });
+  assert.match(sendErr, /Disconnected by the application/);
+});
+
+test('close() (logout) sends close 1000, which ends the session', { skip }, async () => {
+  await page.evaluate(() => /** @type {any} */ (window).make('pia'));
+  assert.ok(fx.sessions.has('pia'));
+  await page.evaluate(() => /** @type {any} */ (window).clients.pia.c.close());
+  await until('the session to end', () => !fx.sessions.has('pia'));
+  assert.equal(await state('pia'), 'closed');
+  assert.equal(await prop('pia', 'session'), null);
 });

@@ -1,10 +1,17 @@
 // Test fixture for the browser client tests: a small real HTTP + WebSocket server (RFC 6455
 // framing written out here, no dependencies) that plays central's login API and two signal
 // nodes, and lets a test make the situations that are hard to make with the real cluster on
-// demand: a node closing with 1012/1001/4409, a dropped TCP connection, a node that stops
+// demand: a node closing with 1012/1001/4409/4403, a dropped TCP connection, a node that stops
 // answering Pings, login failures. It serves web/*.js so that the page imports the real modules.
+//
+// Sessions (contract section 5) as the nodes keep them: the Welcome carries `session`,
+// `resumed`, `resumeWindowMs`; every frame to a client but Pong is numbered `n` per session and
+// kept until acknowledged; `?resume=<session>&last=N` resumes it (on either node) and replays
+// what came after N; frames for a user whose connection is gone are kept for the resume; a
+// client close 1000/1001 ends the session. A test can refuse the next resume of a user
+// (`refuseResume`) or replay a few frames the client already has (`replayOverlap`).
 import http from 'node:http';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +45,18 @@ function frame(payload, opcode = 1) {
  * @property {import('node:net').Socket} sock
  * @property {any[]} received   JSON frames the client sent
  * @property {boolean} silent   stop answering Pings
+ * @property {URLSearchParams} query  the upgrade request's query (token, resume, last)
+ * @property {any} welcome      the Welcome sent on this connection
+ * @property {boolean} closing  the node sent a close frame first (the client's is only the echo)
+ */
+
+/**
+ * @typedef {object} Session
+ * @property {string} id
+ * @property {number} n          the last frame number given out
+ * @property {{n:number, text:string}[]} ring  every frame of the session, oldest first (kept
+ *   after its Ack too, so that `replayOverlap` can send acknowledged ones again)
+ * @property {number} acked      the highest Ack
  */
 
 export class Fixture {
@@ -56,6 +75,15 @@ export class Fixture {
     /** users whose node stops answering Pings */
     /** @type {Set<string>} */
     this.silentUsers = new Set();
+    /** @type {Map<string, Session>} each user's session (kept while its connection is gone) */
+    this.sessions = new Map();
+    /** users whose next resume is refused (Welcome resumed:false, a new session) */
+    /** @type {Set<string>} */
+    this.refuseResume = new Set();
+    /** on a resume, also replay this many frames at or below `last` (the client must drop them) */
+    this.replayOverlap = 0;
+    /** on a resume, give the session a new token (the client must present it next time) */
+    this.rotateOnResume = false;
     this.next = 0;
     this.base = '';
     /** @type {http.Server | null} */
@@ -86,6 +114,7 @@ export class Fixture {
     if (!c) throw new Error(`${user} is not connected`);
     const b = Buffer.alloc(2);
     b.writeUInt16BE(code);
+    c.closing = true;
     c.sock.write(frame(b, 8));
     c.sock.end();
   }
@@ -97,11 +126,37 @@ export class Fixture {
     c.sock.destroy();
   }
 
-  /** @param {string} user @param {object} msg */
+  /**
+   * Sends `msg` to `user`, numbered in its session; while its connection is gone the frame is
+   * kept for the resume. @param {string} user @param {object} msg
+   */
   send(user, msg) {
+    this.#out(user, msg);
+  }
+
+  /** Writes `msg` to `user`'s socket exactly as given (e.g. with a chosen `n`). @param {string} user @param {object} msg */
+  sendRaw(user, msg) {
     const c = this.conns.get(user);
     if (!c) throw new Error(`${user} is not connected`);
     c.sock.write(frame(JSON.stringify(msg)));
+  }
+
+  /** The Acks `user` sent, over all its connections, as numbers. @param {string} user @returns {number[]} */
+  acks(user) {
+    return this.history.filter((c) => c.user === user).flatMap((c) => c.received.filter((m) => m.type === 'Ack').map((m) => m.n));
+  }
+
+  /**
+   * Numbers `msg` in `user`'s session, keeps it until acknowledged, and writes it to the user's
+   * connection if there is one. @param {string} user @param {object} msg
+   */
+  #out(user, msg) {
+    const s = this.sessions.get(user);
+    if (!s) throw new Error(`${user} has no session`);
+    s.n += 1;
+    const text = JSON.stringify({ ...msg, n: s.n });
+    s.ring.push({ n: s.n, text });
+    this.conns.get(user)?.sock.write(frame(text));
   }
 
   /** @param {http.IncomingMessage} req @param {http.ServerResponse} res */
@@ -163,6 +218,8 @@ export class Fixture {
   #upgrade(node, req, sock) {
     const u = new URL(req.url ?? '/', 'http://x');
     const [user, ticketNode] = (u.searchParams.get('token') ?? '').split('.');
+    const resume = u.searchParams.get('resume');
+    const last = Number(u.searchParams.get('last') ?? '0');
     if (!user || ticketNode !== node) {
       sock.end('HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n');
       return;
@@ -172,14 +229,29 @@ export class Fixture {
     sock.on('error', () => {});
     const old = this.conns.get(user);
     if (old) {
+      old.closing = true;
       old.sock.write(frame(Buffer.from([0x11, 0x39]), 8)); // 4409
       old.sock.end();
     }
+    let session = this.sessions.get(user);
+    const resumed = !!resume && session?.id === resume && !this.refuseResume.has(user);
+    this.refuseResume.delete(user);
+    if (!resumed || !session) {
+      session = { id: randomBytes(16).toString('hex'), n: 0, ring: [], acked: 0 };
+      this.sessions.set(user, session);
+    } else if (this.rotateOnResume) {
+      session.id = randomBytes(16).toString('hex');
+    }
+    const welcome = { type: 'Welcome', user, node, session: session.id, resumed, resumeWindowMs: 30000 };
     /** @type {Conn} */
-    const conn = { user, node, sock, received: [], silent: false };
+    const conn = { user, node, sock, received: [], silent: false, query: u.searchParams, welcome, closing: false };
     this.conns.set(user, conn);
     this.history.push(conn);
-    sock.write(frame(JSON.stringify({ type: 'Welcome', user, node })));
+    sock.write(frame(JSON.stringify(welcome)));
+    if (resumed) {
+      for (const f of session.ring) if (f.n > last - this.replayOverlap) sock.write(frame(f.text));
+    }
+    const mine = session;
     let buf = Buffer.alloc(0);
     sock.on('close', () => {
       if (this.conns.get(user) === conn) this.conns.delete(user);
@@ -206,7 +278,12 @@ export class Fixture {
         for (let i = 0; i < p.length; i++) p[i] ^= mask[i % 4];
         buf = buf.subarray(o + 4 + len);
         if (op === 8) {
-          // Echo the close (status code only) and end, as a server does.
+          // A client close 1000/1001 ends the session; echo the close (status code only) and
+          // end, as a server does.
+          const code = p.length >= 2 ? p.readUInt16BE(0) : 1005;
+          if ((code === 1000 || code === 1001) && !conn.closing && this.sessions.get(user) === mine && this.conns.get(user) === conn) {
+            this.sessions.delete(user);
+          }
           sock.end(frame(p.subarray(0, 2), 8));
           return;
         }
@@ -222,13 +299,17 @@ export class Fixture {
           if (!this.silentUsers.has(user)) sock.write(frame('{"type":"Pong"}'));
           continue;
         }
+        if (m.type === 'Ack') {
+          mine.acked = Math.max(mine.acked, Number(m.n) || 0);
+          continue;
+        }
         m.from = user;
-        const peer = this.conns.get(m.to);
-        if (peer) peer.sock.write(frame(JSON.stringify(m)));
-        else {
-          sock.write(
-            frame(
-              JSON.stringify({
+        // Connected, or its session kept for a resume: numbered and delivered (later).
+        if (this.sessions.has(m.to)) this.#out(m.to, m);
+        else if (this.sessions.has(user)) {
+          this.#out(
+            user,
+            {
                 type: 'Error',
                 to: user,
                 from: m.to,
@@ -236,8 +317,7 @@ export class Fixture {
                 errorType: 'OFFLINE',
                 description: `${m.to} is not connected`,
                 origin: 'server',
-              }),
-            ),
+              },
           );
         }
       }

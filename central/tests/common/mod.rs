@@ -65,6 +65,8 @@ impl Central {
         Self::start_on(free_port(), free_port(), timing, extra).await
     }
 
+    /// Starts central on the given ports. Login is open (`--open-login`) unless `extra`
+    /// gives a `--jwt-secret`.
     pub async fn start_on(
         http_port: u16,
         grpc_port: u16,
@@ -78,8 +80,14 @@ impl Central {
             .args(["--heartbeat-interval-ms", &timing.heartbeat_ms.to_string()])
             .args(["--node-timeout-ms", &timing.node_timeout_ms.to_string()])
             .args(["--probe-interval-ms", &timing.probe_ms.to_string()])
+            .args(if extra.contains(&"--jwt-secret") {
+                &[][..]
+            } else {
+                &["--open-login"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env_remove("CENTRAL_JWT_SECRET")
             .stdout(Stdio::null());
         let proc = Proc::spawn("central", &mut cmd);
         let c = Central {
@@ -217,6 +225,7 @@ impl Node {
             .args(["--drain-ms", "200"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env_remove("CENTRAL_JWT_SECRET")
             .stdout(Stdio::null());
         Node {
             proc: Proc::spawn(&format!("signal-node {id}"), &mut cmd),

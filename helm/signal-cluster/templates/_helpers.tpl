@@ -55,6 +55,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-node-headless" (include "signal-cluster.fullname" .) }}
 {{- end }}
 
+{{- define "signal-cluster.coturn.fullname" -}}
+{{- printf "%s-coturn" (include "signal-cluster.fullname" .) }}
+{{- end }}
+
 {{- define "signal-cluster.redis.fullname" -}}
 {{- printf "%s-redis" (include "signal-cluster.fullname" .) }}
 {{- end }}
@@ -72,6 +76,12 @@ key: {{ .Values.clusterSecret.key }}
 {{- define "signal-cluster.jwtSecretRef" -}}
 name: {{ default (include "signal-cluster.secretName" .) .Values.jwt.existingSecret }}
 key: {{ .Values.jwt.key }}
+{{- end }}
+
+{{/* The TURN secret (coturn's static-auth-secret), shared by central and coturn. */}}
+{{- define "signal-cluster.turnSecretRef" -}}
+name: {{ default (include "signal-cluster.secretName" .) .Values.turn.existingSecret }}
+key: {{ .Values.turn.key }}
 {{- end }}
 
 {{/* Environment entry for the Redis URL of a binary: (dict "ctx" $ "env" "CENTRAL_REDIS_URL"). */}}
@@ -93,7 +103,7 @@ key: {{ .Values.jwt.key }}
 {{/* The grace period of a node pod: preStop sleep + drain window (rounded up) + slack. */}}
 {{- define "signal-cluster.node.terminationGrace" -}}
 {{- $n := .Values.signalNode -}}
-{{- add $n.preStopSleepSeconds (div (add $n.drainMs 999) 1000) $n.terminationGraceExtraSeconds }}
+{{- add $n.preStopSleepSeconds (div (add $n.drainMs 999) 1000) (div (add $n.resumeWindowMs 999) 1000) $n.terminationGraceExtraSeconds }}
 {{- end }}
 
 {{/* Number of per-pod Services/hosts: every pod the StatefulSet may ever have. */}}

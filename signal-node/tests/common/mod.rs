@@ -87,10 +87,20 @@ impl TestNode {
     }
 }
 
-/// A dev config for tests: short drain.
+/// The frame without its session frame number `n` (checked where numbering is the subject).
+pub fn strip_n(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("n");
+    }
+    v
+}
+
+/// A dev config for tests: short drain, short resume window (a drain waits for the takeover
+/// of its kept sessions at most that long).
 pub fn dev(id: &str) -> Config {
     let mut c = Config::dev(id);
     c.drain = Duration::from_millis(200);
+    c.resume_window = Duration::from_secs(2);
     c
 }
 

@@ -1,0 +1,634 @@
+//! Sessions (contract section 5): what a Welcome starts and what may outlive its connection —
+//! the numbered frame stream (its counter, the replay ring that doubles as the outbound queue,
+//! the last acknowledgement), the attached connection if any, and the resume token. The node
+//! table maps each user to one [`Session`]; producers (the router, the gRPC `Deliver` handler,
+//! the connection's own error replies) push into the session, never into a socket.
+//!
+//! Life of a session: `Installing` (a resume is being taken over from another node; frames
+//! that arrive meanwhile wait, unnumbered) -> `Attached` (a connection's writer reads the ring)
+//! -> `Detached` (the connection ended without a client close, with 1012 or 1013: kept for the
+//! resume window, frames still numbered and buffered) -> `Attached` again on resume, or
+//! `Ended`. [`takeover`] holds the node-level steps (open, resume here or elsewhere, end),
+//! [`expiry`] the one timer that ends detached sessions.
+
+pub mod expiry;
+pub mod ring;
+pub mod takeover;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use signal_proto::relay::BufferedFrame;
+use signal_proto::roap::stamp_frame_number;
+use signal_proto::UserId;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+use crate::outbound::{Closer, PushError, CLOSE_REPLACED, CLOSE_SLOW};
+use ring::Ring;
+pub use ring::{Entry, Origin, RingLimits};
+
+/// Bounds of a session (from the node's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `--resume-buffer-frames` / `--resume-buffer-bytes`: everything not acknowledged.
+    pub ring: RingLimits,
+    /// `--outbound-queue` / `--outbound-queue-bytes`: not yet written to the socket; past
+    /// that the reader is slow and its connection is closed with 1013 (the session is kept).
+    pub unwritten_frames: usize,
+    pub unwritten_bytes: usize,
+    /// `--resume-window-ms`.
+    pub window: Duration,
+}
+
+/// A user's session on this node. A cheap `Clone` handle.
+#[derive(Clone, Debug)]
+pub struct Session {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Local id, unique in this node instance: the `conn` of the directory's `Location`.
+    id: u64,
+    user: UserId,
+    limits: SessionLimits,
+    state: Mutex<State>,
+    /// Wakes the attached connection's writer.
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The resume token (a takeover installs the one the client presented).
+    token: String,
+    ring: Ring,
+    /// Highest frame number written to a connection's socket.
+    written: u64,
+    /// Highest frame number acknowledged.
+    acked: u64,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Being handed over from another node: frames wait here, numbered once installed.
+    Installing {
+        early: Vec<(Utf8Bytes, Origin)>,
+        bytes: usize,
+    },
+    Attached(Attachment),
+    Detached {
+        since: Instant,
+    },
+    Ended,
+}
+
+#[derive(Debug)]
+struct Attachment {
+    conn: u64,
+    closer: Closer,
+    /// Highest frame number handed to this connection's writer.
+    cursor: u64,
+    /// Bytes of the frames above `cursor`.
+    unwritten_bytes: usize,
+}
+
+/// Why a resume is refused (a metric label and a log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token is not this session's (forged, stale, or another user's).
+    Token,
+    /// The client claims frames the node never sent.
+    Ahead,
+    /// Frames after `last` were dropped from the buffer.
+    Gap,
+    /// No session to resume (expired, or unknown).
+    NotFound,
+    /// The node keeping the session could not be reached in time.
+    Unreachable,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Token => "token",
+            Refusal::Ahead => "ahead",
+            Refusal::Gap => "gap",
+            Refusal::NotFound => "not_found",
+            Refusal::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Refusal {
+        match s {
+            "token" => Refusal::Token,
+            "ahead" => Refusal::Ahead,
+            "gap" => Refusal::Gap,
+            "unreachable" => Refusal::Unreachable,
+            _ => Refusal::NotFound,
+        }
+    }
+}
+
+/// What a session hands over to the node the client resumed on.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    pub next_n: u64,
+    /// Every buffered frame after the client's `last`, in order.
+    pub frames: Vec<Entry>,
+}
+
+impl Handover {
+    pub fn into_wire(self) -> (u64, Vec<BufferedFrame>) {
+        let frames = self
+            .frames
+            .into_iter()
+            .map(|e| {
+                let (origin_user, origin_session) = match e.origin {
+                    Origin::Node => (String::new(), String::new()),
+                    Origin::Roap { sender, session_id } => (sender.into_string(), session_id),
+                };
+                BufferedFrame {
+                    n: e.n,
+                    frame: e.frame.as_str().to_owned(),
+                    origin_user,
+                    origin_session,
+                }
+            })
+            .collect();
+        (self.next_n, frames)
+    }
+
+    pub fn from_wire(next_n: u64, frames: Vec<BufferedFrame>) -> Handover {
+        let frames = frames
+            .into_iter()
+            .map(|f| Entry {
+                n: f.n,
+                frame: f.frame.into(),
+                origin: match UserId::new(f.origin_user) {
+                    Ok(sender) => Origin::Roap {
+                        sender,
+                        session_id: f.origin_session,
+                    },
+                    Err(_) => Origin::Node,
+                },
+            })
+            .collect();
+        Handover { next_n, frames }
+    }
+}
+
+/// What [`Session::detach`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// Kept for the resume window.
+    Kept,
+    /// The session must end now (client close, or nothing to keep).
+    End,
+    /// The connection was no longer the session's (resumed elsewhere, or already ended).
+    Gone,
+}
+
+/// A new random resume token: 128 random bits, hex.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Session {
+    /// A new session of `user` with local id `id`, numbering from 1. `installing`: frames
+    /// wait unnumbered until [`Session::install`] (a resume being taken over).
+    pub fn new(id: u64, user: UserId, limits: SessionLimits, installing: bool) -> Session {
+        let phase = if installing {
+            Phase::Installing {
+                early: Vec::new(),
+                bytes: 0,
+            }
+        } else {
+            Phase::Detached {
+                since: Instant::now(),
+            }
+        };
+        Session {
+            inner: Arc::new(Shared {
+                id,
+                user,
+                limits,
+                state: Mutex::new(State {
+                    token: new_token(),
+                    ring: Ring::new(1, limits.ring),
+                    written: 0,
+                    acked: 0,
+                    phase,
+                }),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.inner.user
+    }
+
+    pub fn token(&self) -> String {
+        self.lock().token.clone()
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.inner.limits
+    }
+
+    /// Whether `other` is this very session.
+    pub fn same(&self, other: &Session) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether the session has ended (pushes fail with `Closed`).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.lock().phase, Phase::Ended)
+    }
+
+    /// When it was detached, if it is detached.
+    pub fn detached_since(&self) -> Option<Instant> {
+        match self.lock().phase {
+            Phase::Detached { since } => Some(since),
+            _ => None,
+        }
+    }
+
+    /// The attached connection's closer, if one is attached.
+    pub fn closer(&self) -> Option<Closer> {
+        match &self.lock().phase {
+            Phase::Attached(a) => Some(a.closer.clone()),
+            _ => None,
+        }
+    }
+
+    /// Numbers `frame` (a JSON object without `n`) and queues it for the user: on the attached
+    /// connection, or buffered for a resume while detached or being installed. `Full`: no room
+    /// (the sender is told UNAVAILABLE); `Closed`: the session has ended.
+    pub fn push(&self, frame: &str, origin: Origin) -> Result<u64, PushError> {
+        let mut guard = self.lock();
+        let limits = self.inner.limits;
+        let st = &mut *guard;
+        match &mut st.phase {
+            Phase::Ended => Err(PushError::Closed),
+            Phase::Installing { early, bytes } => {
+                if early.len() >= limits.ring.frames
+                    || (*bytes > 0 && *bytes + frame.len() > limits.ring.bytes)
+                {
+                    return Err(PushError::Full);
+                }
+                *bytes += frame.len();
+                early.push((frame.to_owned().into(), origin));
+                Ok(0)
+            }
+            Phase::Attached(a) if !a.closer.is_closed() => {
+                let unwritten = st.ring.last_n() - a.cursor;
+                if unwritten as usize >= limits.unwritten_frames
+                    || (a.unwritten_bytes > 0
+                        && a.unwritten_bytes + frame.len() > limits.unwritten_bytes)
+                {
+                    if a.closer.close(CLOSE_SLOW, "outbound queue full") {
+                        metrics::counter!("signal_slow_consumer_closes_total").increment(1);
+                        tracing::info!(user = %self.inner.user, unwritten, "slow reader: closing 1013, session kept");
+                    }
+                    return Self::buffer(&mut st.ring, st.written, frame, origin);
+                }
+                let n = Self::append(&mut st.ring, frame, origin)?;
+                a.unwritten_bytes += st.ring.get(n).map_or(0, |e| e.frame.len());
+                let dropped = st.ring.trim(st.written);
+                if dropped > 0 {
+                    metrics::counter!("signal_resume_buffer_drops_total").increment(dropped as u64);
+                }
+                if st.ring.over() && a.closer.close(CLOSE_SLOW, "outbound queue full") {
+                    // More unwritten than the resume buffer holds.
+                    metrics::counter!("signal_slow_consumer_closes_total").increment(1);
+                }
+                drop(guard);
+                self.inner.wake.notify_one();
+                Ok(n)
+            }
+            Phase::Attached(_) | Phase::Detached { .. } => {
+                Self::buffer(&mut st.ring, st.written, frame, origin)
+            }
+        }
+    }
+
+    /// Buffers a frame for a connection that is gone or closing: only if it fits once written
+    /// frames make room (an unwritten frame is never dropped).
+    fn buffer(
+        ring: &mut Ring,
+        written: u64,
+        frame: &str,
+        origin: Origin,
+    ) -> Result<u64, PushError> {
+        // The stamped frame is a few bytes longer; the bound is approximate by that much.
+        if !ring.fits(frame.len(), written) {
+            return Err(PushError::Full);
+        }
+        let n = Self::append(ring, frame, origin)?;
+        let dropped = ring.trim(written);
+        if dropped > 0 {
+            metrics::counter!("signal_resume_buffer_drops_total").increment(dropped as u64);
+        }
+        Ok(n)
+    }
+
+    fn append(ring: &mut Ring, frame: &str, origin: Origin) -> Result<u64, PushError> {
+        let stamped = stamp_frame_number(frame, ring.next_n()).ok_or(PushError::Closed)?;
+        Ok(ring.push(stamped.into(), origin))
+    }
+
+    /// Attaches a new connection to a fresh session (after its Welcome).
+    pub fn attach_fresh(&self, conn: u64, closer: Closer) {
+        let mut st = self.lock();
+        if matches!(st.phase, Phase::Ended) {
+            drop(st);
+            closer.close(CLOSE_REPLACED, "session ended");
+            return;
+        }
+        let cursor = st.written;
+        let unwritten_bytes = st.ring.after(cursor).map(|e| e.frame.len()).sum();
+        st.phase = Phase::Attached(Attachment {
+            conn,
+            closer,
+            cursor,
+            unwritten_bytes,
+        });
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Checks a resume: `token` must be this session's and every frame after `last` buffered.
+    pub fn check_resume(&self, token: &str, last: u64) -> Result<(), Refusal> {
+        let st = self.lock();
+        if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
+            return Err(Refusal::NotFound);
+        }
+        Self::check(&st, token, last)
+    }
+
+    fn check(st: &State, token: &str, last: u64) -> Result<(), Refusal> {
+        if !bool::from(st.token.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(Refusal::Token);
+        }
+        if last > st.ring.last_n() {
+            return Err(Refusal::Ahead);
+        }
+        if last + 1 < st.ring.first_n() {
+            return Err(Refusal::Gap);
+        }
+        Ok(())
+    }
+
+    /// Resumes on this node: checks, closes the old connection (4409) if still attached, and
+    /// attaches the new one so that its writer starts after `last`. Returns how many frames
+    /// will be replayed.
+    pub fn resume_here(
+        &self,
+        token: &str,
+        last: u64,
+        conn: u64,
+        closer: Closer,
+    ) -> Result<u64, Refusal> {
+        let mut st = self.lock();
+        if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
+            return Err(Refusal::NotFound);
+        }
+        Self::check(&st, token, last)?;
+        if let Phase::Attached(a) = &st.phase {
+            a.closer
+                .close(CLOSE_REPLACED, "replaced by a newer connection");
+        }
+        st.acked = st.acked.max(last);
+        st.ring.ack(last);
+        st.written = st.written.max(last);
+        let replay = st.ring.last_n() - last;
+        let unwritten_bytes = st.ring.bytes();
+        st.phase = Phase::Attached(Attachment {
+            conn,
+            closer,
+            cursor: last,
+            unwritten_bytes,
+        });
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(replay)
+    }
+
+    /// Hands the session over to another node: checks, closes the connection (4409) if one is
+    /// attached, returns the frames after `last` and ends the session here without notifying
+    /// anyone (it lives on elsewhere).
+    pub fn hand_over(&self, token: &str, last: u64) -> Result<Handover, Refusal> {
+        let mut st = self.lock();
+        if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
+            return Err(Refusal::NotFound);
+        }
+        Self::check(&st, token, last)?;
+        if let Phase::Attached(a) = &st.phase {
+            a.closer.close(CLOSE_REPLACED, "resumed on another node");
+        }
+        let frames: Vec<Entry> = st.ring.after(last).cloned().collect();
+        let next_n = st.ring.next_n();
+        st.ring.drain_all();
+        st.phase = Phase::Ended;
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(Handover { next_n, frames })
+    }
+
+    /// Installs a session being taken over and attaches the connection. `Some`: continue the
+    /// numbering with the handed frames (after the client's `last`); `None` (the resume
+    /// failed), or a handover whose numbers do not follow on: a fresh stream from 1. Frames
+    /// that arrived meanwhile are numbered after the handed ones. Returns whether the session
+    /// was resumed and how many frames the writer will send before new ones.
+    pub fn install(
+        &self,
+        handover: Option<(Handover, u64, String)>,
+        conn: u64,
+        closer: Closer,
+    ) -> (bool, u64) {
+        let limits = self.inner.limits.ring;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let early = match std::mem::replace(&mut st.phase, Phase::Ended) {
+            Phase::Installing { early, .. } => early,
+            other => {
+                st.phase = other;
+                return (false, 0);
+            }
+        };
+        let mut cursor = 0;
+        let mut resumed = false;
+        if let Some((h, last, token)) = handover {
+            let first = h.frames.first().map_or(h.next_n, |e| e.n);
+            let mut ring = Ring::new(first, limits);
+            let follows = first == last + 1
+                && h.frames.into_iter().all(|e| ring.push_numbered(e))
+                && ring.next_n() == h.next_n;
+            if follows {
+                st.token = token;
+                st.ring = ring;
+                st.written = last;
+                st.acked = last;
+                cursor = last;
+                resumed = true;
+            } else {
+                tracing::warn!(user = %self.inner.user, "handed-over frames do not follow on: fresh session");
+            }
+        }
+        for (frame, origin) in early {
+            // `early` had the same bounds as the ring.
+            let _ = Self::append(&mut st.ring, frame.as_str(), origin);
+        }
+        let replay = st.ring.last_n() - cursor;
+        let unwritten_bytes = st.ring.bytes();
+        st.phase = Phase::Attached(Attachment {
+            conn,
+            closer,
+            cursor,
+            unwritten_bytes,
+        });
+        self.inner.wake.notify_one();
+        (resumed, replay)
+    }
+
+    /// A cumulative acknowledgement. `Err` if `n` is above the last frame sent.
+    pub fn ack(&self, n: u64) -> Result<(), u64> {
+        let mut st = self.lock();
+        if n > st.ring.last_n() {
+            return Err(st.ring.last_n());
+        }
+        if n > st.acked {
+            st.acked = n;
+            st.ring.ack(n);
+        }
+        Ok(())
+    }
+
+    /// The writer of connection `conn`: records that every frame up to `written` reached the
+    /// socket, then waits for the next frame. `None` once the connection is no longer the
+    /// session's (closed, resumed elsewhere, ended). Cancel-safe.
+    pub async fn next_frame(&self, conn: u64, written: u64) -> Option<(u64, Utf8Bytes)> {
+        loop {
+            let notified = self.inner.wake.notified();
+            match self.try_next_frame(conn, written) {
+                Next::Frame(n, f) => return Some((n, f)),
+                Next::Gone => return None,
+                Next::Wait => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// Like [`Session::next_frame`] without waiting (flushing before a close).
+    pub fn try_next_frame(&self, conn: u64, written: u64) -> Next {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Phase::Attached(a) = &mut st.phase else {
+            return Next::Gone;
+        };
+        if a.conn != conn {
+            return Next::Gone;
+        }
+        st.written = st.written.max(written);
+        let next = a.cursor + 1;
+        match st.ring.get(next) {
+            Some(e) => {
+                a.cursor = next;
+                a.unwritten_bytes = a.unwritten_bytes.saturating_sub(e.frame.len());
+                Next::Frame(next, e.frame.clone())
+            }
+            None if next <= st.ring.last_n() => {
+                // Dropped while unwritten (cannot happen: the bounds close a slow reader
+                // first); skip rather than stall.
+                a.cursor = st.ring.first_n().saturating_sub(1).max(next);
+                Next::Wait
+            }
+            None => Next::Wait,
+        }
+    }
+
+    /// The connection `conn` ended. `keep`: the session is kept for the resume window.
+    pub fn detach(&self, conn: u64, keep: bool, written: u64) -> Detached {
+        let mut st = self.lock();
+        match &st.phase {
+            Phase::Attached(a) if a.conn == conn => {}
+            _ => return Detached::Gone,
+        }
+        st.written = st.written.max(written);
+        if keep {
+            st.phase = Phase::Detached {
+                since: Instant::now(),
+            };
+            Detached::Kept
+        } else {
+            Detached::End
+        }
+    }
+
+    /// Ends the session; returns the ROAP frames never written to a connection (their senders
+    /// are owed OFFLINE). Idempotent: a second call returns nothing.
+    pub fn end(&self) -> Vec<Entry> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let early = match std::mem::replace(&mut st.phase, Phase::Ended) {
+            Phase::Ended => return Vec::new(),
+            Phase::Attached(a) => {
+                a.closer.close(CLOSE_REPLACED, "session ended");
+                Vec::new()
+            }
+            Phase::Installing { early, .. } => early,
+            Phase::Detached { .. } => Vec::new(),
+        };
+        let written = st.written;
+        let mut owed: Vec<Entry> = st
+            .ring
+            .drain_all()
+            .into_iter()
+            .filter(|e| e.n > written && matches!(e.origin, Origin::Roap { .. }))
+            .collect();
+        owed.extend(
+            early
+                .into_iter()
+                .filter(|(_, o)| matches!(o, Origin::Roap { .. }))
+                .map(|(frame, origin)| Entry {
+                    n: 0,
+                    frame,
+                    origin,
+                }),
+        );
+        self.inner.wake.notify_one();
+        owed
+    }
+
+    /// (frames buffered, bytes buffered, last number) for tests and `/readyz`.
+    pub fn stats(&self) -> (usize, usize, u64) {
+        let st = self.lock();
+        (st.ring.len(), st.ring.bytes(), st.ring.last_n())
+    }
+}
+
+/// What [`Session::try_next_frame`] found.
+#[derive(Debug)]
+pub enum Next {
+    Frame(u64, Utf8Bytes),
+    Wait,
+    Gone,
+}
+
+#[cfg(test)]
+mod tests;

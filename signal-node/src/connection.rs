@@ -99,11 +99,27 @@ struct Reader {
 impl Reader {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
         let idle = self.node.config().idle_timeout;
+        // Once the node closes a connection whose session is kept (1012, 1013), frames the
+        // client sent before it saw the close are still read and routed, until its close
+        // reply (at most CLOSE_GRACE): they are not numbered, nothing else would resend them.
+        let mut closing: Option<Instant> = None;
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.closer.closed() => return,
-                next = tokio::time::timeout(idle, stream.next()) => next,
+            let next = match closing {
+                Some(until) => match tokio::time::timeout_at(until.into(), stream.next()).await {
+                    Ok(Some(next)) => Ok(Some(next)),
+                    Ok(None) | Err(_) => return,
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = self.closer.closed() => {
+                        if !self.closer.reason().is_some_and(|r| r.keeps_session()) {
+                            return;
+                        }
+                        closing = Some(Instant::now() + CLOSE_GRACE);
+                        continue;
+                    }
+                    next = tokio::time::timeout(idle, stream.next()) => next,
+                },
             };
             match next {
                 Err(_) => {

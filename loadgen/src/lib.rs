@@ -208,7 +208,7 @@ async fn drive(
     }
     progress.set_connected(recorder.live().open().max(0) as u64, 0);
     progress.finish();
-    tracing::debug!(
+    tracing::info!(
         open = recorder.live().open(),
         "ramp-up done, starting the schedule"
     );

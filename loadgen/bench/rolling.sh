@@ -73,7 +73,7 @@ start_node 0
 start_node 1
 
 echo "== rolling: loadgen --central http://127.0.0.1:$CENTRAL_HTTP --scenario rolling --pairs $PAIRS --rate $RATE --duration $DURATION --warmup $WARMUP (nodes restarted by SIGTERM, --drain-ms $DRAIN_MS)" \
-    | tee "$OUT/rolling.txt"
+    > "$OUT/rolling.txt"
 LOADGEN_NO_PROGRESS=1 "$BIN/loadgen" --central "http://127.0.0.1:$CENTRAL_HTTP" --scenario rolling \
     --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
     --json "$OUT/rolling.json" >> "$OUT/rolling.txt" 2> "$OUT/rolling-loadgen.log" &
@@ -88,11 +88,11 @@ done
 sleep "$((WARMUP + 2))"
 for i in 0 1; do
     began=$(date +%s.%N)
-    echo "rolling: SIGTERM node-$((i + 1))" | tee -a "$OUT/rolling.txt"
+    echo "rolling: SIGTERM node-$((i + 1))" >> "$OUT/rolling.txt"
     kill -TERM "${NODE_PID[$i]}"
-    wait "${NODE_PID[$i]}" || echo "node-$((i + 1)) exited with $?" | tee -a "$OUT/rolling.txt"
+    wait "${NODE_PID[$i]}" || echo "node-$((i + 1)) exited with $?" >> "$OUT/rolling.txt"
     start_node "$i"
-    echo "rolling: node-$((i + 1)) back after $(echo "$(date +%s.%N) - $began" | bc) s" | tee -a "$OUT/rolling.txt"
+    echo "rolling: node-$((i + 1)) back after $(echo "$(date +%s.%N) - $began" | bc) s" >> "$OUT/rolling.txt"
     sleep "$PAUSE"
 done
 wait "$LG"

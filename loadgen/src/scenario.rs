@@ -468,29 +468,35 @@ impl Pair {
         Ok((route, started, answered, done))
     }
 
+    /// Sends `msgs` on `who`'s connection. A connection found lost (or failing the write) is
+    /// resumed first and the frames sent on the new one (once: a write that failed did not
+    /// reach the node, client frames have no numbers to resend by).
     async fn send(&mut self, who: Who, msgs: &[Message]) -> Result<(), Failure> {
         let timeout = self.shared.timeout;
-        if self.side(who).conn.is_none() {
-            // Lost between two steps: resume first (the session kept what was sent to us).
-            self.reconnect_lost(Instant::now() + timeout).await;
-        }
-        let side = self.side(who);
-        let conn = side.conn.as_mut().ok_or(Failure::ConnectionLost)?;
-        let sent = tokio::time::timeout(timeout, async {
-            for m in msgs {
-                conn.feed(m).await?;
+        for attempt in 0..2 {
+            if self.side(who).conn.is_none() {
+                // Lost between two steps: resume first (the session kept what was sent to us).
+                self.reconnect_lost(Instant::now() + timeout).await;
             }
-            conn.flush().await
-        })
-        .await;
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => {
-                self.lost(who, None);
-                Err(Failure::ConnectionLost)
+            let side = self.side(who);
+            let conn = side.conn.as_mut().ok_or(Failure::ConnectionLost)?;
+            let sent = tokio::time::timeout(timeout, async {
+                for m in msgs {
+                    conn.feed(m).await?;
+                }
+                conn.flush().await
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    tracing::debug!(user = %side.user, attempt, error = %e, "send failed");
+                    self.lost(who, None);
+                }
+                Err(_) => return Err(Failure::Timeout),
             }
-            Err(_) => Err(Failure::Timeout),
         }
+        Err(Failure::ConnectionLost)
     }
 
     /// Waits for the next frame of call `sid` on `who`'s connection, which must be `want`;

@@ -544,5 +544,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--scenario reconnect"), "{e}");
+        let e = args(&["--node", "ws://x:1/ws", "--scenario", "rolling"])
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--scenario rolling"), "{e}");
+        let e = args(&["--embedded", "--roll-pause", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--roll-pause"), "{e}");
+        let c = args(&["--central", "http://x:1", "--scenario", "rolling"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.roll_pause, Duration::from_secs(1));
     }
 }

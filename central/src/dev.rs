@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_node::origin::AllowedOrigins;
 use signal_node::{Directory, DirectoryConfig, NodeError};
 use signal_proto::NodeId;
 use tokio::net::TcpListener;
@@ -77,6 +78,13 @@ impl DevNodes {
         self.lock().push((id, stop));
     }
 
+    /// The restarted node `i` answers to `stop` now.
+    fn replace(&self, i: usize, stop: CancellationToken) {
+        if let Some(entry) = self.lock().get_mut(i) {
+            entry.1 = stop;
+        }
+    }
+
     /// Starts the graceful drain of node `i` (in start order). `false` if there is no such
     /// node. Draining a node twice is harmless.
     pub fn drain_index(&self, i: usize) -> bool {
@@ -117,6 +125,20 @@ pub struct DevCluster {
     control: DevNodes,
     /// Cancelled when the whole cluster stops (see `signal_node::Config::handover_stop`).
     handover_stop: CancellationToken,
+    /// What starting a node takes (kept for [`DevCluster::restart_node`]).
+    node_base: NodeBase,
+}
+
+/// The parts of the nodes' configuration shared by all of them.
+#[derive(Clone)]
+struct NodeBase {
+    opts: DevOptions,
+    grpc: SocketAddr,
+    secret: String,
+    metrics: Option<PrometheusHandle>,
+    directory: Directory,
+    allowed_origins: AllowedOrigins,
+    handover_stop: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, CentralError> {
@@ -154,6 +176,16 @@ impl DevCluster {
             control.clone(),
             stop.clone().cancelled_owned(),
         ));
+        let handover_stop = CancellationToken::new();
+        let node_base = NodeBase {
+            opts: opts.clone(),
+            grpc,
+            secret: config.secret.clone(),
+            metrics: config.metrics.clone(),
+            directory: Directory::memory(),
+            allowed_origins: config.allowed_origins.clone(),
+            handover_stop: handover_stop.clone(),
+        };
         let mut cluster = DevCluster {
             http,
             grpc,
@@ -162,47 +194,48 @@ impl DevCluster {
             central: Some(central),
             nodes: Vec::new(),
             control: control.clone(),
-            handover_stop: CancellationToken::new(),
+            handover_stop: handover_stop.clone(),
+            node_base,
         };
-        let directory = Directory::memory();
         for i in 0..opts.nodes {
-            let id = format!("node-{}", i + 1);
-            let node_id = NodeId::new(id.clone())
-                .map_err(|e| CentralError::Config(format!("node id {id:?} {e}")))?;
-            let mut nc = signal_node::Config::dev(&id);
-            nc.central = Some(format!("http://{grpc}"));
-            nc.directory = DirectoryConfig::Memory(directory.clone());
-            nc.secret = Some(config.secret.clone());
-            nc.dev_auth = true;
-            nc.allowed_origins = config.allowed_origins.clone();
-            nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);
-            nc.drain = opts.node_drain;
-            nc.handover_stop = Some(cluster.handover_stop.clone());
-            nc.metrics = config.metrics.clone();
-            let node_listeners = signal_node::Listeners {
-                http: bind(SocketAddr::new(opts.node_host, 0), "node http").await?,
-                grpc: bind(SocketAddr::new(opts.node_host, 0), "node grpc").await?,
-            };
-            let ws_url = format!("ws://{}/ws", node_listeners.http.local_addr()?);
-            let grpc_url = format!("http://{}", node_listeners.grpc.local_addr()?);
-            let node_stop = CancellationToken::new();
-            let task = tokio::spawn(signal_node::run(
-                nc,
-                node_listeners,
-                node_stop.clone().cancelled_owned(),
-            ));
-            control.add(node_id.clone(), node_stop.clone());
-            cluster.nodes.push(DevNode {
-                id: node_id,
-                ws_url,
-                grpc_url,
-                stop: node_stop,
-                task: Some(task),
-            });
+            let node = cluster.node_base.start(i).await?;
+            control.add(node.id.clone(), node.stop.clone());
+            cluster.nodes.push(node);
         }
         cluster.wait_registered().await?;
         tracing::info!(central = %cluster.central_url(), nodes = ?cluster.node_ws_urls(), "dev cluster up");
         Ok(cluster)
+    }
+
+    /// Restarts node `i` as a rolling restart does: drains it (its clients get 1012 and
+    /// resume elsewhere), waits until it has stopped (it serves the takeover of its sessions
+    /// until they are resumed or their window ends), starts it again with the same id (on new
+    /// ports) and waits until it has registered.
+    pub async fn restart_node(&mut self, i: usize) -> Result<(), CentralError> {
+        let node = self
+            .nodes
+            .get_mut(i)
+            .ok_or_else(|| CentralError::Config(format!("there is no node {i}")))?;
+        node.stop.cancel();
+        if let Some(task) = node.task.take() {
+            match tokio::time::timeout(STOP_WAIT, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(node = %node.id, error = %e, "node stopped with an error")
+                }
+                Ok(Err(e)) => return Err(CentralError::Task(e.to_string())),
+                Err(_) => {
+                    return Err(CentralError::Node {
+                        node: node.id.to_string(),
+                        message: "did not stop in time".into(),
+                    })
+                }
+            }
+        }
+        let fresh = self.node_base.start(i).await?;
+        self.control.replace(i, fresh.stop.clone());
+        self.nodes[i] = fresh;
+        self.wait_registered().await
     }
 
     async fn wait_registered(&mut self) -> Result<(), CentralError> {
@@ -315,6 +348,45 @@ impl DevCluster {
             }
         }
         result
+    }
+}
+
+impl NodeBase {
+    /// Starts node `i` (`node-{i+1}`) on new ports.
+    async fn start(&self, i: usize) -> Result<DevNode, CentralError> {
+        let opts = &self.opts;
+        let id = format!("node-{}", i + 1);
+        let node_id = NodeId::new(id.clone())
+            .map_err(|e| CentralError::Config(format!("node id {id:?} {e}")))?;
+        let mut nc = signal_node::Config::dev(&id);
+        nc.central = Some(format!("http://{}", self.grpc));
+        nc.directory = DirectoryConfig::Memory(self.directory.clone());
+        nc.secret = Some(self.secret.clone());
+        nc.dev_auth = true;
+        nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);
+        nc.drain = opts.node_drain;
+        nc.allowed_origins = self.allowed_origins.clone();
+        nc.handover_stop = Some(self.handover_stop.clone());
+        nc.metrics = self.metrics.clone();
+        let node_listeners = signal_node::Listeners {
+            http: bind(SocketAddr::new(opts.node_host, 0), "node http").await?,
+            grpc: bind(SocketAddr::new(opts.node_host, 0), "node grpc").await?,
+        };
+        let ws_url = format!("ws://{}/ws", node_listeners.http.local_addr()?);
+        let grpc_url = format!("http://{}", node_listeners.grpc.local_addr()?);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(signal_node::run(
+            nc,
+            node_listeners,
+            stop.clone().cancelled_owned(),
+        ));
+        Ok(DevNode {
+            id: node_id,
+            ws_url,
+            grpc_url,
+            stop,
+            task: Some(task),
+        })
     }
 }
 

@@ -164,32 +164,46 @@ impl Connector {
     }
 
     /// Logs `user` in and opens its WebSocket (`slot` picks the node with `--node`), waiting
-    /// for the Welcome. At most `--connect-concurrency` of these run at once.
-    pub async fn connect(&self, user: &UserId, slot: usize) -> anyhow::Result<Conn> {
+    /// for the Welcome; `resume` (session token, last frame number seen) asks to continue a
+    /// session. At most `--connect-concurrency` of these run at once.
+    pub async fn connect(
+        &self,
+        user: &UserId,
+        slot: usize,
+        resume: Option<(&str, u64)>,
+    ) -> anyhow::Result<Conn> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| anyhow!("connector closed"))?;
         let started = Instant::now();
-        tokio::time::timeout(self.timeout, self.connect_inner(user, slot, started))
-            .await
-            .map_err(|_| anyhow!("no Welcome within {:?}", self.timeout))?
+        tokio::time::timeout(
+            self.timeout,
+            self.connect_inner(user, slot, resume, started),
+        )
+        .await
+        .map_err(|_| anyhow!("no Welcome within {:?}", self.timeout))?
     }
 
     async fn connect_inner(
         &self,
         user: &UserId,
         slot: usize,
+        resume: Option<(&str, u64)>,
         started: Instant,
     ) -> anyhow::Result<Conn> {
-        let url = match &self.access {
+        let mut url = match &self.access {
             Access::Nodes(urls) => with_query(&urls[slot % urls.len()], "user", user.as_str()),
             Access::Central { url, jwt } => {
                 let ep = self.login(url, jwt.as_ref(), user).await?;
                 with_query(&ep.url, "token", &ep.token)
             }
         };
+        if let Some((session, last)) = resume {
+            url = with_query(&url, "resume", session);
+            url = with_query(&url, "last", &last.to_string());
+        }
         let stream = self.dial(&url).await?;
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
@@ -200,10 +214,10 @@ impl Connector {
                     }
                     e => anyhow!("WebSocket handshake: {e}"),
                 })?;
-        let node = loop {
+        let welcome = loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Text(t))) => match Message::parse(t.as_str()) {
-                    Ok(Message::Welcome(w)) => break w.node.into_string(),
+                    Ok(Message::Welcome(w)) => break w,
                     Ok(other) => bail!("first frame was {} instead of Welcome", other.kind()),
                     Err(e) => bail!("first frame unreadable: {}", e.error),
                 },
@@ -218,7 +232,9 @@ impl Connector {
         Ok(Conn {
             ws,
             user: user.clone(),
-            node,
+            node: welcome.node.into_string(),
+            session: welcome.session,
+            resumed: welcome.resumed.unwrap_or(false),
             took: started.elapsed(),
         })
     }
@@ -307,6 +323,10 @@ pub struct Conn {
     pub user: UserId,
     /// The node that sent the Welcome.
     pub node: String,
+    /// The Welcome's session token (`None` from a node without sessions).
+    pub session: Option<String>,
+    /// Whether the Welcome continued the session asked for.
+    pub resumed: bool,
     /// Login + upgrade + Welcome.
     pub took: Duration,
 }
@@ -353,6 +373,12 @@ impl Conn {
                 Some(Err(_)) | None => Frame::Closed(None),
             };
         }
+    }
+
+    /// Acknowledges every frame up to `n` (contract section 5).
+    pub async fn ack(&mut self, n: u64) -> anyhow::Result<()> {
+        self.send(&Message::Ack(signal_proto::roap::Ack { n }))
+            .await
     }
 
     /// Logs out: a normal close, waiting briefly for the node's close reply.

@@ -29,6 +29,10 @@ pub enum Scenario {
     Churn,
     /// Call setups while one node drains mid-run (embedded only): its users reconnect.
     Reconnect,
+    /// Call setups while every node is drained and restarted, one after the other (with
+    /// --embedded loadgen restarts them; with --central the restarts come from outside, e.g.
+    /// loadgen/bench/rolling.sh): users resume their sessions, no setup may fail.
+    Rolling,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -151,6 +155,8 @@ pub struct Config {
     pub drain_node: usize,
     /// Drain window of the embedded nodes (how long a drain spreads its closes over).
     pub drain_window: Duration,
+    /// Rolling scenario: pause after a node is back before the next one is drained.
+    pub roll_pause: Duration,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
     pub json: Option<PathBuf>,
@@ -182,6 +188,7 @@ impl Config {
             churn_rate: 0.0,
             drain_node: 0,
             drain_window: Duration::from_secs(2),
+            roll_pause: Duration::from_secs(1),
             user_prefix: "lg".to_owned(),
             json: None,
             plot: None,
@@ -299,6 +306,10 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_DRAIN_WINDOW", value_name = "SECONDS", default_value = "2", value_parser = parse_secs)]
     pub drain_window: Duration,
 
+    /// Rolling scenario: seconds between a node being back and the drain of the next one.
+    #[arg(long, env = "LOADGEN_ROLL_PAUSE", value_name = "SECONDS", default_value = "1", value_parser = parse_secs)]
+    pub roll_pause: Duration,
+
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
     pub user_prefix: String,
@@ -347,6 +358,14 @@ impl Args {
                 bail!("--embedded-nodes must be at least 2 for --scenario reconnect");
             }
         }
+        if self.scenario == Scenario::Rolling {
+            if matches!(target, Target::Nodes(_)) {
+                bail!("--scenario rolling needs --embedded or --central (users go back to central for a new node)");
+            }
+            if target == Target::Embedded && self.embedded_nodes < 2 {
+                bail!("--embedded-nodes must be at least 2 for --scenario rolling");
+            }
+        }
         if self.scenario == Scenario::Churn && self.churn_rate <= 0.0 {
             bail!("--churn-rate must be above 0 for --scenario churn");
         }
@@ -382,6 +401,7 @@ impl Args {
             },
             drain_node: self.drain_node,
             drain_window: self.drain_window,
+            roll_pause: self.roll_pause,
             user_prefix: self.user_prefix,
             json: self.json,
             plot: self.plot,
@@ -550,5 +570,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--scenario reconnect"), "{e}");
+        let e = args(&["--node", "ws://x:1/ws", "--scenario", "rolling"])
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--scenario rolling"), "{e}");
+        let e = args(&["--embedded", "--roll-pause", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--roll-pause"), "{e}");
+        let c = args(&["--central", "http://x:1", "--scenario", "rolling"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.roll_pause, Duration::from_secs(1));
     }
 }

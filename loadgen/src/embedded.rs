@@ -49,6 +49,15 @@ impl Embedded {
         Ok(())
     }
 
+    /// Drains node `i`, waits until it has stopped, starts it again (same id) and waits until
+    /// it has registered: one step of a rolling restart.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.cluster
+            .restart_node(i)
+            .await
+            .with_context(|| format!("restarting node {i}"))
+    }
+
     /// Stops the nodes, then central.
     pub async fn shutdown(self) {
         if let Err(e) = self.cluster.shutdown().await {

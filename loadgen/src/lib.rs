@@ -11,6 +11,7 @@ pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod sdp;
+pub mod session;
 pub mod stats;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         ),
         _ => None,
     };
+    let mut cluster = cluster;
     let (target, label) = match (&cluster, &config.target) {
         (Some(c), _) => (
             Target::Central(c.central_url()),
@@ -62,7 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         }
         (None, Target::Embedded) => bail!("embedded cluster missing"),
     };
-    let result = drive(&config, &target, cluster.as_ref()).await;
+    let result = drive(&config, &target, cluster.as_mut()).await;
     if let Some(c) = cluster {
         c.shutdown().await;
     }
@@ -127,7 +129,7 @@ fn run_id() -> String {
 async fn drive(
     config: &Config,
     target: &Target,
-    cluster: Option<&Embedded>,
+    cluster: Option<&mut Embedded>,
 ) -> anyhow::Result<stats::Stats> {
     let recorder = Arc::new(Recorder::new());
     let connector = Connector::new(
@@ -208,7 +210,7 @@ async fn drive(
     }
     progress.set_connected(recorder.live().open().max(0) as u64, 0);
     progress.finish();
-    tracing::debug!(
+    tracing::info!(
         open = recorder.live().open(),
         "ramp-up done, starting the schedule"
     );
@@ -227,6 +229,13 @@ async fn drive(
     let mut helpers = JoinSet::new();
     if config.churn_rate > 0.0 {
         helpers.spawn(churn_users(churn, config.churn_rate, schedule.clone()));
+    }
+    let mut cluster = cluster;
+    if config.scenario == Scenario::Rolling {
+        match cluster.as_deref_mut() {
+            Some(c) => roll(c, config, &schedule, &recorder).await?,
+            None => tracing::info!("--scenario rolling: the nodes are restarted from outside"),
+        }
     }
     if config.scenario == Scenario::Reconnect {
         let c = cluster.context("--scenario reconnect needs --embedded")?;
@@ -259,6 +268,36 @@ async fn drive(
         recorder.record_failure(None, job.due, Failure::NotStarted);
     }
     Ok(recorder.finish())
+}
+
+/// The rolling restart of the embedded cluster: from the end of the warm-up, each node in turn
+/// is drained, waited for until stopped, started again and waited for until registered; then
+/// `--roll-pause` before the next. Nodes not reached before the end of the run are skipped.
+async fn roll(
+    cluster: &mut Embedded,
+    config: &Config,
+    schedule: &Schedule,
+    recorder: &Recorder,
+) -> anyhow::Result<()> {
+    let ids = cluster.node_ids();
+    recorder.roll_planned(ids.len());
+    tokio::time::sleep_until(schedule.warmup_end()).await;
+    for (i, id) in ids.iter().enumerate() {
+        if Instant::now() >= schedule.end() {
+            tracing::warn!(node = %id, "--scenario rolling: the run ended before this node's turn (raise --duration)");
+            break;
+        }
+        tracing::info!(node = %id, "rolling restart: draining");
+        let began = Instant::now();
+        cluster.restart_node(i).await?;
+        let took = began.elapsed();
+        tracing::info!(node = %id, ?took, "rolling restart: node back");
+        recorder.rolled(id, took);
+        if i + 1 < ids.len() {
+            tokio::time::sleep(config.roll_pause).await;
+        }
+    }
+    Ok(())
 }
 
 /// Churn: at `rate` per second, one user of a random pair logs out and in again.

@@ -104,6 +104,38 @@ pub struct ReconnectReport {
     pub reconnect: Latency,
 }
 
+/// The numbered frames of every session (contract section 5), whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SessionReport {
+    /// Numbered frames received (duplicates not included).
+    pub frames: u64,
+    /// Frame numbers skipped (never received).
+    pub lost: u64,
+    /// Frames received twice (dropped).
+    pub duplicated: u64,
+    /// Frames received after a higher number.
+    pub reordered: u64,
+    /// Reconnections that continued their session (`resumed:true`).
+    pub resumed: u64,
+    /// Reconnections that got a new session (`resumed:false`).
+    pub fresh: u64,
+}
+
+/// One node of a rolling restart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolledNode {
+    pub node: String,
+    /// Drain start -> registered again.
+    pub took_ms: f64,
+}
+
+/// The rolling restart (`--scenario rolling` with `--embedded`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollingReport {
+    pub nodes: usize,
+    pub restarted: Vec<RolledNode>,
+}
+
 /// Everything a run measured, as written by `--json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -154,6 +186,8 @@ pub struct Report {
     pub disconnects: u64,
     pub reconnects: u64,
     pub reconnect: Option<ReconnectReport>,
+    pub sessions: SessionReport,
+    pub rolling: Option<RollingReport>,
     pub timeline: Vec<SecondReport>,
 }
 
@@ -207,6 +241,25 @@ impl Report {
             disconnects: stats.disconnects,
             reconnects: stats.reconnects,
             reconnect,
+            sessions: SessionReport {
+                frames: stats.session_frames.frames,
+                lost: stats.session_frames.lost,
+                duplicated: stats.session_frames.duplicated,
+                reordered: stats.session_frames.reordered,
+                resumed: stats.resumed,
+                fresh: stats.fresh,
+            },
+            rolling: (stats.roll_planned > 0).then(|| RollingReport {
+                nodes: stats.roll_planned,
+                restarted: stats
+                    .rolled
+                    .iter()
+                    .map(|(node, took)| RolledNode {
+                        node: node.clone(),
+                        took_ms: ms(*took),
+                    })
+                    .collect(),
+            }),
             timeline: stats
                 .timeline
                 .iter()
@@ -391,6 +444,26 @@ impl fmt::Display for Report {
                 f,
                 "\n  connections lost {}, reconnected {}",
                 self.disconnects, self.reconnects
+            )?;
+        }
+        let s = &self.sessions;
+        writeln!(
+            f,
+            "\n  sessions: {} numbered frames, lost {}, duplicated {}, reordered {}; reconnects resumed {}, fresh {}",
+            s.frames, s.lost, s.duplicated, s.reordered, s.resumed, s.fresh
+        )?;
+        if let Some(r) = &self.rolling {
+            let list: Vec<String> = r
+                .restarted
+                .iter()
+                .map(|n| format!("{} in {:.0} ms", n.node, n.took_ms))
+                .collect();
+            writeln!(
+                f,
+                "  rolling restart: {} of {} nodes restarted ({})",
+                r.restarted.len(),
+                r.nodes,
+                list.join(", ")
             )?;
         }
         if let Some(r) = &self.reconnect {

@@ -1,7 +1,8 @@
 //! What one pair of users does for the whole run: connect (in the ramp-up), then set up calls
 //! as the schedule says — Offer -> Answer -> Ok, K Candidates each way, Shutdown — while
 //! answering the node's pings, logging out and in when churned, and going back to central
-//! when its node drains (close 1012) or the connection is lost.
+//! when its node drains (close 1012) or the connection is lost, resuming its session there
+//! (a call in progress carries on after the resume).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Conn, Connector, Frame, SENT_FIELD};
 use crate::schedule::{Job, Schedule};
 use crate::sdp;
+use crate::session::{self, Seen, Session, Welcomed};
 use crate::stats::{Failure, Recorder, Route};
 
 /// Longest pause between two reconnection attempts.
@@ -77,6 +79,8 @@ struct Side {
     /// When the connection was lost (not by a logout of ours).
     lost_at: Option<Instant>,
     endpoint: sdp::Endpoint,
+    /// The session, kept across reconnections.
+    session: Session,
 }
 
 impl Side {
@@ -113,6 +117,7 @@ impl Pair {
             pending: VecDeque::new(),
             lost_at: None,
             endpoint: sdp::Endpoint::random(),
+            session: Session::default(),
         };
         Pair {
             index,
@@ -148,10 +153,13 @@ impl Pair {
                 .record_failure(route, job.due, Failure::Timeout);
         }
         for who in [Who::A, Who::B] {
-            if let Some(conn) = self.side(who).conn.take() {
+            let side = self.side(who);
+            let counts = side.session.counts;
+            if let Some(conn) = side.conn.take() {
                 self.shared.recorder.disconnected(&conn.node);
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
             }
+            self.shared.recorder.session_counts(counts);
         }
     }
 
@@ -179,7 +187,7 @@ impl Pair {
                         return;
                     }
                 }
-                (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame),
+                (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame).await,
             }
         };
         while let Some(job) = schedule.claim() {
@@ -234,20 +242,50 @@ impl Pair {
                 biased;
                 Some(()) = self.churn.recv() => self.churn_one().await,
                 _ = tokio::time::sleep_until(until - PRECISE_WAIT) => {}
-                (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame),
+                (who, frame) = next_frame(&mut self.a, &mut self.b) => self.idle_frame(who, frame).await,
             }
         }
     }
 
     /// A frame outside a call: a late reply (stale), or a lost connection.
-    fn idle_frame(&mut self, who: Who, frame: Frame) {
+    async fn idle_frame(&mut self, who: Who, frame: Frame) {
         match frame {
             Frame::Msg(m, at) => {
-                self.count_message(&m, at);
-                self.shared.recorder.stale_frame();
+                if self.numbered(who, &m) {
+                    self.count_message(&m, at);
+                    self.shared.recorder.stale_frame();
+                }
+                self.ack(who, false).await;
             }
             Frame::Garbage => self.shared.recorder.stale_frame(),
             Frame::Closed(code) => self.lost(who, code),
+        }
+    }
+
+    /// Checks `m`'s frame number against `who`'s session: `false` for a duplicate (dropped).
+    fn numbered(&mut self, who: Who, m: &Message) -> bool {
+        match session::frame_number(m) {
+            Some(n) => {
+                let side = self.side(who);
+                let seen = side.session.seen(n);
+                if seen == Seen::Duplicate {
+                    tracing::debug!(user = %side.user, n, kind = m.kind(), "duplicate frame");
+                }
+                seen != Seen::Duplicate
+            }
+            None => true,
+        }
+    }
+
+    /// Acknowledges what `who` received, if due (`force`: at the end of a setup). A failed
+    /// send is left to the next read, which sees the connection end.
+    async fn ack(&mut self, who: Who, force: bool) {
+        let side = self.side(who);
+        let (Some(conn), Some(n)) = (side.conn.as_mut(), side.session.ack_due(force)) else {
+            return;
+        };
+        if conn.ack(n).await.is_ok() {
+            side.session.acked(n);
         }
     }
 
@@ -275,11 +313,23 @@ impl Pair {
     async fn connect(&mut self, who: Who, initial: bool) -> anyhow::Result<()> {
         let shared = self.shared.clone();
         let side = self.side(who);
-        match shared.connector.connect(&side.user, side.slot).await {
+        match shared
+            .connector
+            .connect(&side.user, side.slot, side.session.resume())
+            .await
+        {
             Ok(conn) => {
                 shared.recorder.connected(&conn.node, conn.took, initial);
+                let welcomed = side.session.welcomed(conn.session.clone(), conn.resumed);
+                shared.recorder.welcomed(welcomed);
+                if welcomed == Welcomed::Fresh {
+                    tracing::debug!(user = %side.user, node = %conn.node, "resume refused: a new session");
+                }
                 side.conn = Some(conn);
-                side.pending.clear();
+                // Frames already read stay valid when the session continues.
+                if welcomed != Welcomed::Resumed {
+                    side.pending.clear();
+                }
                 if let Some(lost) = side.lost_at.take() {
                     shared.recorder.reconnected(side.user.as_str(), lost);
                 }
@@ -318,10 +368,14 @@ impl Pair {
         self.churn_flip = !self.churn_flip;
         let who = if self.churn_flip { Who::A } else { Who::B };
         let recorder = self.shared.recorder.clone();
-        if let Some(conn) = self.side(who).conn.take() {
+        let side = self.side(who);
+        if let Some(conn) = side.conn.take() {
             recorder.disconnected(&conn.node);
             recorder.churn_logout();
             conn.close().await;
+            // A logout ends the session: the next login starts a new one.
+            recorder.session_counts(side.session.counts);
+            side.session = Session::default();
         }
         if self.connect(who, false).await.is_ok() {
             recorder.churn_login();
@@ -409,28 +463,40 @@ impl Pair {
         });
         self.send(Who::A, &[bye]).await?;
         self.expect(Who::B, Want::Shutdown, &sid).await?;
+        self.ack(Who::A, true).await;
+        self.ack(Who::B, true).await;
         Ok((route, started, answered, done))
     }
 
+    /// Sends `msgs` on `who`'s connection. A connection found lost (or failing the write) is
+    /// resumed first and the frames sent on the new one (once: a write that failed did not
+    /// reach the node, client frames have no numbers to resend by).
     async fn send(&mut self, who: Who, msgs: &[Message]) -> Result<(), Failure> {
         let timeout = self.shared.timeout;
-        let side = self.side(who);
-        let conn = side.conn.as_mut().ok_or(Failure::ConnectionLost)?;
-        let sent = tokio::time::timeout(timeout, async {
-            for m in msgs {
-                conn.feed(m).await?;
+        for attempt in 0..2 {
+            if self.side(who).conn.is_none() {
+                // Lost between two steps: resume first (the session kept what was sent to us).
+                self.reconnect_lost(Instant::now() + timeout).await;
             }
-            conn.flush().await
-        })
-        .await;
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => {
-                self.lost(who, None);
-                Err(Failure::ConnectionLost)
+            let side = self.side(who);
+            let conn = side.conn.as_mut().ok_or(Failure::ConnectionLost)?;
+            let sent = tokio::time::timeout(timeout, async {
+                for m in msgs {
+                    conn.feed(m).await?;
+                }
+                conn.flush().await
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    tracing::debug!(user = %side.user, attempt, error = %e, "send failed");
+                    self.lost(who, None);
+                }
+                Err(_) => return Err(Failure::Timeout),
             }
-            Err(_) => Err(Failure::Timeout),
         }
+        Err(Failure::ConnectionLost)
     }
 
     /// Waits for the next frame of call `sid` on `who`'s connection, which must be `want`;
@@ -467,8 +533,15 @@ impl Pair {
             let next =
                 tokio::time::timeout_at(deadline, next_frame(&mut self.a, &mut self.b)).await;
             match next {
-                Err(_) => return Err(Failure::Timeout),
+                Err(_) => {
+                    let side = self.side(who);
+                    tracing::debug!(user = %side.user, node = ?side.node(), ?want, %sid, "call step timed out");
+                    return Err(Failure::Timeout);
+                }
                 Ok((from, Frame::Msg(m, at))) => {
+                    if !self.numbered(from, &m) {
+                        continue;
+                    }
                     self.count_message(&m, at);
                     let side = self.side(from);
                     if side.pending.len() >= MAX_PENDING {
@@ -476,11 +549,17 @@ impl Pair {
                         recorder.stale_frame();
                     }
                     side.pending.push_back((m, at));
+                    self.ack(from, false).await;
                 }
                 Ok((_, Frame::Garbage)) => recorder.stale_frame(),
                 Ok((from, Frame::Closed(code))) => {
                     self.lost(from, code);
-                    return Err(Failure::ConnectionLost);
+                    // Resume right away: the session kept (and buffers) what is sent to this
+                    // user meanwhile, so the call carries on.
+                    self.reconnect_lost(deadline).await;
+                    if self.side(from).conn.is_none() {
+                        return Err(Failure::ConnectionLost);
+                    }
                 }
             }
         }

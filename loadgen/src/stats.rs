@@ -180,6 +180,14 @@ pub struct Stats {
     pub disconnects: u64,
     pub reconnects: u64,
     pub drain: Option<DrainStats>,
+    /// Numbered frames of all sessions (whole run): received, missing, seen twice, late.
+    pub session_frames: crate::session::Counts,
+    /// Reconnections that continued the session (`resumed:true`) or started a new one.
+    pub resumed: u64,
+    pub fresh: u64,
+    /// The rolling restart: nodes planned, and each node restarted with how long it took.
+    pub roll_planned: usize,
+    pub rolled: Vec<(String, Duration)>,
 }
 
 impl Stats {
@@ -207,6 +215,11 @@ impl Stats {
             disconnects: 0,
             reconnects: 0,
             drain: None,
+            session_frames: crate::session::Counts::default(),
+            resumed: 0,
+            fresh: 0,
+            roll_planned: 0,
+            rolled: Vec::new(),
         }
     }
 
@@ -540,6 +553,37 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// A user's session ended (or the run did): its frame counters.
+    pub fn session_counts(&self, c: crate::session::Counts) {
+        let mut s = lock(&self.stats);
+        let t = &mut s.session_frames;
+        t.frames += c.frames;
+        t.lost += c.lost;
+        t.duplicated += c.duplicated;
+        t.reordered += c.reordered;
+    }
+
+    /// What a (re)connection's Welcome said about the session.
+    pub fn welcomed(&self, w: crate::session::Welcomed) {
+        use crate::session::Welcomed;
+        let mut s = lock(&self.stats);
+        match w {
+            Welcomed::First => {}
+            Welcomed::Resumed => s.resumed += 1,
+            Welcomed::Fresh => s.fresh += 1,
+        }
+    }
+
+    /// The rolling restart will restart `n` nodes.
+    pub fn roll_planned(&self, n: usize) {
+        lock(&self.stats).roll_planned = n;
+    }
+
+    /// Node `node` was drained and is back (registered again) after `took`.
+    pub fn rolled(&self, node: &str, took: Duration) {
+        lock(&self.stats).rolled.push((node.to_owned(), took));
     }
 
     /// Takes what was measured.

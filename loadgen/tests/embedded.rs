@@ -1,5 +1,6 @@
 //! loadgen's `run` against an embedded cluster (`central::dev::DevCluster`: central + 2 real
-//! nodes on loopback, real gRPC): the setup, JWT login, churn and mass-reconnect scenarios.
+//! nodes on loopback, real gRPC): the setup, JWT login, churn, mass-reconnect and rolling
+//! restart scenarios.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -109,4 +110,32 @@ async fn draining_a_node_sends_its_users_back_through_central() {
     assert!(report.setups > 0, "{report}");
     let last = report.timeline.iter().rev().find(|s| s.setups > 0).unwrap();
     assert!(last.setups > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_fails_no_setup_and_loses_no_frame() {
+    let mut config = small();
+    config.scenario = Scenario::Rolling;
+    config.pairs = 10;
+    config.rate = 20.0;
+    // node-1: drain (0.5 s) + restart, pause, node-2: the same; all within the run.
+    config.duration = Duration::from_secs(5);
+    config.drain_window = Duration::from_millis(500);
+    config.roll_pause = Duration::from_millis(300);
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    let roll = report.rolling.clone().expect("rolling figures");
+    assert_eq!(roll.nodes, 2, "{report}");
+    let restarted: Vec<&str> = roll.restarted.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(restarted, ["node-1", "node-2"], "{report}");
+    assert!(report.setups > 0, "{report}");
+    assert_eq!(report.failed_setups(), 0, "{report}");
+    let s = &report.sessions;
+    assert!(s.frames > 0, "{report}");
+    assert_eq!(s.lost, 0, "{report}");
+    assert_eq!(s.duplicated, 0, "{report}");
+    assert_eq!(s.reordered, 0, "{report}");
+    // Every user was on one of the two nodes: each reconnected at least once, resuming.
+    assert!(s.resumed >= 20, "{report}");
+    assert_eq!(s.fresh, 0, "{report}");
 }

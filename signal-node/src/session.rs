@@ -545,18 +545,15 @@ impl Session {
             return Next::Gone;
         }
         st.written = st.written.max(written);
+        // Frames below the ring's start were dropped while unwritten (cannot happen: the
+        // bounds close a slow reader first); skip them rather than stall.
+        a.cursor = a.cursor.max(st.ring.first_n().saturating_sub(1));
         let next = a.cursor + 1;
         match st.ring.get(next) {
             Some(e) => {
                 a.cursor = next;
                 a.unwritten_bytes = a.unwritten_bytes.saturating_sub(e.frame.len());
                 Next::Frame(next, e.frame.clone())
-            }
-            None if next <= st.ring.last_n() => {
-                // Dropped while unwritten (cannot happen: the bounds close a slow reader
-                // first); skip rather than stall.
-                a.cursor = st.ring.first_n().saturating_sub(1).max(next);
-                Next::Wait
             }
             None => Next::Wait,
         }

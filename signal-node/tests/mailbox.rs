@@ -138,7 +138,7 @@ async fn unacknowledged_messages_go_to_the_next_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_of_several_senders_mixed_stored_and_live() {
     const SENDERS: usize = 5;
-    const EACH: usize = 40;
+    const EACH: usize = 100;
     let redis = Redis::start().await;
     let nodes = pair_with(&redis, |_| {}).await;
     let mut senders = Vec::new();
@@ -265,6 +265,16 @@ async fn expired_messages_are_dropped() {
     assert_eq!(
         m["ts"], a["ts"],
         "the expired one is gone; this is the new one: {m}"
+    );
+    let metrics = reqwest::get(nodes[0].url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("signal_mailbox_expired_total"),
+        "expiry is counted in /metrics"
     );
     stop(nodes).await;
 }
@@ -411,4 +421,35 @@ async fn memory_store_in_dev_mode() {
     ack(&mut bob, m["n"].as_u64().unwrap()).await;
     assert_eq!(expect(&mut alice, "Delivered").await["id"], "mem-1");
     node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_mailbox_is_pushed_within_the_outbound_bound() {
+    // 300 stored messages, an outbound bound of 16 frames: the push waits for the writer
+    // instead of closing the slow reader with 1013.
+    const COUNT: usize = 300;
+    let redis = Redis::start().await;
+    let nodes = pair_with(&redis, |c| c.outbound_queue = 16).await;
+    let mut alice = nodes[0].connect("alice").await;
+    for i in 0..COUNT {
+        alice
+            .send_json(&chat("bob", &format!("big-{i}"), "x"))
+            .await;
+    }
+    for _ in 0..COUNT {
+        assert_eq!(alice.next_json().await["type"], "Accepted");
+    }
+    let mut bob = nodes[1].connect("bob").await;
+    for i in 0..COUNT {
+        match bob.recv().await {
+            testkit::Received::Json(m) => {
+                assert_eq!(m["id"], format!("big-{i}"), "{m}");
+                if i % 50 == 49 {
+                    ack(&mut bob, m["n"].as_u64().unwrap()).await;
+                }
+            }
+            other => panic!("bob's connection ended after {i} messages: {other:?}"),
+        }
+    }
+    stop(nodes).await;
 }

@@ -68,7 +68,9 @@ if len >= tonumber(ARGV[3]) then
 end
 local eid = redis.call('XADD', KEYS[1], '*', 'f', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. eid, 'PX', ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
+-- Twice the TTL: an idle mailbox vanishes, but not before its expired entries are counted
+-- by the next append or page within that time.
+redis.call('PEXPIRE', KEYS[1], 2 * ttl)
 return {0, eid, expired}
 ";
 

@@ -55,8 +55,8 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         },
         node.config().ping_interval,
     ));
-    if !pending.resumed {
-        // A fresh session: its stored chat messages follow the Welcome.
+    if !pending.resumed || !session.mail_complete() {
+        // A fresh session (or one whose push was cut short): stored chat messages follow.
         let mailbox = node.mailbox().clone();
         let session = session.clone();
         tokio::spawn(async move { mailbox.push_at_connect(session, conn).await });

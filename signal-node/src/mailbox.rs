@@ -197,14 +197,18 @@ impl Mailbox {
     /// more than half the session's unwritten bound ahead of its writer. Live chat messages
     /// wait in the mailbox meanwhile (the session holds them), so that stored ones come first.
     /// Stops when the connection `conn` is no longer the session's: what was not acknowledged
-    /// is still in the mailbox for the next session.
+    /// is still in the mailbox; a resume of this session that finds the push incomplete runs
+    /// it again from the start (the client drops the duplicates by (from, id)).
     pub async fn push_at_connect(&self, session: Session, conn: u64) {
         session.hold_mail(true);
-        self.push_pages(&session, conn).await;
+        if self.push_pages(&session, conn).await {
+            session.set_mail_complete();
+        }
         session.hold_mail(false);
     }
 
-    async fn push_pages(&self, session: &Session, conn: u64) {
+    /// Returns whether it reached the end of the mailbox.
+    async fn push_pages(&self, session: &Session, conn: u64) -> bool {
         let ahead = (session.limits().unwritten_frames / 2).max(1) as u64;
         let mut cursor: Option<String> = None;
         let mut backoff = Duration::from_millis(100);
@@ -225,7 +229,7 @@ impl Mailbox {
                 Err(e) => {
                     tracing::info!(user = %session.user(), error = %e, "mailbox push: store unavailable, retrying");
                     if session.unwritten(conn).is_none() {
-                        return;
+                        return false;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -245,7 +249,7 @@ impl Mailbox {
             for m in page {
                 loop {
                     match session.unwritten(conn) {
-                        None => return,
+                        None => return false,
                         Some(u) if u >= ahead => {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -256,7 +260,7 @@ impl Mailbox {
                     continue;
                 };
                 if session.push_stored(&frame).is_err() {
-                    return;
+                    return false;
                 }
                 pushed += 1;
                 cursor = Some(m.entry);
@@ -266,5 +270,6 @@ impl Mailbox {
             metrics::counter!("signal_mail_pushed_total").increment(pushed);
             tracing::debug!(user = %session.user(), pushed, "mailbox pushed at connect");
         }
+        true
     }
 }

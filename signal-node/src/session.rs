@@ -72,6 +72,8 @@ struct State {
     /// Live chat messages are not pushed (they are in the mailbox) while the stored ones are
     /// pushed at connect: stored ones come first (see `mailbox`).
     hold_mail: bool,
+    /// The push at connect went through the whole mailbox once (a resume need not repeat it).
+    mail_complete: bool,
 }
 
 #[derive(Debug)]
@@ -225,6 +227,7 @@ impl Session {
                     acked: 0,
                     phase,
                     hold_mail: !installing,
+                    mail_complete: false,
                 }),
                 wake: Notify::new(),
             }),
@@ -295,6 +298,16 @@ impl Session {
     /// While `on`, live chat messages are dropped here (they wait in the mailbox).
     pub fn hold_mail(&self, on: bool) {
         self.lock().hold_mail = on;
+    }
+
+    /// Records that the push at connect reached the end of the mailbox.
+    pub fn set_mail_complete(&self) {
+        self.lock().mail_complete = true;
+    }
+
+    /// Whether the push at connect reached the end of the mailbox (else a resume repeats it).
+    pub fn mail_complete(&self) -> bool {
+        self.lock().mail_complete
     }
 
     /// Frames pushed to connection `conn` and not yet handed to its writer; `None` when `conn`

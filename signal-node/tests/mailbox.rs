@@ -453,3 +453,53 @@ async fn a_big_mailbox_is_pushed_within_the_outbound_bound() {
     }
     stop(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cut_short_continues_after_a_resume() {
+    const COUNT: usize = 200;
+    let redis = Redis::start().await;
+    let nodes = pair_with(&redis, |c| {
+        c.outbound_queue = 16;
+        c.resume_window = Duration::from_secs(10);
+    })
+    .await;
+    let mut alice = nodes[0].connect("alice").await;
+    for i in 0..COUNT {
+        alice.send_json(&chat("bob", &format!("c-{i}"), "x")).await;
+    }
+    for _ in 0..COUNT {
+        assert_eq!(alice.next_json().await["type"], "Accepted");
+    }
+    let (mut bob, w) = WsClient::connect_welcomed(&nodes[1].ws("bob")).await;
+    let token = w["session"].as_str().unwrap().to_owned();
+    let mut last = 0;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let m = expect(&mut bob, "Message").await;
+        last = m["n"].as_u64().unwrap();
+        seen.push(m["id"].as_str().unwrap().to_owned());
+    }
+    // The network goes away (no close frame): the session is kept, its push cut short.
+    drop(bob);
+    let url = format!(
+        "ws://{}/ws?user=bob&resume={token}&last={last}",
+        nodes[1].http
+    );
+    let (mut bob, w) = WsClient::connect_welcomed(&url).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    while seen.iter().collect::<HashSet<_>>().len() < COUNT {
+        let m = expect(&mut bob, "Message").await;
+        let id = m["id"].as_str().unwrap().to_owned();
+        if !seen.contains(&id) {
+            let i: usize = id.trim_start_matches("c-").parse().unwrap();
+            assert_eq!(
+                i,
+                seen.len(),
+                "in order: {id} after {} distinct",
+                seen.len()
+            );
+            seen.push(id);
+        }
+    }
+    stop(nodes).await;
+}

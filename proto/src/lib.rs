@@ -1,10 +1,12 @@
 //! Wire types of the signaling cluster, shared by every crate: ROAP messages, ids, tickets and
 //! the internal gRPC services. Frames are parsed once, at the edge, into these types.
 
+pub mod chat;
 pub mod ids;
 pub mod roap;
 pub mod ticket;
 
+pub use chat::{Accepted, ChatMessage, Delivered, MessageId};
 pub use ids::{IdError, NodeId, SessionId, UserId};
 pub use roap::{ErrorType, Message, ParseError};
 

@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
+use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
 
 /// Default `--max-message-bytes`.
@@ -79,6 +80,11 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
     pub metrics: Option<PrometheusHandle>,
+    /// `--mailbox-max-messages`, `--mailbox-ttl-secs`, `--max-body-bytes`.
+    pub mailbox: MailboxLimits,
+    /// The mailbox store; `None`: Redis at the directory's URL, or memory with a memory
+    /// directory (in-process nodes sharing a memory directory share one store here).
+    pub mailbox_store: Option<MailboxStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -104,6 +110,7 @@ impl std::fmt::Debug for Config {
             .field("resume_buffer_frames", &self.resume_buffer_frames)
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .field("allowed_origins", &self.allowed_origins.to_string())
+            .field("mailbox", &self.mailbox)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +147,8 @@ impl Config {
             handover_stop: None,
             allowed_origins: AllowedOrigins::any(),
             metrics: None,
+            mailbox: MailboxLimits::default(),
+            mailbox_store: None,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::mailbox::Mailbox;
 use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
 use crate::session::expiry::Expiry;
@@ -45,6 +46,7 @@ struct Inner {
     grpc_url: String,
     hub: Hub,
     directory: Directory,
+    mailbox: Mailbox,
     peers: Peers,
     tickets: Option<TicketKey>,
     draining: AtomicBool,
@@ -69,7 +71,13 @@ pub struct Authenticated {
 }
 
 impl Node {
-    pub fn new(config: Config, directory: Directory, ws_url: String, grpc_url: String) -> Node {
+    pub fn new(
+        config: Config,
+        directory: Directory,
+        mailbox: Mailbox,
+        ws_url: String,
+        grpc_url: String,
+    ) -> Node {
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
@@ -81,6 +89,7 @@ impl Node {
                 grpc_url,
                 hub: Hub::default(),
                 directory,
+                mailbox,
                 peers: Peers::default(),
                 tickets,
                 draining: AtomicBool::new(false),
@@ -120,6 +129,9 @@ impl Node {
     }
     pub fn directory(&self) -> &Directory {
         &self.inner.directory
+    }
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.inner.mailbox
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers

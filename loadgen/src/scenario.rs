@@ -588,7 +588,13 @@ fn sent_us(m: &Message) -> Option<u64> {
         Message::Candidate(c) => &c.head.extra,
         Message::Shutdown(s) => &s.head.extra,
         Message::Error(e) => &e.extra,
-        Message::Welcome(_) | Message::Ack(_) | Message::Ping | Message::Pong => return None,
+        Message::Message(c) => &c.extra,
+        Message::Welcome(_)
+        | Message::Ack(_)
+        | Message::Ping
+        | Message::Pong
+        | Message::Accepted(_)
+        | Message::Delivered(_) => return None,
     };
     extra.get(SENT_FIELD).and_then(serde_json::Value::as_u64)
 }

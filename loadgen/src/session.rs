@@ -22,6 +22,9 @@ pub fn frame_number(m: &Message) -> Option<u64> {
         Message::Candidate(c) => &c.head.extra,
         Message::Shutdown(s) => &s.head.extra,
         Message::Error(e) => &e.extra,
+        Message::Message(m) => &m.extra,
+        // loadgen's call setups never send chat, so never get these.
+        Message::Accepted(_) | Message::Delivered(_) => return None,
         Message::Welcome(_) | Message::Ack(_) | Message::Ping | Message::Pong => return None,
     };
     extra

@@ -1,12 +1,14 @@
 //! Wire types of the signaling cluster, shared by every crate: ROAP messages, ids, tickets, the
 //! internal gRPC services and their credentials. Frames are parsed once, at the edge, into these types.
 
+pub mod chat;
 pub mod grpc_auth;
 pub mod grpc_tls;
 pub mod ids;
 pub mod roap;
 pub mod ticket;
 
+pub use chat::{Accepted, ChatMessage, Delivered, MessageId};
 pub use ids::{IdError, NodeId, SessionId, UserId};
 pub use roap::{ErrorType, Message, ParseError};
 

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use crate::chat::{Accepted, ChatMessage, Delivered};
 use crate::ids::{NodeId, SessionId, UserId};
 
 /// Extra, unknown fields of a message, relayed untouched.
@@ -126,6 +127,10 @@ pub enum ErrorType {
     RateLimited,
     #[serde(rename = "UNAVAILABLE")]
     Unavailable,
+    #[serde(rename = "MAILBOXFULL")]
+    MailboxFull,
+    #[serde(rename = "NOTMEMBER")]
+    NotMember,
 }
 
 impl ErrorType {
@@ -144,11 +149,13 @@ impl ErrorType {
             ErrorType::TooLarge => "TOOLARGE",
             ErrorType::RateLimited => "RATELIMITED",
             ErrorType::Unavailable => "UNAVAILABLE",
+            ErrorType::MailboxFull => "MAILBOXFULL",
+            ErrorType::NotMember => "NOTMEMBER",
         }
     }
 
     /// All error types, for metrics pre-registration and reports.
-    pub const ALL: [ErrorType; 12] = [
+    pub const ALL: [ErrorType; 14] = [
         ErrorType::NoMatch,
         ErrorType::Timeout,
         ErrorType::Refused,
@@ -161,6 +168,8 @@ impl ErrorType {
         ErrorType::TooLarge,
         ErrorType::RateLimited,
         ErrorType::Unavailable,
+        ErrorType::MailboxFull,
+        ErrorType::NotMember,
     ];
 }
 
@@ -263,10 +272,14 @@ pub enum Message {
     Ack(Ack),
     Ping,
     Pong,
+    /// A chat message (contract section 6), from a client or delivered to one.
+    Message(ChatMessage),
+    Accepted(Accepted),
+    Delivered(Delivered),
 }
 
 /// Names of the types a client may send, for error messages.
-const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping";
+const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message";
 
 /// Why a frame is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,6 +309,8 @@ pub struct Rejected {
     pub error: ParseError,
     pub to: Option<UserId>,
     pub session_id: Option<SessionId>,
+    /// The `id` of a refused chat `Message`, when it could be read (the error reply names it).
+    pub id: Option<String>,
 }
 
 impl Message {
@@ -305,12 +320,14 @@ impl Message {
             error: ParseError::NotJson(e.to_string()),
             to: None,
             session_id: None,
+            id: None,
         })?;
         let Some(map) = value.as_object() else {
             return Err(Rejected {
                 error: ParseError::NotObject,
                 to: None,
                 session_id: None,
+                id: None,
             });
         };
         // What the error reply can name; read only when the frame is refused.
@@ -324,6 +341,11 @@ impl Message {
                 .get("sessionID")
                 .and_then(Value::as_str)
                 .and_then(|s| SessionId::new(s).ok()),
+            id: map
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|s| crate::chat::MessageId::new(*s).is_ok())
+                .map(str::to_owned),
         };
         let ty: &'static str = match map.get("type") {
             None => return Err(reject(ParseError::MissingType)),
@@ -338,6 +360,9 @@ impl Message {
                 "Ack" => "Ack",
                 "Ping" => "Ping",
                 "Pong" => "Pong",
+                "Message" => "Message",
+                "Accepted" => "Accepted",
+                "Delivered" => "Delivered",
                 other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
             },
             Some(_) => return Err(reject(ParseError::TypeNotString)),
@@ -356,12 +381,30 @@ impl Message {
     pub fn parse_client(text: &str) -> Result<Message, Rejected> {
         let mut msg = Message::parse(text)?;
         match &mut msg {
-            Message::Welcome(_) | Message::Pong => {
+            Message::Welcome(_) | Message::Pong | Message::Accepted(_) | Message::Delivered(_) => {
                 return Err(Rejected {
                     error: ParseError::ServerOnly { ty: msg.kind() },
                     to: None,
                     session_id: None,
+                    id: None,
                 });
+            }
+            Message::Message(c) => {
+                // The node stamps these; a client's own are dropped.
+                c.extra.remove(FRAME_NUMBER_FIELD);
+                c.ts = None;
+                c.delayed = None;
+                if c.to.is_some() == c.room.is_some() {
+                    return Err(Rejected {
+                        error: ParseError::BadField {
+                            ty: "Message",
+                            detail: "exactly one of `to` and `room` is required".to_owned(),
+                        },
+                        to: c.to.clone(),
+                        session_id: None,
+                        id: Some(c.id.as_str().to_owned()),
+                    });
+                }
             }
             Message::Offer(_)
             | Message::Answer(_)
@@ -383,6 +426,7 @@ impl Message {
                         },
                         to: Some(e.to.clone()),
                         session_id: None,
+                        id: None,
                     });
                 }
                 e.origin = None;
@@ -405,6 +449,9 @@ impl Message {
             Message::Ack(_) => "Ack",
             Message::Ping => "Ping",
             Message::Pong => "Pong",
+            Message::Message(_) => "Message",
+            Message::Accepted(_) => "Accepted",
+            Message::Delivered(_) => "Delivered",
         }
     }
 
@@ -494,6 +541,35 @@ impl Message {
             description: Some(description.into()),
             origin: Some(ORIGIN_SERVER.to_owned()),
             extra: Extra::new(),
+        })
+    }
+
+    /// An error the node sends back to `to` about its chat message `id` meant for `peer` (or
+    /// `room`): no `sessionID` (contract part two).
+    pub fn chat_error(
+        to: UserId,
+        peer: Option<UserId>,
+        id: Option<&str>,
+        room: Option<&str>,
+        error_type: ErrorType,
+        description: impl Into<String>,
+    ) -> Message {
+        let mut extra = Extra::new();
+        if let Some(id) = id {
+            extra.insert("id".to_owned(), Value::String(id.to_owned()));
+        }
+        if let Some(room) = room {
+            extra.insert("room".to_owned(), Value::String(room.to_owned()));
+        }
+        Message::Error(ErrorMsg {
+            to,
+            from: peer,
+            session_id: None,
+            seq: None,
+            error_type,
+            description: Some(description.into()),
+            origin: Some(ORIGIN_SERVER.to_owned()),
+            extra,
         })
     }
 
@@ -695,5 +771,51 @@ mod tests {
         assert_eq!(Message::Pong.to_json(), r#"{"type":"Pong"}"#);
         let w = Message::parse(r#"{"type":"Welcome","user":"a","node":"n1"}"#).unwrap();
         assert!(matches!(w, Message::Welcome(_)));
+    }
+
+    #[test]
+    fn chat_messages() {
+        let m = Message::parse_client(
+            r#"{"type":"Message","to":"bob","id":"m-1","body":"hi","x":1,"n":4,"ts":9,"delayed":true}"#,
+        )
+        .unwrap();
+        let Message::Message(c) = &m else { panic!() };
+        assert_eq!(c.to.as_ref().unwrap().as_str(), "bob");
+        assert_eq!((c.ts, c.delayed, c.extra.get("n")), (None, None, None));
+        assert_eq!(c.extra["x"], 1);
+        assert!(m.to_json().starts_with(r#"{"type":"Message","#));
+        for text in [
+            r#"{"type":"Message","to":"bob","body":"hi"}"#,
+            r#"{"type":"Message","to":"bob","id":"","body":"hi"}"#,
+            r#"{"type":"Message","to":"bob","id":"a b","body":"hi"}"#,
+            r#"{"type":"Message","to":"bob","id":"m","body":5}"#,
+            r#"{"type":"Message","to":"bob","room":"r","id":"m","body":"x"}"#,
+            r#"{"type":"Message","id":"m","body":"x"}"#,
+            r#"{"type":"Message","to":"a b","id":"m","body":"x"}"#,
+        ] {
+            assert!(matches!(bad(text), ParseError::BadField { .. }), "{text}");
+        }
+        let long = json!({"type":"Message","to":"bob","id":"x".repeat(65),"body":"x"}).to_string();
+        assert!(matches!(bad(&long), ParseError::BadField { .. }));
+        let r = Message::parse_client(r#"{"type":"Message","to":"bob","id":"m7","body":5}"#)
+            .unwrap_err();
+        assert_eq!(r.id.as_deref(), Some("m7"));
+        assert!(matches!(
+            bad(r#"{"type":"Accepted","id":"m","to":"b","ts":1,"stored":true}"#),
+            ParseError::ServerOnly { .. }
+        ));
+        let e = Message::chat_error(
+            UserId::new("alice").unwrap(),
+            Some(UserId::new("bob").unwrap()),
+            Some("m-1"),
+            None,
+            ErrorType::MailboxFull,
+            "full",
+        );
+        let v: Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"Error","to":"alice","from":"bob","id":"m-1","errorType":"MAILBOXFULL","description":"full","origin":"server"})
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::config::{
     DEFAULT_RESUME_BUFFER_FRAMES,
 };
 use crate::directory::Directory;
+use crate::mailbox::{MailboxLimits, StoreLimits};
 use crate::origin::AllowedOrigins;
 
 /// A flag whose value cannot be used. The message names the flag.
@@ -106,6 +107,15 @@ pub struct Args {
     /// Unacknowledged frames kept per session for a resume, in bytes.
     #[arg(long, env = "SIGNAL_RESUME_BUFFER_BYTES", default_value_t = DEFAULT_RESUME_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(1024 * 1024 * 1024)))]
     pub resume_buffer_bytes: u64,
+    /// Chat messages kept per recipient in the offline mailbox; past it senders get MAILBOXFULL.
+    #[arg(long, env = "SIGNAL_MAILBOX_MAX_MESSAGES", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mailbox_max_messages: u64,
+    /// How long a chat message (and its dedupe marker) is kept in the mailbox, in seconds.
+    #[arg(long, env = "SIGNAL_MAILBOX_TTL_SECS", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub mailbox_ttl_secs: u64,
+    /// Largest chat message `body`, in bytes; larger ones get TOOLARGE.
+    #[arg(long, env = "SIGNAL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(16 * 1024 * 1024)))]
+    pub max_body_bytes: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -216,6 +226,15 @@ impl Args {
         c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)
             .map_err(|_| invalid("resume-buffer-bytes", "too large"))?;
         c.allowed_origins = self.allowed_origins.unwrap_or_default();
+        c.mailbox = MailboxLimits {
+            store: StoreLimits {
+                max_messages: usize::try_from(self.mailbox_max_messages)
+                    .map_err(|_| invalid("mailbox-max-messages", "too large"))?,
+                ttl: Duration::from_secs(self.mailbox_ttl_secs),
+            },
+            max_body_bytes: usize::try_from(self.max_body_bytes)
+                .map_err(|_| invalid("max-body-bytes", "too large"))?,
+        };
         Ok(c)
     }
 }

@@ -8,6 +8,7 @@ use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::NodeId;
 
 use crate::directory::Directory;
+use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
 
 /// Default `--max-message-bytes`.
@@ -85,6 +86,11 @@ pub struct Config {
     pub max_used_tickets: usize,
     /// Mutual TLS of the relay server and of the gRPC clients (`--grpc-tls-*`).
     pub grpc_tls: Option<GrpcTls>,
+    /// `--mailbox-max-messages`, `--mailbox-ttl-secs`, `--max-body-bytes`.
+    pub mailbox: MailboxLimits,
+    /// The mailbox store; `None`: Redis at the directory's URL, or memory with a memory
+    /// directory (in-process nodes sharing a memory directory share one store here).
+    pub mailbox_store: Option<MailboxStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -112,6 +118,7 @@ impl std::fmt::Debug for Config {
             .field("resume_buffer_frames", &self.resume_buffer_frames)
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .field("allowed_origins", &self.allowed_origins.to_string())
+            .field("mailbox", &self.mailbox)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +157,8 @@ impl Config {
             metrics: None,
             max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,
             grpc_tls: None,
+            mailbox: MailboxLimits::default(),
+            mailbox_store: None,
         }
     }
 

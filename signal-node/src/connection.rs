@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use signal_proto::{ErrorType, Message, SessionId, UserId};
+use signal_proto::{ChatMessage, ErrorType, Message, ParseError, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
 use axum::extract::ws::Utf8Bytes;
@@ -55,6 +55,12 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         },
         node.config().ping_interval,
     ));
+    if !pending.resumed || !session.mail_complete() {
+        // A fresh session (or one whose push was cut short): stored chat messages follow.
+        let mailbox = node.mailbox().clone();
+        let session = session.clone();
+        tokio::spawn(async move { mailbox.push_at_connect(session, conn).await });
+    }
     let mut reader = Reader {
         node: node.clone(),
         user: user.clone(),
@@ -225,6 +231,22 @@ impl Reader {
             Err(r) => (r.to.clone(), r.session_id.clone()),
         };
         if text.len() > max {
+            if let Ok(Message::Message(c)) = &parsed {
+                if self.allowed(&None, &None) {
+                    tracing::info!(user = %self.user, bytes = text.len(), max, "chat frame too large");
+                    self.reply_chat_error(
+                        c.to.clone(),
+                        Some(c.id.as_str()),
+                        c.room.as_deref(),
+                        ErrorType::TooLarge,
+                        format!(
+                            "frame of {} bytes exceeds the limit of {max} bytes",
+                            text.len()
+                        ),
+                    );
+                }
+                return;
+            }
             if self.allowed(&peer, &session) {
                 tracing::info!(user = %self.user, bytes = text.len(), max, "frame too large");
                 self.reply_error(
@@ -246,7 +268,17 @@ impl Reader {
             Ok(m) => m,
             Err(r) => {
                 tracing::info!(user = %self.user, error = %r.error, "bad message");
-                self.reply_error(peer, session, ErrorType::BadMessage, r.error.to_string());
+                if matches!(r.error, ParseError::BadField { ty: "Message", .. }) {
+                    self.reply_chat_error(
+                        peer,
+                        r.id.as_deref(),
+                        None,
+                        ErrorType::BadMessage,
+                        r.error.to_string(),
+                    );
+                } else {
+                    self.reply_error(peer, session, ErrorType::BadMessage, r.error.to_string());
+                }
                 return;
             }
         };
@@ -256,8 +288,23 @@ impl Reader {
                 let _ = self.control.try_send(Message::Pong.to_json().into());
                 return;
             }
+            Message::Message(c) => {
+                self.on_chat(c).await;
+                return;
+            }
             Message::Ack(a) => {
-                if let Err(last) = self.session.ack(a.n) {
+                let acked = self.session.ack(a.n);
+                if let Ok(mail) = &acked {
+                    if !mail.is_empty() {
+                        let node = self.node.clone();
+                        let user = self.user.clone();
+                        let mail = mail.clone();
+                        tokio::spawn(async move {
+                            node.mailbox().acknowledged(&node, &user, mail).await;
+                        });
+                    }
+                }
+                if let Err(last) = acked {
                     tracing::info!(user = %self.user, n = a.n, last, "ack above the last frame sent");
                     self.reply_error(
                         None,
@@ -311,6 +358,63 @@ impl Reader {
                 self.reply_error(Some(to), Some(sid), u.error, u.description);
             }
         }
+    }
+
+    /// A chat message (contract section 6): stored in the recipient's mailbox, pushed live if
+    /// the recipient has a session, answered `Accepted` or an Error naming its `id`.
+    async fn on_chat(&mut self, msg: ChatMessage) {
+        if let Some(from) = &msg.from {
+            if from != &self.user {
+                tracing::info!(user = %self.user, claimed = %from, "spoofed from refused");
+                self.reply_chat_error(
+                    msg.to.clone(),
+                    Some(msg.id.as_str()),
+                    None,
+                    ErrorType::Forbidden,
+                    format!("from must be your own user id ({})", self.user),
+                );
+                return;
+            }
+        }
+        if let Some(room) = &msg.room {
+            // Rooms (contract section 8) are not implemented yet: nobody is a member of any.
+            self.reply_chat_error(
+                None,
+                Some(msg.id.as_str()),
+                Some(room.as_str()),
+                ErrorType::NotMember,
+                format!("you have not joined room {room:?}"),
+            );
+            return;
+        }
+        let to = msg.to.clone();
+        let id = msg.id.clone();
+        let mailbox = self.node.mailbox().clone();
+        match mailbox.submit(&mut self.router, &self.user, msg).await {
+            Ok(a) => {
+                let _ = self
+                    .session
+                    .push(&Message::Accepted(a).to_json(), Origin::Node);
+            }
+            Err(r) => {
+                tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
+                self.reply_chat_error(to, Some(id.as_str()), None, r.error, r.description);
+            }
+        }
+    }
+
+    /// An error about chat message `id` (no `sessionID`; `from` = its recipient).
+    fn reply_chat_error(
+        &self,
+        peer: Option<UserId>,
+        id: Option<&str>,
+        room: Option<&str>,
+        error: ErrorType,
+        description: String,
+    ) {
+        metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
+        let m = Message::chat_error(self.user.clone(), peer, id, room, error, description);
+        let _ = self.session.push(&m.to_json(), Origin::Node);
     }
 
     /// Sends a server error to this connection's user (`from` = the peer the message was meant

@@ -16,6 +16,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("directory: {0}")]
     Directory(#[from] DirectoryError),
+    #[error("mailbox: {0}")]
+    Mailbox(#[from] crate::mailbox::MailboxError),
     #[error("{server} server failed: {reason}")]
     Serve {
         server: &'static str,

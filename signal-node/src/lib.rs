@@ -11,6 +11,7 @@ pub mod directory;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod mailbox;
 pub mod node;
 pub mod origin;
 pub mod outbound;
@@ -91,7 +92,13 @@ pub async fn run(
                 reason: format!("--grpc-tls-cert/--grpc-tls-key: {e}"),
             })?;
     }
-    let node = Node::new(config, directory, ws_url, grpc_url);
+    let store = match (&config.mailbox_store, &config.directory) {
+        (Some(s), _) => s.clone(),
+        (None, DirectoryConfig::Redis(url)) => mailbox::MailboxStore::redis(url.as_str())?,
+        (None, DirectoryConfig::Memory(_)) => mailbox::MailboxStore::memory(),
+    };
+    let mailbox = mailbox::Mailbox::new(store, config.mailbox);
+    let node = Node::new(config, directory, mailbox, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();

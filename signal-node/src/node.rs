@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::mailbox::Mailbox;
 use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
 use crate::session::expiry::Expiry;
@@ -46,6 +47,7 @@ struct Inner {
     grpc_url: String,
     hub: Hub,
     directory: Directory,
+    mailbox: Mailbox,
     peers: Peers,
     tickets: Option<TicketKey>,
     used_tickets: UsedTickets,
@@ -71,7 +73,13 @@ pub struct Authenticated {
 }
 
 impl Node {
-    pub fn new(config: Config, directory: Directory, ws_url: String, grpc_url: String) -> Node {
+    pub fn new(
+        config: Config,
+        directory: Directory,
+        mailbox: Mailbox,
+        ws_url: String,
+        grpc_url: String,
+    ) -> Node {
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
@@ -85,6 +93,7 @@ impl Node {
                 grpc_url,
                 hub: Hub::default(),
                 directory,
+                mailbox,
                 peers,
                 tickets,
                 used_tickets,
@@ -125,6 +134,9 @@ impl Node {
     }
     pub fn directory(&self) -> &Directory {
         &self.inner.directory
+    }
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.inner.mailbox
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers

@@ -69,6 +69,11 @@ struct State {
     /// Highest frame number acknowledged.
     acked: u64,
     phase: Phase,
+    /// Live chat messages are not pushed (they are in the mailbox) while the stored ones are
+    /// pushed at connect: stored ones come first (see `mailbox`).
+    hold_mail: bool,
+    /// The push at connect went through the whole mailbox once (a resume need not repeat it).
+    mail_complete: bool,
 }
 
 #[derive(Debug)]
@@ -221,6 +226,8 @@ impl Session {
                     written: 0,
                     acked: 0,
                     phase,
+                    hold_mail: !installing,
+                    mail_complete: false,
                 }),
                 wake: Notify::new(),
             }),
@@ -280,7 +287,46 @@ impl Session {
     /// connection, or buffered for a resume while detached or being installed. `Full`: no room
     /// (the sender is told UNAVAILABLE); `Closed`: the session has ended.
     pub fn push(&self, frame: &str, origin: Origin) -> Result<u64, PushError> {
+        self.push_with(frame, origin, false)
+    }
+
+    /// Pushes a chat message read from the mailbox (not held back by [`Session::hold_mail`]).
+    pub fn push_stored(&self, frame: &str) -> Result<u64, PushError> {
+        self.push_with(frame, Origin::Node, true)
+    }
+
+    /// While `on`, live chat messages are dropped here (they wait in the mailbox).
+    pub fn hold_mail(&self, on: bool) {
+        self.lock().hold_mail = on;
+    }
+
+    /// Records that the push at connect reached the end of the mailbox.
+    pub fn set_mail_complete(&self) {
+        self.lock().mail_complete = true;
+    }
+
+    /// Whether the push at connect reached the end of the mailbox (else a resume repeats it).
+    pub fn mail_complete(&self) -> bool {
+        self.lock().mail_complete
+    }
+
+    /// Frames pushed to connection `conn` and not yet handed to its writer; `None` when `conn`
+    /// is not the session's attached connection.
+    pub fn unwritten(&self, conn: u64) -> Option<u64> {
+        let st = self.lock();
+        match &st.phase {
+            Phase::Attached(a) if a.conn == conn && !a.closer.is_closed() => {
+                Some(st.ring.last_n() - a.cursor)
+            }
+            _ => None,
+        }
+    }
+
+    fn push_with(&self, frame: &str, origin: Origin, stored: bool) -> Result<u64, PushError> {
         let mut guard = self.lock();
+        if !stored && guard.hold_mail && signal_proto::chat::is_chat_frame(frame) {
+            return Ok(0);
+        }
         let limits = self.inner.limits;
         let st = &mut *guard;
         match &mut st.phase {
@@ -506,17 +552,26 @@ impl Session {
         (resumed, replay)
     }
 
-    /// A cumulative acknowledgement. `Err` if `n` is above the last frame sent.
-    pub fn ack(&self, n: u64) -> Result<(), u64> {
+    /// A cumulative acknowledgement. `Err` if `n` is above the last frame sent. Returns the
+    /// chat messages it acknowledged (they leave the mailbox).
+    pub fn ack(&self, n: u64) -> Result<Vec<String>, u64> {
         let mut st = self.lock();
         if n > st.ring.last_n() {
             return Err(st.ring.last_n());
         }
+        let mut mail = Vec::new();
         if n > st.acked {
             st.acked = n;
+            mail = st
+                .ring
+                .after(0)
+                .take_while(|e| e.n <= n)
+                .filter(|e| signal_proto::chat::is_chat_frame(e.frame.as_str()))
+                .map(|e| e.frame.as_str().to_owned())
+                .collect();
             st.ring.ack(n);
         }
-        Ok(())
+        Ok(mail)
     }
 
     /// The writer of connection `conn`: records that every frame up to `written` reached the

@@ -126,6 +126,21 @@ fn bad_flags_exit_non_zero_with_one_line_naming_the_flag() {
             "--dev-auth",
         ),
         (vec!["--dev-auth", "--weight", "0"], vec![], "--weight"),
+        (
+            vec!["--dev-auth", "--mailbox-max-messages", "0"],
+            vec![],
+            "--mailbox-max-messages",
+        ),
+        (
+            vec!["--dev-auth"],
+            vec![("SIGNAL_MAILBOX_TTL_SECS", "forever")],
+            "--mailbox-ttl-secs",
+        ),
+        (
+            vec!["--dev-auth", "--max-body-bytes", "big"],
+            vec![],
+            "--max-body-bytes",
+        ),
     ] {
         let (code, stderr) = run_bad(&args, &env);
         assert_ne!(code, 0, "{args:?}: {stderr}");
@@ -155,10 +170,62 @@ fn bad_flags_exit_non_zero_with_one_line_naming_the_flag() {
         "--drain-ms",
         "--log-json",
         "--outbound-queue",
+        "--mailbox-max-messages",
+        "--mailbox-ttl-secs",
+        "--max-body-bytes",
+        "SIGNAL_MAILBOX_MAX_MESSAGES",
+        "SIGNAL_MAILBOX_TTL_SECS",
+        "SIGNAL_MAX_BODY_BYTES",
         "SIGNAL_REDIS_URL",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_not_acknowledged_before_a_sigkill_is_delivered_again() {
+    let redis = Redis::start().await;
+    let a = NodeProc::start("a", Some(&redis), &[]).await;
+    let mut b = NodeProc::start("b", Some(&redis), &[]).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    for i in 0..5 {
+        alice
+            .send_json(&json!({"type":"Message","to":"bob","id":format!("k{i}"),"body":"x"}))
+            .await;
+        assert_eq!(alice.next_json().await["type"], "Accepted");
+    }
+    // bob's node gets every message to his socket, and dies before he acknowledges.
+    for i in 0..5 {
+        let m = bob.next_json().await;
+        assert_eq!(
+            (m["type"].as_str(), m["id"].as_str()),
+            (Some("Message"), Some(format!("k{i}").as_str()))
+        );
+    }
+    b.proc.signal(9);
+    b.proc.wait_exit(Duration::from_secs(5)).await;
+    // A new session on the surviving node: all five again, in order, then Delivered on ack.
+    let mut bob = a.connect("bob").await;
+    let mut last = 0;
+    for i in 0..5 {
+        let m = bob.next_json().await;
+        assert_eq!(m["id"], format!("k{i}"), "{m}");
+        assert_eq!(m["delayed"], true, "{m}");
+        last = m["n"].as_u64().unwrap();
+    }
+    bob.send_json(&json!({"type":"Ack","n":last})).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let d = alice.next_json().await;
+        assert_eq!(
+            (d["type"].as_str(), d["from"].as_str()),
+            (Some("Delivered"), Some("bob"))
+        );
+        ids.push(d["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    assert_eq!(ids, ["k0", "k1", "k2", "k3", "k4"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,7 +224,7 @@ async fn same_node_resume_and_refusals() {
 async fn expiry_tells_senders_of_buffered_frames_offline() {
     let redis = Redis::start().await;
     let nodes = pair(&redis, Duration::from_millis(800)).await;
-    let (bob, _) = welcomed(&nodes[0].ws("bob")).await;
+    let (bob, wb) = welcomed(&nodes[0].ws("bob")).await;
     let mut alice = nodes[1].connect("alice").await;
     drop(bob);
     // Wait until the node noticed (a frame sent before that may still reach the dead socket).
@@ -254,6 +254,9 @@ async fn expiry_tells_senders_of_buffered_frames_offline() {
     assert_eq!(errors, vec!["s0", "s1", "s2"]);
     alice.send_json(&msg("bob", 9)).await;
     assert_eq!(alice.next_json().await["errorType"], "OFFLINE");
+    // The window has passed: its token no longer resumes anything.
+    let (_bob, w) = welcomed(&resume_url(&nodes[0], "bob", &token(&wb), 0)).await;
+    assert_eq!(w["resumed"], false, "expired: {w}");
     stop(nodes).await;
 }
 

@@ -1,0 +1,152 @@
+//! Chat frames (contract section 6): the client's `Message` (pager mode, to a user or a room),
+//! the delivered `Message`, and the node's `Accepted` and `Delivered` answers.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::UserId;
+use crate::roap::Extra;
+
+/// Longest message id, in bytes.
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
+
+/// A message id: 1 to 64 bytes, no whitespace or control characters, unique per sender.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+/// Why a message id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageIdError {
+    #[error("message id must be 1 to {MAX_MESSAGE_ID_BYTES} bytes (got {0})")]
+    Length(usize),
+    #[error("message id must not contain whitespace or control characters")]
+    BadChar,
+}
+
+impl MessageId {
+    pub fn new(s: impl Into<String>) -> Result<MessageId, MessageIdError> {
+        let s = s.into();
+        if s.is_empty() || s.len() > MAX_MESSAGE_ID_BYTES {
+            return Err(MessageIdError::Length(s.len()));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(MessageIdError::BadChar);
+        }
+        Ok(MessageId(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = MessageIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        MessageId::new(s)
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A chat message: as a client sends it (`to` or `room`, `id`, `body`), and as the recipient
+/// gets it (`from`, `ts`, and `delayed` when it comes from the mailbox at connect).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    pub id: MessageId,
+    pub body: String,
+    #[serde(
+        rename = "contentType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The node's answer to the sender: the message is stored (and maybe pushed at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: MessageId,
+    pub to: UserId,
+    pub ts: u64,
+    pub stored: bool,
+}
+
+/// Tells the sender that the recipient (`from`) acknowledged the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub id: MessageId,
+    pub from: UserId,
+}
+
+/// Adds `"delayed":true` to the node's own serialisation of a delivered message (a compact
+/// object without `delayed`). `None` if `frame` is not an object's text.
+pub fn stamp_delayed(frame: &str) -> Option<String> {
+    let body = frame.trim_end();
+    let open = body.strip_suffix('}')?;
+    if !frame.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut out = String::with_capacity(body.len() + 16);
+    out.push_str(open);
+    if !open.trim_end().ends_with('{') {
+        out.push(',');
+    }
+    let _ = write!(out, "\"delayed\":true}}");
+    Some(out)
+}
+
+/// Whether `frame` is the node's serialisation of a chat `Message` (the tag comes first).
+pub fn is_chat_frame(frame: &str) -> bool {
+    frame.starts_with(r#"{"type":"Message","#)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(MessageId::new("m-1").is_ok());
+        assert!(MessageId::new("").is_err());
+        assert!(MessageId::new("a b").is_err());
+        assert!(MessageId::new("a\u{1}").is_err());
+        assert!(MessageId::new("x".repeat(64)).is_ok());
+        assert!(MessageId::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn delayed_stamp() {
+        assert_eq!(
+            stamp_delayed(r#"{"type":"Message","id":"a"}"#).unwrap(),
+            r#"{"type":"Message","id":"a","delayed":true}"#
+        );
+        assert!(is_chat_frame(r#"{"type":"Message","id":"a"}"#));
+        assert!(!is_chat_frame(r#"{"type":"Offer"}"#));
+    }
+}

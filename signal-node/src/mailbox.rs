@@ -1,0 +1,275 @@
+//! Chat messages and the offline mailbox (contract section 6): owns the node's handle on the
+//! [`store::MailboxStore`] and its limits, and the three steps of a message's life on this
+//! node — submit (store first, then push live to the recipient's session if any, answer
+//! `Accepted`), push at connect (the stored messages of a fresh session, paged and
+//! flow-controlled), and acknowledge (delete what the recipient acknowledged, tell the sender
+//! `Delivered`).
+
+pub mod store;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signal_proto::chat::{is_chat_frame, stamp_delayed};
+use signal_proto::{Accepted, ChatMessage, Delivered, ErrorType, Message, MessageId, UserId};
+
+use crate::node::Node;
+use crate::router::Router;
+use crate::session::{Origin, Session};
+pub use store::{Appended, MailboxError, MailboxStore, StoreLimits};
+
+/// Messages read from the store per page when pushing at connect.
+pub const PUSH_PAGE: usize = 50;
+
+/// Bounds of the mailbox (from the node's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxLimits {
+    pub store: StoreLimits,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: usize,
+}
+
+pub const DEFAULT_MAILBOX_MAX_MESSAGES: usize = 1000;
+pub const DEFAULT_MAILBOX_TTL_SECS: u64 = 604_800;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4096;
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            store: StoreLimits {
+                max_messages: DEFAULT_MAILBOX_MAX_MESSAGES,
+                ttl: Duration::from_secs(DEFAULT_MAILBOX_TTL_SECS),
+            },
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Why a message was refused: the Error the sender gets (nothing was stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub error: ErrorType,
+    pub description: String,
+}
+
+/// The node's mailbox: the store and its limits. A cheap `Clone` handle.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    store: MailboxStore,
+    limits: MailboxLimits,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Mailbox {
+    pub fn new(store: MailboxStore, limits: MailboxLimits) -> Mailbox {
+        Mailbox { store, limits }
+    }
+
+    pub fn limits(&self) -> &MailboxLimits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &MailboxStore {
+        &self.store
+    }
+
+    /// Stores `msg` (validated, `to` set) from `sender` in the recipient's mailbox, then pushes
+    /// it to the recipient's session if it has one. Nothing is stored when this fails.
+    pub async fn submit(
+        &self,
+        router: &mut Router,
+        sender: &UserId,
+        mut msg: ChatMessage,
+    ) -> Result<Accepted, Refused> {
+        let Some(to) = msg.to.clone() else {
+            return Err(Refused {
+                error: ErrorType::BadMessage,
+                description: "a Message needs `to`".into(),
+            });
+        };
+        if msg.body.len() > self.limits.max_body_bytes {
+            return Err(Refused {
+                error: ErrorType::TooLarge,
+                description: format!(
+                    "body of {} bytes exceeds the limit of {} bytes",
+                    msg.body.len(),
+                    self.limits.max_body_bytes
+                ),
+            });
+        }
+        let ts = now_ms();
+        msg.from = Some(sender.clone());
+        msg.ts = Some(ts);
+        msg.delayed = None;
+        let id = msg.id.clone();
+        let frame = Message::Message(msg).to_json();
+        match self
+            .store
+            .append(&to, sender, &id, &frame, ts, self.limits.store)
+            .await
+        {
+            Ok(Appended::Duplicate { ts }) => {
+                metrics::counter!("signal_mail_duplicates_total").increment(1);
+                Ok(Accepted {
+                    id,
+                    to,
+                    ts,
+                    stored: true,
+                })
+            }
+            Ok(Appended::Stored) => {
+                // Best effort: the message is in the mailbox whatever happens here.
+                let pushed = router.relay(&Origin::Node, &to, &frame).await.is_ok();
+                metrics::counter!("signal_mail_accepted_total", "stored" => if pushed { "false" } else { "true" })
+                    .increment(1);
+                Ok(Accepted {
+                    id,
+                    to,
+                    ts,
+                    stored: !pushed,
+                })
+            }
+            Err(MailboxError::Full) => {
+                metrics::counter!("signal_mail_refused_total", "reason" => "full").increment(1);
+                Err(Refused {
+                    error: ErrorType::MailboxFull,
+                    description: format!(
+                        "{to}'s mailbox holds {} messages, its quota",
+                        self.limits.store.max_messages
+                    ),
+                })
+            }
+            Err(e) => {
+                metrics::counter!("signal_mail_refused_total", "reason" => "unavailable")
+                    .increment(1);
+                Err(Refused {
+                    error: ErrorType::Unavailable,
+                    description: format!("{e}; nothing stored, retry later"),
+                })
+            }
+        }
+    }
+
+    /// The recipient `user` acknowledged `frames` (every frame up to the Ack): the chat
+    /// messages among them leave the mailbox, and their senders are told `Delivered`.
+    pub async fn acknowledged(&self, node: &Node, user: &UserId, frames: Vec<String>) {
+        let acked: Vec<(UserId, MessageId)> = frames
+            .iter()
+            .filter(|f| is_chat_frame(f))
+            .filter_map(|f| match Message::parse(f) {
+                Ok(Message::Message(ChatMessage {
+                    from: Some(from),
+                    id,
+                    ..
+                })) => Some((from, id)),
+                _ => None,
+            })
+            .collect();
+        if acked.is_empty() {
+            return;
+        }
+        match self.store.delete(user, &acked).await {
+            Ok(n) => {
+                metrics::counter!("signal_mail_acked_total").increment(n as u64);
+            }
+            Err(e) => {
+                // They stay in the mailbox and are delivered again to the next session.
+                tracing::info!(%user, error = %e, "acknowledged messages not deleted");
+                return;
+            }
+        }
+        let mut router = Router::new(node.clone());
+        for (from, id) in acked {
+            let d = Message::Delivered(Delivered {
+                id,
+                from: user.clone(),
+            })
+            .to_json();
+            let _ = router.relay(&Origin::Node, &from, &d).await;
+        }
+    }
+
+    /// Pushes the stored messages of a fresh session (`delayed:true`), a page at a time, never
+    /// more than half the session's unwritten bound ahead of its writer. Live chat messages
+    /// wait in the mailbox meanwhile (the session holds them), so that stored ones come first.
+    /// Stops when the connection `conn` is no longer the session's: what was not acknowledged
+    /// is still in the mailbox; a resume of this session that finds the push incomplete runs
+    /// it again from the start (the client drops the duplicates by (from, id)).
+    pub async fn push_at_connect(&self, session: Session, conn: u64) {
+        session.hold_mail(true);
+        if self.push_pages(&session, conn).await {
+            session.set_mail_complete();
+        }
+        session.hold_mail(false);
+    }
+
+    /// Returns whether it reached the end of the mailbox.
+    async fn push_pages(&self, session: &Session, conn: u64) -> bool {
+        let ahead = (session.limits().unwritten_frames / 2).max(1) as u64;
+        let mut cursor: Option<String> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut pushed = 0u64;
+        let mut last_round = false;
+        loop {
+            let page = match self
+                .store
+                .page(
+                    session.user(),
+                    cursor.as_deref(),
+                    PUSH_PAGE,
+                    self.limits.store,
+                )
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(user = %session.user(), error = %e, "mailbox push: store unavailable, retrying");
+                    if session.unwritten(conn).is_none() {
+                        return false;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if page.is_empty() {
+                if last_round {
+                    break;
+                }
+                // Live messages flow again; one more read catches what was stored meanwhile.
+                session.hold_mail(false);
+                last_round = true;
+                continue;
+            }
+            for m in page {
+                loop {
+                    match session.unwritten(conn) {
+                        None => return false,
+                        Some(u) if u >= ahead => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Some(_) => break,
+                    }
+                }
+                let Some(frame) = stamp_delayed(&m.frame) else {
+                    continue;
+                };
+                if session.push_stored(&frame).is_err() {
+                    return false;
+                }
+                pushed += 1;
+                cursor = Some(m.entry);
+            }
+        }
+        if pushed > 0 {
+            metrics::counter!("signal_mail_pushed_total").increment(pushed);
+            tracing::debug!(user = %session.user(), pushed, "mailbox pushed at connect");
+        }
+        true
+    }
+}

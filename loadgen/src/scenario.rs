@@ -581,21 +581,7 @@ async fn next_frame(a: &mut Side, b: &mut Side) -> (Who, Frame) {
 
 /// The sender's clock stamped in a frame by loadgen.
 fn sent_us(m: &Message) -> Option<u64> {
-    let extra = match m {
-        Message::Offer(o) => &o.head.extra,
-        Message::Answer(a) => &a.head.extra,
-        Message::Ok(o) => &o.head.extra,
-        Message::Candidate(c) => &c.head.extra,
-        Message::Shutdown(s) => &s.head.extra,
-        Message::Error(e) => &e.extra,
-        Message::Message(c) => &c.extra,
-        Message::Welcome(_)
-        | Message::Ack(_)
-        | Message::Ping
-        | Message::Pong
-        | Message::Accepted(_)
-        | Message::Delivered(_) => return None,
-    };
+    let extra = m.extra()?;
     extra.get(SENT_FIELD).and_then(serde_json::Value::as_u64)
 }
 

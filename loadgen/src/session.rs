@@ -15,18 +15,7 @@ const MAX_MISSING: usize = 4096;
 
 /// The frame number the node stamped on `m` (`None` for Pong and for nodes without sessions).
 pub fn frame_number(m: &Message) -> Option<u64> {
-    let extra = match m {
-        Message::Offer(o) => &o.head.extra,
-        Message::Answer(a) => &a.head.extra,
-        Message::Ok(o) => &o.head.extra,
-        Message::Candidate(c) => &c.head.extra,
-        Message::Shutdown(s) => &s.head.extra,
-        Message::Error(e) => &e.extra,
-        Message::Message(m) => &m.extra,
-        // loadgen's call setups never send chat, so never get these.
-        Message::Accepted(_) | Message::Delivered(_) => return None,
-        Message::Welcome(_) | Message::Ack(_) | Message::Ping | Message::Pong => return None,
-    };
+    let extra = m.extra()?;
     extra
         .get(FRAME_NUMBER_FIELD)
         .and_then(serde_json::Value::as_u64)

@@ -1,8 +1,6 @@
 //! Chat frames (contract section 6): the client's `Message` (pager mode, to a user or a room),
 //! the delivered `Message`, and the node's `Accepted` and `Delivered` answers.
 
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
@@ -106,18 +104,7 @@ pub struct Delivered {
 /// Adds `"delayed":true` to the node's own serialisation of a delivered message (a compact
 /// object without `delayed`). `None` if `frame` is not an object's text.
 pub fn stamp_delayed(frame: &str) -> Option<String> {
-    let body = frame.trim_end();
-    let open = body.strip_suffix('}')?;
-    if !frame.trim_start().starts_with('{') {
-        return None;
-    }
-    let mut out = String::with_capacity(body.len() + 16);
-    out.push_str(open);
-    if !open.trim_end().ends_with('{') {
-        out.push(',');
-    }
-    let _ = write!(out, "\"delayed\":true}}");
-    Some(out)
+    crate::roap::append_field(frame, "delayed", true)
 }
 
 /// Whether `frame` is the node's serialisation of a chat `Message` (the tag comes first).

@@ -243,18 +243,25 @@ pub const FRAME_NUMBER_FIELD: &str = "n";
 /// Adds `"n":<n>` to a JSON object's text (the node's own serialisation: a compact object
 /// without an `n` field). Returns `None` if `frame` is not an object's text.
 pub fn stamp_frame_number(frame: &str, n: u64) -> Option<String> {
+    append_field(frame, FRAME_NUMBER_FIELD, n)
+}
+
+/// Adds `"<name>":<value>` (`value` written as JSON by its `Display`: a number or a bool) at
+/// the end of a JSON object's text the node serialised itself (compact, without `name`): one
+/// copy, no parse. `None` if `frame` is not an object's text.
+pub fn append_field(frame: &str, name: &str, value: impl std::fmt::Display) -> Option<String> {
     let body = frame.trim_end();
     let open = body.strip_suffix('}')?;
     if !frame.trim_start().starts_with('{') {
         return None;
     }
-    let mut out = String::with_capacity(body.len() + 24);
+    let mut out = String::with_capacity(body.len() + name.len() + 24);
     out.push_str(open);
     if !open.trim_end().ends_with('{') {
         out.push(',');
     }
     // Writing into a String cannot fail.
-    let _ = write!(out, "\"{FRAME_NUMBER_FIELD}\":{n}}}");
+    let _ = write!(out, "\"{name}\":{value}}}");
     Some(out)
 }
 
@@ -474,6 +481,15 @@ impl Message {
             Message::Candidate(m) => Some(&mut m.head),
             Message::Shutdown(m) => Some(&mut m.head),
             _ => None,
+        }
+    }
+
+    /// The unknown extra fields of a message that keeps them (relayed ROAP, Error, chat).
+    pub fn extra(&self) -> Option<&Extra> {
+        match self {
+            Message::Error(e) => Some(&e.extra),
+            Message::Message(m) => Some(&m.extra),
+            _ => self.head().map(|h| &h.extra),
         }
     }
 

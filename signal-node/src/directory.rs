@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use signal_proto::relay::Location;
 use signal_proto::UserId;
 use tokio::sync::watch;
@@ -159,14 +159,7 @@ impl Directory {
             url: url.to_owned(),
             reason: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(bad)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
+        let conn = crate::redis_link::connect_lazy(url).map_err(bad)?;
         let dir = Directory {
             backend: Backend::Redis {
                 conn,

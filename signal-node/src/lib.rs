@@ -17,6 +17,7 @@ pub mod origin;
 pub mod outbound;
 pub mod peers;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod registration;
 pub mod relay;
 pub mod router;

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use signal_proto::{MessageId, UserId};
 
 /// Quota and expiry (`--mailbox-max-messages`, `--mailbox-ttl-secs`).
@@ -209,14 +209,7 @@ impl MailboxStore {
             url: url.to_owned(),
             reason: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(bad)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
+        let conn = crate::redis_link::connect_lazy(url).map_err(bad)?;
         Ok(MailboxStore {
             backend: Backend::Redis {
                 conn,

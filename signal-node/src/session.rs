@@ -257,11 +257,6 @@ impl Session {
         &self.inner.limits
     }
 
-    /// Whether `other` is this very session.
-    pub fn same(&self, other: &Session) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
     /// Whether the session has ended (pushes fail with `Closed`).
     pub fn is_ended(&self) -> bool {
         matches!(self.lock().phase, Phase::Ended)

@@ -148,12 +148,7 @@ async fn health_ready_and_metrics() {
     bob.next_json().await;
     alice.send_json(&offer("nobody", "s")).await;
     alice.next_json().await;
-    let text = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&node).await;
     for name in [
         "signal_connections",
         "signal_messages_relayed_total",
@@ -284,12 +279,7 @@ async fn disallowed_origin_is_403_before_the_upgrade() {
     let t = ticket(&key, "carol", "node-1", unix_now() + 60);
     let w = connect_from(&node.ws_token(&t), None).await.unwrap();
     assert_eq!(w["user"], "carol");
-    let metrics = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&node).await;
     assert!(metrics.contains("signal_origin_refused_total"), "{metrics}");
     node.shutdown().await.unwrap();
 }

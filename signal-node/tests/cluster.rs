@@ -165,12 +165,7 @@ async fn redis_outage_gives_unavailable_and_recovery_needs_no_restart() {
         },
     )
     .await;
-    let metrics = reqwest::get(nodes[1].url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&nodes[1]).await;
     assert!(
         metrics.contains("signal_directory_errors_total"),
         "{metrics}"

@@ -266,12 +266,7 @@ async fn expired_messages_are_dropped() {
         m["ts"], a["ts"],
         "the expired one is gone; this is the new one: {m}"
     );
-    let metrics = reqwest::get(nodes[0].url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&nodes[0]).await;
     assert!(
         metrics.contains("signal_mailbox_expired_total"),
         "expiry is counted in /metrics"

@@ -475,13 +475,7 @@ async fn sigterm_with_200_users_every_one_resumes_on_the_other_node() {
     for t in tasks {
         kept.push(t.await.unwrap());
     }
-    assert!(
-        sender
-            .recv_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "the sender was told of no failure"
-    );
+    assert_quiet(&mut sender, "the sender was told of no failure").await;
     // Every session was taken over: the drained node exits well before its resume window.
     let status = a.proc.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));

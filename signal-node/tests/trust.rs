@@ -119,12 +119,7 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
     assert!(good.kick(kick()).await.unwrap().into_inner().closed);
     assert_eq!(alice.expect_close().await, 4409);
 
-    let text = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&node).await;
     assert!(
         text.contains(r#"signal_grpc_auth_refused_total{reason="missing"}"#),
         "{text}"

@@ -87,6 +87,24 @@ impl TestNode {
     }
 }
 
+/// The node's `/metrics` text.
+pub async fn metrics_text(node: &TestNode) -> String {
+    reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Asserts that `c` receives nothing within 300 ms (e.g. no error for a sender).
+pub async fn assert_quiet(c: &mut WsClient, what: &str) {
+    assert!(
+        c.recv_within(Duration::from_millis(300)).await.is_none(),
+        "{what}"
+    );
+}
+
 /// The frame without its session frame number `n` (checked where numbering is the subject).
 pub fn strip_n(mut v: Value) -> Value {
     if let Some(m) = v.as_object_mut() {

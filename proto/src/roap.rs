@@ -131,6 +131,12 @@ pub enum ErrorType {
     MailboxFull,
     #[serde(rename = "NOTMEMBER")]
     NotMember,
+    /// A per-session limit (subscriptions, rooms) would be exceeded; nothing of the frame applied.
+    #[serde(rename = "TOOMANY")]
+    TooMany,
+    /// The room already has `--max-room-members` members.
+    #[serde(rename = "ROOMFULL")]
+    RoomFull,
 }
 
 impl ErrorType {
@@ -151,11 +157,13 @@ impl ErrorType {
             ErrorType::Unavailable => "UNAVAILABLE",
             ErrorType::MailboxFull => "MAILBOXFULL",
             ErrorType::NotMember => "NOTMEMBER",
+            ErrorType::TooMany => "TOOMANY",
+            ErrorType::RoomFull => "ROOMFULL",
         }
     }
 
     /// All error types, for metrics pre-registration and reports.
-    pub const ALL: [ErrorType; 14] = [
+    pub const ALL: [ErrorType; 16] = [
         ErrorType::NoMatch,
         ErrorType::Timeout,
         ErrorType::Refused,
@@ -170,6 +178,8 @@ impl ErrorType {
         ErrorType::Unavailable,
         ErrorType::MailboxFull,
         ErrorType::NotMember,
+        ErrorType::TooMany,
+        ErrorType::RoomFull,
     ];
 }
 

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::redis_link::RedisConn;
 use prost::Message as _;
-use redis::aio::ConnectionManager;
 use signal_proto::relay::Location;
 use signal_proto::UserId;
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ impl std::fmt::Debug for Directory {
 enum Backend {
     Memory(Arc<Mutex<HashMap<UserId, Location>>>),
     Redis {
-        conn: ConnectionManager,
+        conn: RedisConn,
         release: Arc<redis::Script>,
     },
 }

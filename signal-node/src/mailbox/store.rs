@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::RedisConn;
 use signal_proto::{MessageId, UserId};
 
 /// Quota and expiry (`--mailbox-max-messages`, `--mailbox-ttl-secs`).
@@ -147,7 +147,7 @@ impl std::fmt::Debug for MailboxStore {
 enum Backend {
     Memory(Arc<Mutex<Memory>>),
     Redis {
-        conn: ConnectionManager,
+        conn: RedisConn,
         append: Arc<redis::Script>,
         page: Arc<redis::Script>,
         delete: Arc<redis::Script>,

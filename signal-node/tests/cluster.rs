@@ -16,7 +16,7 @@ async fn cluster(redis: &Redis) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         let mut cfg = dev(id);
-        cfg.directory = DirectoryConfig::Redis(redis.url());
+        cfg.directory = DirectoryConfig::Redis(redis.url().into());
         cfg.rate_limit = 0;
         nodes.push(TestNode::start(cfg).await);
     }

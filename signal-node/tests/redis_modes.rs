@@ -130,6 +130,7 @@ impl Central {
 }
 
 struct NodeProc {
+    id: String,
     proc: Proc,
     http: SocketAddr,
 }
@@ -141,16 +142,20 @@ impl NodeProc {
         let proc = Proc::spawn(
             id,
             Command::new(env!("CARGO_BIN_EXE_signal-node"))
-                .args(["--id", id, "--secret", SECRET])
+                .args(["--id", id, "--secret", SECRET, "--dev-auth"])
                 .args(["--listen", &http.to_string()])
                 .args(["--grpc-listen", &grpc.to_string()])
                 .args(["--central", &format!("http://{}", central.grpc)])
                 .args(flags.args())
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "warn,signal_node::mailbox=info,redis=error")
                 .stdout(Stdio::null()),
         );
         wait_for_port(http, Duration::from_secs(10)).await;
-        NodeProc { proc, http }
+        NodeProc {
+            id: id.to_owned(),
+            proc,
+            http,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -245,7 +250,7 @@ async fn relay_until_delivered(
 
 /// Login balancing, cross-node relay, a mailbox message for an offline user. Returns the two
 /// connected users (alice, bob on different nodes).
-async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient) {
+async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient, String) {
     let (na, ua) = s.central.login("alice").await.unwrap();
     let (nb, ub) = s.central.login("bob").await.unwrap();
     assert_ne!(na, nb, "central balanced two logins onto different nodes");
@@ -265,7 +270,7 @@ async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient) {
         .await;
     let acc = next_of(&mut alice, "Accepted").await;
     assert_eq!(acc["id"], "m1", "{acc}");
-    (alice, bob)
+    (alice, bob, na)
 }
 
 /// The mailbox message is pushed when its recipient logs in (through central).
@@ -301,12 +306,29 @@ async fn reqwest_text(url: &str) -> String {
     }
 }
 
-/// After a failover: nothing restarted, logins work again, the mode is reported. Presence
-/// (coming from another feature) adds its checks here: a watcher sees no false offline.
-async fn after_failover(s: &mut Setup, mode: &str) {
+/// After a failover: nothing restarted, logins work again, a new user connects (a directory
+/// claim on the new master) and is reached from the other node (a directory lookup), the mode
+/// is reported. Presence (coming from another feature) adds its checks here: a watcher sees
+/// no false offline.
+async fn after_failover(s: &mut Setup, mode: &str, bob: &mut WsClient, alice_node: &str) {
     for n in &mut s.nodes {
         assert!(n.proc.is_running(), "a node exited during the failover");
     }
+    let node = s.nodes.iter().find(|n| n.id == alice_node).unwrap();
+    let url = format!("ws://{}/ws?user=zed", node.http);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut zed = loop {
+        match WsClient::try_connect(&url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert_eq!(e.status, Some(503), "{e:?}");
+                assert!(Instant::now() < deadline, "zed could not connect: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    next_of(&mut zed, "Welcome").await;
+    relay_until_delivered(bob, &mut zed, "zed", "z", Duration::from_secs(10)).await;
     wait_until("logins work again", Duration::from_secs(15), || async {
         s.central.login("probe").await.is_ok()
     })
@@ -335,8 +357,11 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
             break;
         }
     }
-    let (mut alice, mut bob) = exercise(&s, &recipient).await;
+    let (mut alice, mut bob, alice_node) = exercise(&s, &recipient).await;
     wait_replicated(victim).await;
+    let sk = format!("{{mb:{recipient}}}:s");
+    eprintln!("DEBUG repl {:?}\nnodes {:?}", testkit::redis_deployments::cli(victim, &["INFO", "replication"]).await, testkit::redis_deployments::cli(victim, &["CLUSTER", "NODES"]).await);
+    eprintln!("DEBUG before: victim {victim} recipient {recipient} xlen {:?}", testkit::redis_deployments::cli(victim, &["XLEN", &sk]).await);
 
     let killed = Instant::now();
     cluster.kill(victim);
@@ -349,7 +374,11 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
         "cluster: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed
     );
-    after_failover(&mut s, "cluster").await;
+    let nm = cluster.master_for(&sk).await;
+    eprintln!("DEBUG nodes after {:?}", testkit::redis_deployments::cli(nm, &["CLUSTER", "NODES"]).await);
+    eprintln!("DEBUG after: new master {nm} xlen {:?}", testkit::redis_deployments::cli(nm, &["XLEN", &sk]).await);
+    after_failover(&mut s, "cluster", &mut bob, &alice_node).await;
+    eprintln!("DEBUG after2: new master {nm} xlen {:?}", testkit::redis_deployments::cli(nm, &["XLEN", &sk]).await);
     mailbox_delivered(&s, &recipient).await;
     // The cluster is whole again (minus the dead node): a fresh node handle works too.
     let mut conn = redis_link::connect_lazy(flags.config()).unwrap();
@@ -368,7 +397,7 @@ async fn redis_sentinel_relays_balances_keeps_mail_and_survives_a_failover() {
     };
     let mut s = setup(&flags).await;
     nodes_report(&s, "sentinel").await;
-    let (mut alice, mut bob) = exercise(&s, "carol").await;
+    let (mut alice, mut bob, alice_node) = exercise(&s, "carol").await;
     wait_replicated(sentinel.master_port).await;
 
     let killed = Instant::now();
@@ -380,7 +409,7 @@ async fn redis_sentinel_relays_balances_keeps_mail_and_survives_a_failover() {
         "sentinel: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed
     );
-    after_failover(&mut s, "sentinel").await;
+    after_failover(&mut s, "sentinel", &mut bob, &alice_node).await;
     mailbox_delivered(&s, "carol").await;
 }
 
@@ -400,6 +429,6 @@ async fn redis_over_tls_with_the_test_ca() {
     };
     let s = setup(&flags).await;
     nodes_report(&s, "standalone").await;
-    let (_alice, _bob) = exercise(&s, "carol").await;
+    let (_alice, _bob, _) = exercise(&s, "carol").await;
     mailbox_delivered(&s, "carol").await;
 }

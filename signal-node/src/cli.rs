@@ -300,14 +300,38 @@ mod tests {
         assert!(parse(&["--dev-auth", "--redis-url", &format!("{r},{r}")])
             .unwrap_err()
             .contains("--redis-url"));
-        assert!(parse(&["--dev-auth", "--redis-mode", "cluster", "--redis-url", &format!("{r},{r}")]).is_ok());
-        assert!(parse(&["--dev-auth", "--redis-mode", "sentinel", "--redis-url", r])
-            .unwrap_err()
-            .contains("--redis-sentinel-master"));
-        assert!(parse(&["--dev-auth", "--redis-mode", "sentinel", "--redis-url", r, "--redis-sentinel-master", "m"]).is_ok());
-        assert!(parse(&["--dev-auth", "--redis-url", "rediss://127.0.0.1:1", "--redis-tls-ca", "/nonexistent.pem"])
-            .unwrap_err()
-            .contains("--redis-tls-ca"));
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-mode",
+            "cluster",
+            "--redis-url",
+            &format!("{r},{r}")
+        ])
+        .is_ok());
+        assert!(
+            parse(&["--dev-auth", "--redis-mode", "sentinel", "--redis-url", r])
+                .unwrap_err()
+                .contains("--redis-sentinel-master")
+        );
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-mode",
+            "sentinel",
+            "--redis-url",
+            r,
+            "--redis-sentinel-master",
+            "m"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-url",
+            "rediss://127.0.0.1:1",
+            "--redis-tls-ca",
+            "/nonexistent.pem"
+        ])
+        .unwrap_err()
+        .contains("--redis-tls-ca"));
         assert!(parse(&["--dev-auth", "--redis-mode", "ring", "--redis-url", r]).is_err());
         assert!(parse(&["--dev-auth", "--advertise-url", "http://x/ws"])
             .unwrap_err()

@@ -155,7 +155,10 @@ impl RedisConfig {
                 let [url] = self.urls.as_slice() else {
                     return Err(Self::invalid(
                         "standalone mode takes one URL",
-                        format!("{} given (use --redis-mode cluster for seeds)", self.urls.len()),
+                        format!(
+                            "{} given (use --redis-mode cluster for seeds)",
+                            self.urls.len()
+                        ),
                     ));
                 };
                 let client = match certs {
@@ -179,8 +182,7 @@ impl RedisConfig {
                 Ok(Built::Cluster(b.build()?))
             }
             RedisMode::Sentinel => {
-                let Some(master) = self.sentinel_master.as_deref().filter(|m| !m.is_empty())
-                else {
+                let Some(master) = self.sentinel_master.as_deref().filter(|m| !m.is_empty()) else {
                     return Err(Self::invalid(
                         "sentinel mode needs the master name",
                         "--redis-sentinel-master".into(),
@@ -351,11 +353,21 @@ struct LazyCluster {
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        if let Some(c) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(c) = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             return Ok(c.clone());
         }
         let _one = self.connecting.lock().await;
-        if let Some(c) = self.conn.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(c) = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             return Ok(c.clone());
         }
         let c = self.client.get_async_connection().await?;
@@ -413,7 +425,10 @@ impl SentinelMaster {
         })??;
         let (addr, conn) = found;
         let generation = {
-            let mut g = self.generation.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut g = self
+                .generation
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             *g += 1;
             *g
         };

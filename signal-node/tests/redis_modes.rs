@@ -113,8 +113,7 @@ impl Central {
 
     /// Logs `user` in; `Ok((node, ws url with ticket))` or the HTTP status.
     async fn login(&self, user: &str) -> Result<(String, String), u16> {
-        let (s, login) =
-            get_json(&format!("http://{}/v1/endpoint?user={user}", self.http)).await;
+        let (s, login) = get_json(&format!("http://{}/v1/endpoint?user={user}", self.http)).await;
         if s != 200 {
             return Err(s);
         }
@@ -147,7 +146,7 @@ impl NodeProc {
                 .args(["--grpc-listen", &grpc.to_string()])
                 .args(["--central", &format!("http://{}", central.grpc)])
                 .args(flags.args())
-                .env("RUST_LOG", "warn,signal_node::mailbox=info,redis=error")
+                .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),
         );
         wait_for_port(http, Duration::from_secs(10)).await;
@@ -222,7 +221,9 @@ async fn relay_until_delivered(
         let sid = format!("{tag}-{i}");
         from.send_json(&offer(to_user, &sid)).await;
         let until = Instant::now() + Duration::from_millis(700);
-        while let Some(r) = to.recv_within(until.saturating_duration_since(Instant::now())).await
+        while let Some(r) = to
+            .recv_within(until.saturating_duration_since(Instant::now()))
+            .await
         {
             match r {
                 Received::Json(v) if v["sessionID"] == sid.as_str() => return start.elapsed(),
@@ -255,7 +256,10 @@ async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient, String) {
     let (nb, ub) = s.central.login("bob").await.unwrap();
     assert_ne!(na, nb, "central balanced two logins onto different nodes");
     let (mut alice, w) = WsClient::connect_welcomed(&ua).await;
-    assert_eq!((w["user"].as_str(), w["node"].as_str()), (Some("alice"), Some(na.as_str())));
+    assert_eq!(
+        (w["user"].as_str(), w["node"].as_str()),
+        (Some("alice"), Some(na.as_str()))
+    );
     let (mut bob, _) = WsClient::connect_welcomed(&ub).await;
     // Cross-node relay, both ways.
     bob.send_json(&offer("alice", "s1")).await;
@@ -351,7 +355,9 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
     // mailbox lives on that same master (so both survive the same failover).
     let victim = cluster.master_for("sig:u:alice").await;
     let mut recipient = "carol".to_owned();
-    for name in ["carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory"] {
+    for name in [
+        "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    ] {
         if cluster.master_for(&format!("{{mb:{name}}}")).await == victim {
             recipient = name.to_owned();
             break;
@@ -359,9 +365,6 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
     }
     let (mut alice, mut bob, alice_node) = exercise(&s, &recipient).await;
     wait_replicated(victim).await;
-    let sk = format!("{{mb:{recipient}}}:s");
-    eprintln!("DEBUG repl {:?}\nnodes {:?}", testkit::redis_deployments::cli(victim, &["INFO", "replication"]).await, testkit::redis_deployments::cli(victim, &["CLUSTER", "NODES"]).await);
-    eprintln!("DEBUG before: victim {victim} recipient {recipient} xlen {:?}", testkit::redis_deployments::cli(victim, &["XLEN", &sk]).await);
 
     let killed = Instant::now();
     cluster.kill(victim);
@@ -369,16 +372,13 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
         .wait_failover("sig:u:alice", victim, Duration::from_secs(30))
         .await;
     let failover = killed.elapsed();
-    let resumed = relay_until_delivered(&mut bob, &mut alice, "alice", "f", Duration::from_secs(20)).await;
+    let resumed =
+        relay_until_delivered(&mut bob, &mut alice, "alice", "f", Duration::from_secs(20)).await;
     eprintln!(
         "cluster: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed
     );
-    let nm = cluster.master_for(&sk).await;
-    eprintln!("DEBUG nodes after {:?}", testkit::redis_deployments::cli(nm, &["CLUSTER", "NODES"]).await);
-    eprintln!("DEBUG after: new master {nm} xlen {:?}", testkit::redis_deployments::cli(nm, &["XLEN", &sk]).await);
     after_failover(&mut s, "cluster", &mut bob, &alice_node).await;
-    eprintln!("DEBUG after2: new master {nm} xlen {:?}", testkit::redis_deployments::cli(nm, &["XLEN", &sk]).await);
     mailbox_delivered(&s, &recipient).await;
     // The cluster is whole again (minus the dead node): a fresh node handle works too.
     let mut conn = redis_link::connect_lazy(flags.config()).unwrap();
@@ -404,7 +404,8 @@ async fn redis_sentinel_relays_balances_keeps_mail_and_survives_a_failover() {
     sentinel.kill_master();
     sentinel.wait_failover(Duration::from_secs(30)).await;
     let failover = killed.elapsed();
-    let resumed = relay_until_delivered(&mut bob, &mut alice, "alice", "f", Duration::from_secs(20)).await;
+    let resumed =
+        relay_until_delivered(&mut bob, &mut alice, "alice", "f", Duration::from_secs(20)).await;
     eprintln!(
         "sentinel: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed

@@ -56,7 +56,11 @@ impl Drop for Scratch {
     }
 }
 
+/// A `redis-server` on `port` with its own working directory under `dir`: replicas that share
+/// one directory would race on `dump.rdb` during their full syncs and load each other's data.
 fn server(name: &str, dir: &Path, port: u16, extra: &[String]) -> Proc {
+    let dir = dir.join(format!("server-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
     Proc::spawn(
         name,
         Command::new(redis_server_bin())
@@ -64,7 +68,7 @@ fn server(name: &str, dir: &Path, port: u16, extra: &[String]) -> Proc {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--loglevel", "warning"])
             .arg("--dir")
-            .arg(dir)
+            .arg(&dir)
             .args(extra)
             .stdout(Stdio::null()),
     )
@@ -145,12 +149,21 @@ impl RedisCluster {
         }
         for n in &nodes {
             let port = n.port;
-            wait_until("cluster node to answer", Duration::from_secs(10), || async move {
-                cli(port, &["PING"]).await.is_some_and(|s| s.contains("PONG"))
-            })
+            wait_until(
+                "cluster node to answer",
+                Duration::from_secs(10),
+                || async move {
+                    cli(port, &["PING"])
+                        .await
+                        .is_some_and(|s| s.contains("PONG"))
+                },
+            )
             .await;
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut create = tokio::process::Command::new(redis_cli_bin());
         create
             .arg("--cluster")
@@ -264,7 +277,8 @@ impl RedisCluster {
                     return false;
                 };
                 // The dead node is marked failed and someone else is master of its slots.
-                role.lines().any(|l| l.contains(&format!(":{old}@")) && l.contains("fail"))
+                role.lines()
+                    .any(|l| l.contains(&format!(":{old}@")) && l.contains("fail"))
                     && self.try_master_for(&key).await.is_some_and(|p| p != old)
             }
         })
@@ -302,11 +316,15 @@ impl RedisSentinel {
                 master_port.to_string(),
             ],
         );
-        wait_until("the replica to sync", Duration::from_secs(15), || async move {
-            cli(replica_port, &["INFO", "replication"])
-                .await
-                .is_some_and(|i| field(&i, "master_link_status") == Some("up"))
-        })
+        wait_until(
+            "the replica to sync",
+            Duration::from_secs(15),
+            || async move {
+                cli(replica_port, &["INFO", "replication"])
+                    .await
+                    .is_some_and(|i| field(&i, "master_link_status") == Some("up"))
+            },
+        )
         .await;
         let mut sentinels = Vec::new();
         let mut sentinel_ports = Vec::new();
@@ -423,15 +441,34 @@ impl RedisTls {
         let d = &dir.0;
         openssl(
             &[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-                "ca.pem", "-days", "2", "-subj", "/CN=testkit-ca",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=testkit-ca",
             ],
             d,
         );
         openssl(
             &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-                "server.csr", "-subj", "/CN=localhost",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
             ],
             d,
         );
@@ -443,8 +480,21 @@ impl RedisTls {
         .unwrap();
         openssl(
             &[
-                "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext",
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
             ],
             d,
         );
@@ -469,7 +519,14 @@ impl RedisTls {
             let ca = ca.clone();
             async move {
                 let out = tokio::process::Command::new(redis_cli_bin())
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--tls", "--cacert"])
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "--tls",
+                        "--cacert",
+                    ])
                     .arg(&ca)
                     .arg("PING")
                     .stdin(Stdio::null())

@@ -439,13 +439,13 @@ mod tests {
     #[tokio::test]
     async fn redis_directory_against_real_redis() {
         let redis = testkit::Redis::start().await;
-        exercise(Directory::redis(&redis.url()).unwrap()).await;
+        exercise(Directory::redis(redis.url()).unwrap()).await;
     }
 
     #[tokio::test]
     async fn redis_outage_is_unavailable_then_recovers() {
         let mut redis = testkit::Redis::start().await;
-        let dir = Directory::redis(&redis.url()).unwrap();
+        let dir = Directory::redis(redis.url()).unwrap();
         let alice = UserId::new("alice").unwrap();
         dir.claim(&alice, &loc("a", 1)).await.unwrap();
         let mut reconnects = dir.reconnects();

@@ -289,8 +289,18 @@ async fn mailbox_delivered(s: &Setup, user: &str) {
     );
 }
 
-/// What every node must show: the mode in `/readyz` and `redis_up{mode=...} 1` in metrics.
+/// What every node must show: the mode in `/readyz` and `redis_up{mode=...} 1` in metrics;
+/// central shows the mode of its registry in `/readyz`.
 async fn nodes_report(s: &Setup, mode: &str) {
+    wait_until(
+        "central reports its registry up",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = get_json(&format!("http://{}/readyz", s.central.http)).await;
+            body["registry"]["mode"] == mode && body["registry"]["ok"] == true
+        },
+    )
+    .await;
     for n in &s.nodes {
         wait_until("node reports redis up", Duration::from_secs(10), || async {
             let (_, body) = get_json(&n.url("/readyz")).await;
@@ -314,7 +324,12 @@ async fn reqwest_text(url: &str) -> String {
 /// claim on the new master) and is reached from the other node (a directory lookup), the mode
 /// is reported. Presence (coming from another feature) adds its checks here: a watcher sees
 /// no false offline.
-async fn after_failover(s: &mut Setup, mode: &str, bob: &mut WsClient, alice_node: &str) {
+async fn after_failover(
+    s: &mut Setup,
+    mode: &str,
+    bob: &mut WsClient,
+    alice_node: &str,
+) -> Instant {
     for n in &mut s.nodes {
         assert!(n.proc.is_running(), "a node exited during the failover");
     }
@@ -333,11 +348,13 @@ async fn after_failover(s: &mut Setup, mode: &str, bob: &mut WsClient, alice_nod
     };
     next_of(&mut zed, "Welcome").await;
     relay_until_delivered(bob, &mut zed, "zed", "z", Duration::from_secs(10)).await;
+    let reached = Instant::now();
     wait_until("logins work again", Duration::from_secs(15), || async {
         s.central.login("probe").await.is_ok()
     })
     .await;
     nodes_report(s, mode).await;
+    reached
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,8 +395,36 @@ async fn redis_cluster_relays_balances_keeps_mail_and_survives_a_master_kill() {
         "cluster: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed
     );
-    after_failover(&mut s, "cluster", &mut bob, &alice_node).await;
+    let reached = after_failover(&mut s, "cluster", &mut bob, &alice_node).await;
+    eprintln!(
+        "cluster: a user connecting after the failover was reached from the other node {:?} after the kill",
+        reached - killed
+    );
     mailbox_delivered(&s, &recipient).await;
+    // The directory's reassert on a cluster: single-key SET NX spread over every slot.
+    let dir = signal_node::Directory::redis(flags.config()).unwrap();
+    let entries: Vec<_> = (0..300)
+        .map(|i| {
+            (
+                signal_proto::UserId::new(format!("re-{i}")).unwrap(),
+                signal_proto::relay::Location {
+                    node_id: "a".into(),
+                    instance: "i".into(),
+                    conn: i,
+                    grpc_url: "http://a:9091".into(),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(dir.reassert(&entries[..100]).await.unwrap(), 100);
+    assert_eq!(
+        dir.reassert(&entries).await.unwrap(),
+        200,
+        "never overwrites"
+    );
+    for (u, at) in entries.iter().step_by(37) {
+        assert_eq!(dir.lookup(u).await.unwrap().as_ref(), Some(at));
+    }
     // The cluster is whole again (minus the dead node): a fresh node handle works too.
     let mut conn = redis_link::connect_lazy(flags.config()).unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
@@ -410,7 +455,11 @@ async fn redis_sentinel_relays_balances_keeps_mail_and_survives_a_failover() {
         "sentinel: replica promoted {failover:?} after the kill, relaying resumed {:?} after the kill",
         failover + resumed
     );
-    after_failover(&mut s, "sentinel", &mut bob, &alice_node).await;
+    let reached = after_failover(&mut s, "sentinel", &mut bob, &alice_node).await;
+    eprintln!(
+        "sentinel: a user connecting after the failover was reached from the other node {:?} after the kill",
+        reached - killed
+    );
     mailbox_delivered(&s, "carol").await;
 }
 

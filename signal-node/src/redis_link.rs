@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -301,11 +301,13 @@ pub fn connect_lazy(cfg: impl Into<RedisConfig>) -> Result<RedisConn, RedisError
             client,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            failed: FailedAttempt::default(),
         })),
         Built::Sentinel(client) => Inner::Sentinel(Arc::new(SentinelMaster {
             sentinels: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
             generation: Mutex::new(0),
+            failed: FailedAttempt::default(),
         })),
     };
     Ok(RedisConn { inner })
@@ -343,12 +345,45 @@ fn is_stale(e: &RedisError) -> bool {
         )
 }
 
+/// Remembers the last failed attempt to connect (or to discover the master), so that commands
+/// queued behind one attempt fail fast with its error instead of each trying again in turn:
+/// during an outage a command waits for at most one attempt.
+#[derive(Default)]
+struct FailedAttempt(Mutex<Option<(Instant, String)>>);
+
+/// How long a failed connect attempt answers for the commands that come after it.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+impl FailedAttempt {
+    fn recent(&self) -> Option<RedisError> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match last.as_ref() {
+            Some((at, e)) if at.elapsed() < RETRY_AFTER => Some(RedisError::from((
+                ErrorKind::Io,
+                "redis unreachable (retrying)",
+                e.clone(),
+            ))),
+            _ => None,
+        }
+    }
+
+    fn record<T>(&self, r: RedisResult<T>) -> RedisResult<T> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &r {
+            Ok(_) => *last = None,
+            Err(e) => *last = Some((Instant::now(), e.to_string())),
+        }
+        r
+    }
+}
+
 /// A cluster connection made on first use. Once made, the crate's `ClusterConnection` follows
 /// the topology by itself (MOVED/ASK, slot refresh, reconnects to each node).
 struct LazyCluster {
     client: ClusterClient,
     conn: Mutex<Option<ClusterConnection>>,
     connecting: tokio::sync::Mutex<()>,
+    failed: FailedAttempt,
 }
 
 impl LazyCluster {
@@ -370,7 +405,12 @@ impl LazyCluster {
         {
             return Ok(c.clone());
         }
-        let c = self.client.get_async_connection().await?;
+        if let Some(e) = self.failed.recent() {
+            return Err(e);
+        }
+        let c = self
+            .failed
+            .record(self.client.get_async_connection().await)?;
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
         Ok(c)
     }
@@ -383,6 +423,7 @@ struct SentinelMaster {
     /// The current master connection and its generation.
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
     generation: Mutex<u64>,
+    failed: FailedAttempt,
 }
 
 impl SentinelMaster {
@@ -404,6 +445,9 @@ impl SentinelMaster {
         {
             return Ok(c.clone());
         }
+        if let Some(e) = self.failed.recent() {
+            return Err(e);
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -422,8 +466,9 @@ impl SentinelMaster {
                 "sentinel discovery timed out",
                 format!("{DISCOVER_TIMEOUT:?}"),
             ))
-        })??;
-        let (addr, conn) = found;
+        })
+        .and_then(|r| r);
+        let (addr, conn) = self.failed.record(found)?;
         let generation = {
             let mut g = self
                 .generation
@@ -556,22 +601,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lazy_connection_to_nothing_fails_fast_in_every_mode() {
+    async fn a_lazy_connection_to_a_silent_server_fails_fast_in_every_mode() {
+        // Accepts TCP connections (the kernel's backlog) but never answers: every attempt
+        // runs into a timeout. 50 commands at once must share attempts, not queue 50 of them.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
         for cfg in [
-            RedisConfig::from("redis://127.0.0.1:1/"),
-            RedisConfig::parse(RedisMode::Cluster, "redis://127.0.0.1:1", None, None),
-            RedisConfig::parse(
-                RedisMode::Sentinel,
-                "redis://127.0.0.1:1",
-                Some("m".into()),
-                None,
-            ),
+            RedisConfig::from(url.as_str()),
+            RedisConfig::parse(RedisMode::Cluster, &url, None, None),
+            RedisConfig::parse(RedisMode::Sentinel, &url, Some("m".into()), None),
         ] {
-            let mut conn = connect_lazy(&cfg).unwrap();
-            let start = std::time::Instant::now();
-            let r: RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-            assert!(r.is_err(), "{cfg:?}");
-            assert!(start.elapsed() < Duration::from_secs(5), "{cfg:?}");
+            let conn = connect_lazy(&cfg).unwrap();
+            let start = Instant::now();
+            let pings = (0..50).map(|_| {
+                let mut conn = conn.clone();
+                async move { redis::cmd("PING").query_async::<String>(&mut conn).await }
+            });
+            let results = futures::future::join_all(pings).await;
+            assert!(results.iter().all(Result::is_err), "{cfg:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "{:?}: {:?}",
+                cfg.mode,
+                start.elapsed()
+            );
         }
+        drop(silent);
     }
 }

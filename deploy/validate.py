@@ -83,6 +83,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "grpcTls": {"enabled": True, "secretName": "signal-grpc-tls"},
         "networkPolicy": {"extraGrpcFrom": [{"namespaceSelector": {"matchLabels": {"name": "ops"}}}]},
     },
+    "redis-cluster-tls": {
+        **WITH_JWT,
+        "redis": {"enabled": False, "external": {
+            "url": "rediss://redis-0.redis:6379,rediss://redis-1.redis:6379", "mode": "cluster",
+            "tlsCaSecret": "redis-ca"}},
+    },
+    "redis-sentinel": {
+        **WITH_JWT,
+        "redis": {"enabled": False, "external": {
+            "url": "redis://sentinel-0:26379,redis://sentinel-1:26379", "mode": "sentinel",
+            "sentinelMaster": "mymaster"}},
+    },
     "turn-coturn-tls": {
         **WITH_JWT,
         "turn": {
@@ -109,6 +121,8 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown top-level key": {**WITH_JWT, "replicas": 3},
     "negative drainMs": {**WITH_JWT, "signalNode": {"drainMs": -1}},
     "external Redis without URL": {**WITH_JWT, "redis": {"enabled": False}},
+    "unknown Redis mode": {**WITH_JWT, "redis": {"enabled": False, "external": {
+        "url": "redis://r:6379", "mode": "ring"}}},
     "neither a JWT secret nor openLogin (the defaults)": {},
     "openLogin false without a JWT secret": {"openLogin": False, "jwt": {"value": ""}},
     "JWT secret too short": {"jwt": {"value": "short"}},

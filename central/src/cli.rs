@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use signal_node::origin::AllowedOrigins;
+use signal_node::redis_link::{RedisConfig, RedisMode};
 use signal_proto::grpc_tls::GrpcTls;
 
 use crate::config::{random_secret, Config};
@@ -126,9 +127,23 @@ pub struct Args {
     )]
     pub turn_ttl_secs: u64,
 
-    /// Share the registry between central replicas, e.g. redis://127.0.0.1:6379/
+    /// Share the registry between central replicas, e.g. redis://127.0.0.1:6379/ (rediss://
+    /// for TLS; comma-separated seeds for a cluster, the sentinels for sentinel)
     #[arg(long, env = "CENTRAL_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+
+    /// The Redis deployment behind --redis-url
+    #[arg(long, env = "CENTRAL_REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub redis_mode: RedisMode,
+
+    /// With --redis-mode sentinel: the master name the sentinels monitor
+    #[arg(long, env = "CENTRAL_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// PEM file of the CA certificates rediss:// servers are verified against (default: the
+    /// system's roots)
+    #[arg(long, env = "CENTRAL_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
 
     /// All-in-one local cluster: central plus in-process signal nodes on loopback
     #[arg(long, env = "CENTRAL_DEV")]
@@ -225,14 +240,28 @@ impl Args {
         if self.ticket_ttl_secs == 0 {
             return Err(bad("--ticket-ttl-secs", "must be at least 1"));
         }
-        if let Some(url) = &self.redis_url {
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(bad(
-                    "--redis-url (CENTRAL_REDIS_URL)",
-                    format!("invalid URL {url:?}: {e}"),
-                ));
+        let redis = match &self.redis_url {
+            None => None,
+            Some(url) => {
+                let cfg = RedisConfig::parse(
+                    self.redis_mode,
+                    url,
+                    self.redis_sentinel_master.clone(),
+                    self.redis_tls_ca.clone(),
+                );
+                if let Err(e) = cfg.check() {
+                    let flag = match cfg.flag_at_fault() {
+                        "redis-sentinel-master" => {
+                            "--redis-sentinel-master (CENTRAL_REDIS_SENTINEL_MASTER)"
+                        }
+                        "redis-tls-ca" => "--redis-tls-ca (CENTRAL_REDIS_TLS_CA)",
+                        _ => "--redis-url (CENTRAL_REDIS_URL)",
+                    };
+                    return Err(bad(flag, format!("invalid {url:?}: {e}")));
+                }
+                Some(cfg)
             }
-        }
+        };
         let ice = ice_config(
             self.stun_urls.as_deref().unwrap_or(""),
             self.turn_urls.as_deref().unwrap_or(""),
@@ -298,7 +327,7 @@ impl Args {
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             ticket_ttl: Duration::from_secs(self.ticket_ttl_secs),
             ice,
-            redis_url: self.redis_url,
+            redis,
             dev: self.dev,
             dev_nodes: self.dev_nodes,
             dev_drain: Duration::from_millis(self.dev_drain_ms),
@@ -367,7 +396,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.node_timeout, Duration::from_secs(6));
         assert_eq!(c.ticket_ttl, Duration::from_secs(60));
-        assert!(c.jwt_secret.is_none() && c.redis_url.is_none() && !c.dev);
+        assert!(c.jwt_secret.is_none() && c.redis.is_none() && !c.dev);
         assert!(c.open_login && c.allowed_origins.is_any());
         assert_eq!(c.jwt_leeway, Duration::from_secs(30));
         let d = parse(&["--dev"]).unwrap();

@@ -42,8 +42,8 @@ pub struct Config {
     pub ticket_ttl: Duration,
     /// STUN/TURN servers in the login answer (TURN with short-lived credentials).
     pub ice: IceConfig,
-    /// Share the registry between central replicas.
-    pub redis_url: Option<String>,
+    /// Share the registry between central replicas (`--redis-url`, `--redis-mode`, ...).
+    pub redis: Option<signal_node::redis_link::RedisConfig>,
     /// All-in-one local cluster (`central --dev`).
     pub dev: bool,
     /// Number of in-process nodes in dev mode.
@@ -75,7 +75,7 @@ impl std::fmt::Debug for Config {
             .field("probe_interval", &self.probe_interval)
             .field("ticket_ttl", &self.ticket_ttl)
             .field("ice", &self.ice)
-            .field("redis_url", &self.redis_url)
+            .field("redis", &self.redis)
             .field("dev", &self.dev)
             .field("dev_nodes", &self.dev_nodes)
             .field("dev_drain", &self.dev_drain)
@@ -105,7 +105,7 @@ impl Config {
             probe_interval: Duration::from_millis(1000),
             ticket_ttl: Duration::from_secs(60),
             ice: IceConfig::default(),
-            redis_url: None,
+            redis: None,
             dev: true,
             dev_nodes: 2,
             dev_drain: Duration::from_secs(2),

@@ -155,7 +155,7 @@ impl DevCluster {
         if config.metrics.is_none() {
             config.metrics = opts.metrics.clone();
         }
-        if config.redis_url.is_some() {
+        if config.redis.is_some() {
             return Err(CentralError::Config(
                 "the dev cluster keeps its registry in memory: drop --redis-url".into(),
             ));

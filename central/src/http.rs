@@ -166,6 +166,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StoreHealth::RedisUp => json!({"store": "redis", "ok": true}),
         StoreHealth::RedisDown(e) => json!({"store": "redis", "ok": false, "error": e}),
     };
+    let mut registry = registry;
+    if let Some(mode) = state.registry.redis_mode() {
+        registry["mode"] = json!(mode.as_str());
+    }
     // Anyone may log in as anyone (dev mode or --open-login): operators should see it.
     let open_login = state.login.is_open();
     // A Redis outage alone does not make central unready (contract: a shared dependency's

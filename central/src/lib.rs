@@ -76,8 +76,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
-    let registry = match &config.redis_url {
-        Some(url) => Registry::redis(url, config.ticket_ttl)?,
+    let registry = match &config.redis {
+        Some(cfg) => Registry::redis(cfg, config.ticket_ttl)?,
         None => Registry::memory(config.ticket_ttl),
     };
     serve(config, listeners, registry, shutdown).await

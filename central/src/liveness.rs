@@ -50,7 +50,10 @@ pub async fn sweep(registry: Registry, node_timeout: Duration, stop: Cancellatio
             let draining = nodes.iter().filter(|n| !n.down && n.draining).count();
             crate::telemetry::nodes(nodes.len() - down - draining, draining, down);
         }
-        crate::telemetry::registry_up(!matches!(registry.health(), StoreHealth::RedisDown(_)));
+        crate::telemetry::registry_up(
+            !matches!(registry.health(), StoreHealth::RedisDown(_)),
+            registry.redis_mode(),
+        );
     }
 }
 

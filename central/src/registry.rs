@@ -139,8 +139,11 @@ impl Registry {
 
     /// A Redis-backed registry. Connects lazily: a Redis that is down at start is not an error.
     /// `assignment_ttl` as for [`Registry::memory`].
-    pub fn redis(url: &str, assignment_ttl: Duration) -> Result<Self, RegistryError> {
-        RedisRegistry::new(url, assignment_ttl).map(Registry::Redis)
+    pub fn redis(
+        cfg: impl Into<signal_node::redis_link::RedisConfig>,
+        assignment_ttl: Duration,
+    ) -> Result<Self, RegistryError> {
+        RedisRegistry::new(cfg, assignment_ttl).map(Registry::Redis)
     }
 
     /// Registers a node that may be handed out at once.
@@ -236,6 +239,14 @@ impl Registry {
         match self {
             Registry::Memory(m) => Ok(m.evict(timeout)),
             Registry::Redis(r) => r.evict(timeout).await,
+        }
+    }
+
+    /// The Redis deployment behind the registry (`None` in memory).
+    pub fn redis_mode(&self) -> Option<signal_node::redis_link::RedisMode> {
+        match self {
+            Registry::Memory(_) => None,
+            Registry::Redis(r) => Some(r.mode()),
         }
     }
 

@@ -102,8 +102,13 @@ pub fn nodes(active: usize, draining: usize, down: usize) {
     gauge!(NODES, "state" => "down").set(down as f64);
 }
 
-pub fn registry_up(up: bool) {
-    gauge!(REGISTRY_UP).set(if up { 1.0 } else { 0.0 });
+/// `central_registry_up`, and `redis_up{mode=...}` when the registry is in Redis.
+pub fn registry_up(up: bool, mode: Option<signal_node::redis_link::RedisMode>) {
+    let up = if up { 1.0 } else { 0.0 };
+    gauge!(REGISTRY_UP).set(up);
+    if let Some(mode) = mode {
+        gauge!("redis_up", "mode" => mode.as_str()).set(up);
+    }
 }
 
 pub fn jwt_refused(reason: &'static str) {

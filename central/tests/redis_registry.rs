@@ -29,7 +29,7 @@ fn nid(s: &str) -> NodeId {
 #[tokio::test]
 async fn lifecycle_and_instances() {
     let redis = Redis::start().await;
-    let r = Registry::redis(&redis.url(), TTL).unwrap();
+    let r = Registry::redis(redis.url(), TTL).unwrap();
     assert_eq!(r.register(info("n1", "a", 1), 0).await, Ok(Registered::New));
     assert_eq!(r.health(), StoreHealth::RedisUp);
     assert_eq!(
@@ -73,8 +73,8 @@ async fn lifecycle_and_instances() {
 #[tokio::test]
 async fn picks_by_weight_across_two_replicas() {
     let redis = Redis::start().await;
-    let a = Registry::redis(&redis.url(), TTL).unwrap();
-    let b = Registry::redis(&redis.url(), TTL).unwrap();
+    let a = Registry::redis(redis.url(), TTL).unwrap();
+    let b = Registry::redis(redis.url(), TTL).unwrap();
     a.register(info("w1a", "i", 1), 0).await.unwrap();
     a.register(info("w1b", "i", 1), 0).await.unwrap();
     b.register(info("w2", "i", 2), 0).await.unwrap();
@@ -122,7 +122,7 @@ async fn picks_by_weight_across_two_replicas() {
 #[tokio::test]
 async fn ties_are_random_and_busy_nodes_wait() {
     let redis = Redis::start().await;
-    let r = Registry::redis(&redis.url(), TTL).unwrap();
+    let r = Registry::redis(redis.url(), TTL).unwrap();
     let mut firsts: HashMap<String, usize> = HashMap::new();
     for round in 0..60 {
         for id in ["t1", "t2", "t3"] {
@@ -151,7 +151,7 @@ async fn ties_are_random_and_busy_nodes_wait() {
 #[tokio::test]
 async fn draining_and_down_nodes_are_not_picked() {
     let redis = Redis::start().await;
-    let r = Registry::redis(&redis.url(), TTL).unwrap();
+    let r = Registry::redis(redis.url(), TTL).unwrap();
     r.register(info("d1", "i", 10), 0).await.unwrap();
     r.register(info("d2", "i", 1), 500).await.unwrap();
     r.heartbeat(&nid("d1"), "i", Beat::load(0, true))
@@ -183,8 +183,8 @@ async fn draining_and_down_nodes_are_not_picked() {
 #[tokio::test]
 async fn eviction_is_counted_by_exactly_one_replica() {
     let redis = Redis::start().await;
-    let a = Registry::redis(&redis.url(), TTL).unwrap();
-    let b = Registry::redis(&redis.url(), TTL).unwrap();
+    let a = Registry::redis(redis.url(), TTL).unwrap();
+    let b = Registry::redis(redis.url(), TTL).unwrap();
     a.register(info("e1", "i", 1), 0).await.unwrap();
     a.register(info("e2", "i", 1), 0).await.unwrap();
     let timeout = Duration::from_millis(300);
@@ -213,7 +213,7 @@ async fn eviction_is_counted_by_exactly_one_replica() {
 #[tokio::test]
 async fn redis_outage_is_an_error_not_a_crash_and_heals() {
     let mut redis = Redis::start().await;
-    let r = Registry::redis(&redis.url(), TTL).unwrap();
+    let r = Registry::redis(redis.url(), TTL).unwrap();
     r.register(info("o1", "i", 1), 0).await.unwrap();
     redis.kill();
     let e = r.pick().await.unwrap_err();
@@ -238,7 +238,7 @@ async fn redis_outage_is_an_error_not_a_crash_and_heals() {
 #[tokio::test]
 async fn redis_down_at_start_is_not_fatal() {
     let port = testkit::free_port();
-    let r = Registry::redis(&format!("redis://127.0.0.1:{port}/"), TTL).unwrap();
+    let r = Registry::redis(format!("redis://127.0.0.1:{port}/"), TTL).unwrap();
     assert!(matches!(r.health(), StoreHealth::RedisDown(_)));
     assert!(r.pick().await.is_err());
 }
@@ -256,8 +256,8 @@ async fn pending_of(r: &Registry, id: &str) -> u64 {
 #[tokio::test]
 async fn pending_assignments_survive_heartbeats_until_accepted() {
     let redis = Redis::start().await;
-    let a = Registry::redis(&redis.url(), TTL).unwrap();
-    let b = Registry::redis(&redis.url(), TTL).unwrap();
+    let a = Registry::redis(redis.url(), TTL).unwrap();
+    let b = Registry::redis(redis.url(), TTL).unwrap();
     for round in 0..10 {
         let instance = format!("r{round}");
         a.register(info("p1", &instance, 1), 0).await.unwrap();
@@ -317,8 +317,8 @@ async fn pending_assignments_survive_heartbeats_until_accepted() {
 async fn pending_assignments_expire_after_the_ticket_ttl() {
     let redis = Redis::start().await;
     // A short ticket lifetime; times are Redis' own clock, so this test waits for it.
-    let r = Registry::redis(&redis.url(), Duration::from_millis(300)).unwrap();
-    let long = Registry::redis(&redis.url(), TTL).unwrap();
+    let r = Registry::redis(redis.url(), Duration::from_millis(300)).unwrap();
+    let long = Registry::redis(redis.url(), TTL).unwrap();
     r.register(info("x1", "i", 1), 0).await.unwrap();
     r.register(info("x2", "i", 1), 0).await.unwrap();
     let first = r.pick().await.unwrap().unwrap().node;
@@ -353,7 +353,7 @@ async fn unprobed_registrations_wait_for_a_probe_in_both_backends() {
     let redis = Redis::start().await;
     for r in [
         Registry::memory(TTL),
-        Registry::redis(&redis.url(), TTL).unwrap(),
+        Registry::redis(redis.url(), TTL).unwrap(),
     ] {
         let down = |r: Registry| async move {
             r.list()

@@ -16,6 +16,7 @@ use crate::config::{
 use crate::directory::Directory;
 use crate::mailbox::{MailboxLimits, StoreLimits};
 use crate::origin::AllowedOrigins;
+use crate::redis_link::{RedisConfig, RedisMode};
 
 /// A flag whose value cannot be used. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +65,21 @@ pub struct Args {
     /// Central's gRPC URL, e.g. http://central:9090 (default: do not register).
     #[arg(long, env = "SIGNAL_CENTRAL")]
     pub central: Option<String>,
-    /// Redis URL of the user directory (default: in memory, single node).
+    /// Redis URL of the user directory (default: in memory, single node): one `redis://` or
+    /// `rediss://` URL (standalone), or comma-separated seed URLs (cluster) or sentinel URLs
+    /// (sentinel).
     #[arg(long, env = "SIGNAL_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The Redis deployment behind --redis-url.
+    #[arg(long, env = "SIGNAL_REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub redis_mode: RedisMode,
+    /// With --redis-mode sentinel: the master name the sentinels monitor.
+    #[arg(long, env = "SIGNAL_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+    /// PEM file of the CA certificates `rediss://` servers are verified against (default: the
+    /// system's roots).
+    #[arg(long, env = "SIGNAL_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
     /// Secret that verifies the tickets central mints (required unless --dev-auth).
     #[arg(long, env = "SIGNAL_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -180,9 +193,15 @@ impl Args {
         let directory = match &self.redis_url {
             None => DirectoryConfig::Memory(Directory::memory()),
             Some(u) => {
-                redis::Client::open(u.as_str())
-                    .map_err(|e| invalid("redis-url", format!("{u:?}: {e}")))?;
-                DirectoryConfig::Redis(u.clone())
+                let cfg = RedisConfig::parse(
+                    self.redis_mode,
+                    u,
+                    self.redis_sentinel_master.clone(),
+                    self.redis_tls_ca.clone(),
+                );
+                cfg.check()
+                    .map_err(|e| invalid(cfg.flag_at_fault(), format!("{u:?}: {e}")))?;
+                DirectoryConfig::Redis(cfg)
             }
         };
         let secret = self.secret.filter(|s| !s.is_empty());
@@ -277,6 +296,43 @@ mod tests {
         assert!(parse(&["--dev-auth", "--redis-url", "nope://"])
             .unwrap_err()
             .contains("--redis-url"));
+        let r = "redis://127.0.0.1:1";
+        assert!(parse(&["--dev-auth", "--redis-url", &format!("{r},{r}")])
+            .unwrap_err()
+            .contains("--redis-url"));
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-mode",
+            "cluster",
+            "--redis-url",
+            &format!("{r},{r}")
+        ])
+        .is_ok());
+        assert!(
+            parse(&["--dev-auth", "--redis-mode", "sentinel", "--redis-url", r])
+                .unwrap_err()
+                .contains("--redis-sentinel-master")
+        );
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-mode",
+            "sentinel",
+            "--redis-url",
+            r,
+            "--redis-sentinel-master",
+            "m"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "--dev-auth",
+            "--redis-url",
+            "rediss://127.0.0.1:1",
+            "--redis-tls-ca",
+            "/nonexistent.pem"
+        ])
+        .unwrap_err()
+        .contains("--redis-tls-ca"));
+        assert!(parse(&["--dev-auth", "--redis-mode", "ring", "--redis-url", r]).is_err());
         assert!(parse(&["--dev-auth", "--advertise-url", "http://x/ws"])
             .unwrap_err()
             .contains("--advertise-url"));

@@ -30,8 +30,9 @@ pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
 pub enum DirectoryConfig {
     /// A shared in-process directory (single node, or several nodes in one process).
     Memory(Directory),
-    /// A Redis URL, e.g. `redis://127.0.0.1:6379/`.
-    Redis(String),
+    /// A Redis deployment (standalone URL, cluster seeds or sentinels), e.g.
+    /// `RedisConfig::from("redis://127.0.0.1:6379/")`.
+    Redis(crate::redis_link::RedisConfig),
 }
 
 /// Everything a node needs to run. Build it with [`Config::dev`] or from the command line

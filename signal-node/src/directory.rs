@@ -11,7 +11,7 @@
 //! | [`Directory::claim`] | `SET key loc GET` | atomic swap; the previous location is the connection to replace (4409) |
 //! | [`Directory::lookup`] | `GET key` | routing |
 //! | [`Directory::release`] | Lua compare-and-delete | a user who reconnected elsewhere is never erased by the old connection's cleanup |
-//! | [`Directory::reassert`] | `SET key loc NX` per entry, pipelined | after Redis lost its data, put back live connections without overwriting newer ones |
+//! | [`Directory::reassert`] | `SET key loc NX` per entry, pipelined (on a cluster: sent concurrently, since a pipeline may not span slots) | after Redis lost its data, put back live connections without overwriting newer ones |
 //!
 //! Entries carry no TTL: a connection may live for days. Entries left by a node that died are
 //! recognised by the router (node absent from central's live set, node unreachable, or a node
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::redis_link::RedisConn;
+use crate::redis_link::{RedisConfig, RedisConn, RedisMode};
 use prost::Message as _;
 use signal_proto::relay::Location;
 use signal_proto::UserId;
@@ -39,6 +39,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// Commands in flight at once when reasserting on a Redis Cluster.
+const REASSERT_CONCURRENCY: usize = 64;
 
 /// How often an idle Redis directory checks that Redis answers.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -59,6 +62,8 @@ pub enum DirectoryError {
 pub struct DirectoryStatus {
     pub healthy: bool,
     pub backend: &'static str,
+    /// The Redis deployment (`None` for the memory backend).
+    pub mode: Option<RedisMode>,
     pub last_error: Option<String>,
 }
 
@@ -88,6 +93,7 @@ enum Backend {
 
 struct Health {
     backend: &'static str,
+    mode: Option<RedisMode>,
     state: Mutex<HealthState>,
     reconnects: watch::Sender<u64>,
 }
@@ -98,10 +104,11 @@ struct HealthState {
 }
 
 impl Health {
-    fn new(backend: &'static str) -> Self {
+    fn new(backend: &'static str, mode: Option<RedisMode>) -> Self {
         let (reconnects, _) = watch::channel(0);
         Health {
             backend,
+            mode,
             state: Mutex::new(HealthState {
                 healthy: true,
                 last_error: None,
@@ -115,7 +122,11 @@ impl Health {
         if !st.healthy {
             st.healthy = true;
             drop(st);
-            tracing::info!(backend = self.backend, "directory reachable again");
+            tracing::info!(
+                backend = self.backend,
+                mode = self.mode.map(RedisMode::as_str),
+                "directory reachable again"
+            );
             self.reconnects.send_modify(|n| *n += 1);
         }
     }
@@ -123,7 +134,12 @@ impl Health {
     fn failed(&self, err: &str) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.healthy {
-            tracing::warn!(backend = self.backend, error = err, "directory unreachable");
+            tracing::warn!(
+                backend = self.backend,
+                mode = self.mode.map(RedisMode::as_str),
+                error = err,
+                "directory unreachable"
+            );
         }
         st.healthy = false;
         st.last_error = Some(err.to_owned());
@@ -147,25 +163,27 @@ impl Directory {
     pub fn memory() -> Directory {
         Directory {
             backend: Backend::Memory(Arc::new(Mutex::new(HashMap::new()))),
-            health: Arc::new(Health::new("memory")),
+            health: Arc::new(Health::new("memory", None)),
         }
     }
 
     /// A Redis directory. Fails only on a malformed URL: the connection is made lazily and
     /// re-made with backoff, so a Redis that is down at start is not an error. Must be called
     /// inside a tokio runtime (it starts a health-check task that ends with the last handle).
-    pub fn redis(url: &str) -> Result<Directory, DirectoryError> {
+    pub fn redis(cfg: impl Into<RedisConfig>) -> Result<Directory, DirectoryError> {
+        let cfg: RedisConfig = cfg.into();
         let bad = |e: redis::RedisError| DirectoryError::BadUrl {
-            url: url.to_owned(),
+            url: cfg.urls.join(","),
             reason: e.to_string(),
         };
-        let conn = crate::redis_link::connect_lazy(url).map_err(bad)?;
+        let conn = crate::redis_link::connect_lazy(&cfg).map_err(bad)?;
+        let mode = conn.mode();
         let dir = Directory {
             backend: Backend::Redis {
                 conn,
                 release: Arc::new(redis::Script::new(RELEASE_LUA)),
             },
-            health: Arc::new(Health::new("redis")),
+            health: Arc::new(Health::new("redis", Some(mode))),
         };
         dir.spawn_health_check();
         Ok(dir)
@@ -207,6 +225,7 @@ impl Directory {
         DirectoryStatus {
             healthy: st.healthy,
             backend: self.health.backend,
+            mode: self.health.mode,
             last_error: st.last_error.clone(),
         }
     }
@@ -331,6 +350,26 @@ impl Directory {
                 }
                 Ok(n)
             }
+            Backend::Redis { conn, .. } if conn.is_cluster() => {
+                // One slot per key: a pipeline may not span slots on a cluster, so send the
+                // single-key commands concurrently (bounded) over the multiplexed connection.
+                use futures::stream::{StreamExt as _, TryStreamExt as _};
+                let put = |(user, at): &(UserId, Location)| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(key(user)).arg(at.encode_to_vec()).arg("NX");
+                    async move {
+                        self.timed("reassert", cmd.query_async::<Option<String>>(&mut conn))
+                            .await
+                    }
+                };
+                let put_back: Vec<Option<String>> = futures::stream::iter(entries)
+                    .map(put)
+                    .buffer_unordered(REASSERT_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+                Ok(put_back.iter().filter(|r| r.is_some()).count())
+            }
             Backend::Redis { conn, .. } => {
                 let mut n = 0;
                 for chunk in entries.chunks(512) {
@@ -400,13 +439,13 @@ mod tests {
     #[tokio::test]
     async fn redis_directory_against_real_redis() {
         let redis = testkit::Redis::start().await;
-        exercise(Directory::redis(&redis.url()).unwrap()).await;
+        exercise(Directory::redis(redis.url()).unwrap()).await;
     }
 
     #[tokio::test]
     async fn redis_outage_is_unavailable_then_recovers() {
         let mut redis = testkit::Redis::start().await;
-        let dir = Directory::redis(&redis.url()).unwrap();
+        let dir = Directory::redis(redis.url()).unwrap();
         let alice = UserId::new("alice").unwrap();
         dir.claim(&alice, &loc("a", 1)).await.unwrap();
         let mut reconnects = dir.reconnects();

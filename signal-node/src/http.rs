@@ -1,6 +1,7 @@
 //! The node's HTTP surface: `/ws` (authentication and upgrade), `/healthz`, `/readyz`,
 //! `/metrics`.
 
+use crate::redis_link::RedisMode;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -143,6 +144,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "resumeWindowMs": node.config().resume_window.as_millis() as u64,
         "directory": {
             "backend": dir.backend,
+            "mode": dir.mode.map(RedisMode::as_str),
             "healthy": dir.healthy,
             "lastError": dir.last_error,
         },
@@ -163,7 +165,11 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn render_metrics(State(st): State<AppState>) -> Response {
     let dir = st.node.directory().status();
-    metrics::gauge!("signal_directory_up").set(if dir.healthy { 1.0 } else { 0.0 });
+    let up = if dir.healthy { 1.0 } else { 0.0 };
+    metrics::gauge!("signal_directory_up").set(up);
+    if let Some(mode) = dir.mode {
+        metrics::gauge!("redis_up", "mode" => mode.as_str()).set(up);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

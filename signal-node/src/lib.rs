@@ -95,7 +95,7 @@ pub async fn run(
     }
     let store = match (&config.mailbox_store, &config.directory) {
         (Some(s), _) => s.clone(),
-        (None, DirectoryConfig::Redis(url)) => mailbox::MailboxStore::redis(url.as_str())?,
+        (None, DirectoryConfig::Redis(url)) => mailbox::MailboxStore::redis(url)?,
         (None, DirectoryConfig::Memory(_)) => mailbox::MailboxStore::memory(),
     };
     let mailbox = mailbox::Mailbox::new(store, config.mailbox);

@@ -16,8 +16,23 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Installs the `tracing` subscriber (filter from `RUST_LOG`, default `info`). Idempotent: a
 /// second call is a no-op.
+/// `RUST_LOG` (default `info`), plus `redis::cluster_handling=error` unless it names a `redis`
+/// target itself: the crate's cluster client logs a warning per reconnect attempt, while the
+/// directory and the registry already log one line per outage and one per recovery.
+fn log_filter(rust_log: Option<String>) -> String {
+    let spec = rust_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    if spec.split(',').any(|d| d.trim_start().starts_with("redis")) {
+        spec
+    } else {
+        format!("{spec},redis::cluster_handling=error")
+    }
+}
+
 pub fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

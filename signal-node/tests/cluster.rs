@@ -16,7 +16,7 @@ async fn cluster(redis: &Redis) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         let mut cfg = dev(id);
-        cfg.directory = DirectoryConfig::Redis(redis.url());
+        cfg.directory = DirectoryConfig::Redis(redis.url().into());
         cfg.rate_limit = 0;
         nodes.push(TestNode::start(cfg).await);
     }
@@ -91,7 +91,7 @@ async fn fifo_of_500_messages_from_five_senders_across_nodes() {
 async fn user_moving_between_nodes_replaces_with_4409_and_keeps_the_newest_entry() {
     let redis = Redis::start().await;
     let nodes = cluster(&redis).await;
-    let dir = Directory::redis(&redis.url()).unwrap();
+    let dir = Directory::redis(redis.url()).unwrap();
     let alice_id = UserId::new("alice").unwrap();
     let mut bob = nodes[2].connect("bob").await;
     let mut alice_a = nodes[0].connect("alice").await;
@@ -184,7 +184,7 @@ async fn redis_outage_gives_unavailable_and_recovery_needs_no_restart() {
         )
         .await;
     }
-    let dir = Directory::redis(&redis.url()).unwrap();
+    let dir = Directory::redis(redis.url()).unwrap();
     testkit::wait_until("entries reasserted", Duration::from_secs(10), || async {
         let mut all = true;
         for u in ["alice", "amy", "bob"] {

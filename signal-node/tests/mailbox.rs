@@ -16,7 +16,7 @@ use testkit::{Redis, WsClient};
 
 fn cfg(redis: &Redis, id: &str) -> Config {
     let mut c = dev(id);
-    c.directory = DirectoryConfig::Redis(redis.url());
+    c.directory = DirectoryConfig::Redis(redis.url().into());
     c.rate_limit = 0;
     c
 }

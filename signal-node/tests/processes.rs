@@ -282,7 +282,7 @@ async fn sigterm_drains_with_1012_spread_over_the_window_and_exits_0() {
     for i in 0..6 {
         clients.push(node.connect(&format!("u{i}")).await);
     }
-    let dir = signal_node::Directory::redis(&redis.url()).unwrap();
+    let dir = signal_node::Directory::redis(redis.url()).unwrap();
     let user = |i: usize| signal_proto::UserId::new(format!("u{i}")).unwrap();
     assert!(dir.lookup(&user(0)).await.unwrap().is_some());
     node.proc.signal(15);

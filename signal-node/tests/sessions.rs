@@ -16,7 +16,7 @@ async fn pair(redis: &Redis, window: Duration) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for id in ["a", "b"] {
         let mut cfg = dev(id);
-        cfg.directory = DirectoryConfig::Redis(redis.url());
+        cfg.directory = DirectoryConfig::Redis(redis.url().into());
         cfg.rate_limit = 0;
         cfg.resume_window = window;
         nodes.push(TestNode::start(cfg).await);

@@ -195,7 +195,7 @@ async fn node_central_no_longer_lists_is_offline_then_reachable_again() {
         start.elapsed()
     );
     // The stale entry is removed (compare-and-delete, in the background).
-    let dir = Directory::redis(&redis.url()).unwrap();
+    let dir = Directory::redis(redis.url()).unwrap();
     wait_until("stale entry removed", Duration::from_secs(5), || async {
         dir.lookup(&UserId::new("alice").unwrap()).await == Ok(None)
     })

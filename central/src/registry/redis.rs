@@ -10,6 +10,12 @@
 //!   `(conns + ZCARD pending) / weight`, the rule of `balance.rs`
 //! - `{central}:beats`: sorted set of every registered node, scored by its last heartbeat
 //!
+//! One slot for everything is deliberate: a pick must see every node's score and pending count
+//! atomically, which on a cluster means one slot. The scripts also reach node hashes and
+//! pending sets they build from ids (not declared in KEYS); that is valid because they share
+//! the `{central}` slot. The load is one small script per login and per heartbeat, far below
+//! what one Redis master serves, so the hot slot is not a bottleneck.
+//!
 //! Times are milliseconds of Redis' own clock, so replicas' clocks do not matter.
 //!
 //! Every change is one Lua script, so it is atomic: a pick takes the lowest score, draws a
@@ -23,8 +29,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use signal_node::redis_link::{RedisConfig, RedisConn, RedisMode};
 use signal_proto::NodeId;
 
 use super::{Assignment, Beat, NodeInfo, NodeRecord, Registered, RegistryError, StoreHealth};
@@ -195,7 +201,7 @@ impl Scripts {
 /// The Redis-backed registry handle: cheap to clone.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     scripts: Arc<Scripts>,
     /// Lifetime of a pending assignment (the ticket lifetime), in ms.
     assignment_ttl_ms: u64,
@@ -214,16 +220,11 @@ fn pending_key(id: &str) -> String {
 impl RedisRegistry {
     /// Checks the URL and prepares a connection that is made lazily and re-made after an
     /// outage: Redis being down at start is not an error.
-    pub fn new(url: &str, assignment_ttl: Duration) -> Result<Self, RegistryError> {
-        let client =
-            redis::Client::open(url).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(1000)))
-            .set_response_timeout(Some(Duration::from_millis(1000)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+    pub fn new(
+        cfg: impl Into<RedisConfig>,
+        assignment_ttl: Duration,
+    ) -> Result<Self, RegistryError> {
+        let conn = signal_node::redis_link::connect_lazy(cfg)
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         Ok(Self {
             conn,
@@ -234,6 +235,11 @@ impl RedisRegistry {
                 .clamp(1, i64::MAX as u64 / 2),
             last_error: Arc::new(Mutex::new(Some("not connected yet".into()))),
         })
+    }
+
+    /// The Redis deployment behind the registry.
+    pub fn mode(&self) -> RedisMode {
+        self.conn.mode()
     }
 
     pub fn health(&self) -> StoreHealth {

@@ -87,16 +87,30 @@ key: {{ .Values.turn.key }}
 {{/* Environment entry for the Redis URL of a binary: (dict "ctx" $ "env" "CENTRAL_REDIS_URL"). */}}
 {{- define "signal-cluster.redisEnv" -}}
 {{- $v := .ctx.Values -}}
+{{- $x := $v.redis.external -}}
+{{- $p := trimSuffix "_REDIS_URL" .env -}}
 - name: {{ .env }}
 {{- if $v.redis.enabled }}
   value: {{ printf "redis://%s:6379" (include "signal-cluster.redis.fullname" .ctx) | quote }}
-{{- else if $v.redis.external.existingSecret }}
+{{- else if $x.existingSecret }}
   valueFrom:
     secretKeyRef:
-      name: {{ $v.redis.external.existingSecret }}
-      key: {{ $v.redis.external.key }}
+      name: {{ $x.existingSecret }}
+      key: {{ $x.key }}
 {{- else }}
-  value: {{ required "redis.external.url or redis.external.existingSecret is required when redis.enabled=false" $v.redis.external.url | quote }}
+  value: {{ required "redis.external.url or redis.external.existingSecret is required when redis.enabled=false" $x.url | quote }}
+{{- end }}
+{{- if not $v.redis.enabled }}
+- name: {{ $p }}_REDIS_MODE
+  value: {{ $x.mode | default "standalone" | quote }}
+{{- if eq ($x.mode | default "standalone") "sentinel" }}
+- name: {{ $p }}_REDIS_SENTINEL_MASTER
+  value: {{ required "redis.external.sentinelMaster is required with redis.external.mode=sentinel" $x.sentinelMaster | quote }}
+{{- end }}
+{{- if $x.tlsCaSecret }}
+- name: {{ $p }}_REDIS_TLS_CA
+  value: /etc/signal/redis-tls-ca/ca.pem
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -142,19 +156,41 @@ key: {{ .Values.turn.key }}
 {{- end }}
 
 {{- define "signal-cluster.grpcTlsMount" -}}
-{{- if .Values.grpcTls.enabled }}
+{{- $tls := .Values.grpcTls.enabled -}}
+{{- $ca := and (not .Values.redis.enabled) .Values.redis.external.tlsCaSecret -}}
+{{- if or $tls $ca }}
 volumeMounts:
+{{- if $tls }}
   - name: grpc-tls
     mountPath: /etc/signal/grpc-tls
     readOnly: true
 {{- end }}
+{{- if $ca }}
+  - name: redis-tls-ca
+    mountPath: /etc/signal/redis-tls-ca
+    readOnly: true
+{{- end }}
+{{- end }}
 {{- end }}
 
+{{/* Volumes: the gRPC TLS secret and, for an external rediss:// Redis, its CA. */}}
 {{- define "signal-cluster.grpcTlsVolume" -}}
-{{- if .Values.grpcTls.enabled }}
+{{- $tls := .Values.grpcTls.enabled -}}
+{{- $ca := and (not .Values.redis.enabled) .Values.redis.external.tlsCaSecret -}}
+{{- if or $tls $ca }}
 volumes:
+{{- if $tls }}
   - name: grpc-tls
     secret:
       secretName: {{ .Values.grpcTls.secretName }}
+{{- end }}
+{{- if $ca }}
+  - name: redis-tls-ca
+    secret:
+      secretName: {{ $ca }}
+      items:
+        - key: {{ .Values.redis.external.tlsCaKey }}
+          path: ca.pem
+{{- end }}
 {{- end }}
 {{- end }}

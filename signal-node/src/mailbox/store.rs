@@ -204,12 +204,15 @@ impl MailboxStore {
     }
 
     /// A Redis store (lazy connection, retried with backoff: a Redis down at start is no error).
-    pub fn redis(url: &str) -> Result<MailboxStore, MailboxError> {
+    pub fn redis(
+        cfg: impl Into<crate::redis_link::RedisConfig>,
+    ) -> Result<MailboxStore, MailboxError> {
+        let cfg: crate::redis_link::RedisConfig = cfg.into();
         let bad = |e: redis::RedisError| MailboxError::BadUrl {
-            url: url.to_owned(),
+            url: cfg.urls.join(","),
             reason: e.to_string(),
         };
-        let conn = crate::redis_link::connect_lazy(url).map_err(bad)?;
+        let conn = crate::redis_link::connect_lazy(&cfg).map_err(bad)?;
         Ok(MailboxStore {
             backend: Backend::Redis {
                 conn,

@@ -169,11 +169,13 @@ impl DevCluster {
         let registry = Registry::memory(config.ticket_ttl);
         let stop = CancellationToken::new();
         let control = DevNodes::default();
+        let directory = Directory::memory();
         let central = tokio::spawn(crate::serve_dev(
             config.clone(),
             listeners,
             registry.clone(),
             control.clone(),
+            directory.clone(),
             stop.clone().cancelled_owned(),
         ));
         let handover_stop = CancellationToken::new();
@@ -182,7 +184,7 @@ impl DevCluster {
             grpc,
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
-            directory: Directory::memory(),
+            directory,
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };

@@ -110,7 +110,10 @@ async fn guard(State(api): State<Option<ServerApi>>, req: Request, next: Next) -
     let response = match &api {
         None => ServerApiError::Disabled.into_response(),
         Some(api) => {
-            let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
             match api.keys.check(auth) {
                 Ok(()) => next.run(req).await,
                 Err(e) => {

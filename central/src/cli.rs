@@ -157,7 +157,12 @@ pub struct Args {
     /// /v1/presence, GET /v1/users/{id}, DELETE /v1/users/{id}/session), called with
     /// `Authorization: Bearer <key>`. Comma-separated to rotate (add the new key, switch the
     /// backend, remove the old one); each at least 16 characters [default: API disabled, 404]
-    #[arg(long, env = "CENTRAL_API_KEYS", hide_env_values = true, value_name = "KEYS")]
+    #[arg(
+        long,
+        env = "CENTRAL_API_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
     pub api_key: Option<String>,
 
     /// The nodes' directory Redis the server API reads users from (the signal nodes'
@@ -348,11 +353,15 @@ impl Args {
     fn api_config(&self) -> Result<Option<ApiConfig>, ConfigError> {
         const KEYS: &str = "--api-key (CENTRAL_API_KEYS)";
         const REDIS: &str = "--api-redis-url (CENTRAL_API_REDIS_URL)";
-        let keys = ApiKeys::parse(self.api_key.as_deref().unwrap_or("")).map_err(|e| bad(KEYS, e))?;
+        let keys =
+            ApiKeys::parse(self.api_key.as_deref().unwrap_or("")).map_err(|e| bad(KEYS, e))?;
         let Some(keys) = keys else {
             return Ok(None);
         };
-        let directory_url = self.api_redis_url.clone().or_else(|| self.redis_url.clone());
+        let directory_url = self
+            .api_redis_url
+            .clone()
+            .or_else(|| self.redis_url.clone());
         if let Some(url) = &self.api_redis_url {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(bad(REDIS, format!("invalid URL {url:?}: {e}")));
@@ -447,8 +456,14 @@ mod tests {
     fn api_flags() {
         let c = parse(&["--secret", "s", "--open-login"]).unwrap();
         assert!(c.api.is_none());
-        let e = parse(&["--secret", "s", "--open-login", "--api-key", "k0123456789abcdef"])
-            .unwrap_err();
+        let e = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--api-key",
+            "k0123456789abcdef",
+        ])
+        .unwrap_err();
         assert!(e.contains("--api-redis-url"), "{e}");
         let e = parse(&["--dev", "--api-key", "short"]).unwrap_err();
         assert!(e.contains("--api-key"), "{e}");

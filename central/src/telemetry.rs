@@ -67,7 +67,10 @@ pub fn describe() {
         API_REQUESTS,
         "Server API requests by route and HTTP status (401: bad key, 404: API disabled)."
     );
-    describe_histogram!(API_SECONDS, "Time to answer a server API request, in seconds.");
+    describe_histogram!(
+        API_SECONDS,
+        "Time to answer a server API request, in seconds."
+    );
     counter!(EVICTIONS).absolute(0);
     counter!(TURN_CREDENTIALS).absolute(0);
     counter!(ORIGIN_REFUSED).absolute(0);

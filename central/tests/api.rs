@@ -102,7 +102,14 @@ async fn scenario(base: &str) {
     let (s, v) = call(Method::GET, base, "/v1/users/bob", None, None).await;
     assert_eq!(s, 401, "{v}");
     assert!(v["error"].is_string(), "{v}");
-    let (s, _) = call(Method::GET, base, "/v1/users/bob", Some("wrong-key-0123456789"), None).await;
+    let (s, _) = call(
+        Method::GET,
+        base,
+        "/v1/users/bob",
+        Some("wrong-key-0123456789"),
+        None,
+    )
+    .await;
     assert_eq!(s, 401);
     let (s, _) = call(
         Method::POST,
@@ -165,7 +172,11 @@ async fn scenario(base: &str) {
     no_message(&mut bob, "the retried m-2 is not delivered twice").await;
 
     // Bad requests.
-    let (s, v) = post_message(base, json!({"from":"system","to":"bob","id":"has space","body":"x"})).await;
+    let (s, v) = post_message(
+        base,
+        json!({"from":"system","to":"bob","id":"has space","body":"x"}),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
     let (s, v) = post_message(base, json!({"from":"system","to":"bob","body":"x"})).await;
     assert_eq!(s, 400, "missing id: {v}");
@@ -206,7 +217,14 @@ async fn scenario(base: &str) {
     // Disconnect: 4403, the session is gone, a resume is refused.
     let last = got["n"].as_u64().unwrap();
     let token = welcome["session"].as_str().unwrap().to_owned();
-    let (s, v) = call(Method::DELETE, base, "/v1/users/bob/session", Some(NEW_KEY), None).await;
+    let (s, v) = call(
+        Method::DELETE,
+        base,
+        "/v1/users/bob/session",
+        Some(NEW_KEY),
+        None,
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     assert_eq!(bob.expect_close().await, 4403);
     wait_until("bob to be offline", Duration::from_secs(5), || async {
@@ -219,14 +237,23 @@ async fn scenario(base: &str) {
     // The unacknowledged messages are still in the mailbox: the new session gets them.
     let again = next_of(&mut bob2, "Message").await;
     assert_eq!(again["delayed"], true);
-    let (s, _) = call(Method::DELETE, base, "/v1/users/nobody/session", Some(NEW_KEY), None).await;
+    let (s, _) = call(
+        Method::DELETE,
+        base,
+        "/v1/users/nobody/session",
+        Some(NEW_KEY),
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     bob2.close().await;
 }
 
 fn api_config(directory_url: Option<String>) -> ApiConfig {
     ApiConfig {
-        keys: ApiKeys::parse(&format!("{OLD_KEY},{NEW_KEY}")).unwrap().unwrap(),
+        keys: ApiKeys::parse(&format!("{OLD_KEY},{NEW_KEY}"))
+            .unwrap()
+            .unwrap(),
         max_body_bytes: central::api::DEFAULT_MAX_BODY_BYTES,
         max_presence_users: 3,
         directory_url,

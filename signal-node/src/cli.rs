@@ -146,7 +146,12 @@ pub struct Args {
     #[arg(long, env = "SIGNAL_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
     /// Signs each webhook body: header X-Signal-Signature: sha256=<hex HMAC-SHA256(secret, body)>.
-    #[arg(long, env = "SIGNAL_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "SIGNAL_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub webhook_secret: Option<String>,
     /// Webhook events waiting for delivery, in memory; past it new events are dropped (counted
     /// in signal_webhook_overflow_total, logged).
@@ -259,7 +264,10 @@ impl Args {
             max_body_bytes: usize::try_from(self.max_body_bytes)
                 .map_err(|_| invalid("max-body-bytes", "too large"))?,
         };
-        c.webhooks = match (self.webhook_url, self.webhook_secret.filter(|s| !s.is_empty())) {
+        c.webhooks = match (
+            self.webhook_url,
+            self.webhook_secret.filter(|s| !s.is_empty()),
+        ) {
             (None, _) => None,
             (Some(_), None) => {
                 return Err(invalid(
@@ -351,16 +359,28 @@ mod tests {
         assert!(parse(&["--dev-auth", "--webhook-url", "http://h:1/hook"])
             .unwrap_err()
             .contains("--webhook-secret"));
-        assert!(parse(&["--dev-auth", "--webhook-url", "https://h/x", "--webhook-secret", "k"])
-            .unwrap_err()
-            .contains("--webhook-url"));
+        assert!(parse(&[
+            "--dev-auth",
+            "--webhook-url",
+            "https://h/x",
+            "--webhook-secret",
+            "k"
+        ])
+        .unwrap_err()
+        .contains("--webhook-url"));
         assert!(parse(&["--dev-auth", "--webhook-retry-secs", "10"])
             .unwrap_err()
             .contains("--webhook-retry-secs"));
-        let w = parse(&["--dev-auth", "--webhook-url", "http://h:1/x", "--webhook-secret", "k"])
-            .unwrap()
-            .webhooks
-            .unwrap();
+        let w = parse(&[
+            "--dev-auth",
+            "--webhook-url",
+            "http://h:1/x",
+            "--webhook-secret",
+            "k",
+        ])
+        .unwrap()
+        .webhooks
+        .unwrap();
         assert_eq!((w.queue, w.concurrency), (10_000, 8));
         assert_eq!(w.retry_for, Duration::from_secs(600));
     }

@@ -126,7 +126,10 @@ impl Mailbox {
                 // Best effort: the message is in the mailbox whatever happens here.
                 let pushed = router.relay(&Origin::Node, &to, &frame).await.is_ok();
                 if let (false, Message::Message(m)) = (pushed, &message) {
-                    router.node().webhooks().message_stored(sender, &to, &id, &m.body);
+                    router
+                        .node()
+                        .webhooks()
+                        .message_stored(sender, &to, &id, &m.body);
                 }
                 metrics::counter!("signal_mail_accepted_total", "stored" => if pushed { "false" } else { "true" })
                     .increment(1);

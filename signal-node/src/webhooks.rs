@@ -167,9 +167,10 @@ impl Webhooks {
 
     /// A session started on `node` (not a resume).
     pub fn user_online(&self, user: &UserId, node: &NodeId) {
-        self.emit("user.online", || {
-            json!({ "user": user.as_str(), "node": node.as_str() })
-        });
+        self.emit(
+            "user.online",
+            || json!({ "user": user.as_str(), "node": node.as_str() }),
+        );
     }
 
     /// A session ended (not a resumed blip, not a replacement by a newer session).
@@ -179,9 +180,10 @@ impl Webhooks {
 
     /// A chat message was stored for a recipient with no session (push notification).
     pub fn message_stored(&self, from: &UserId, to: &UserId, id: &MessageId, body: &str) {
-        self.emit("message.stored", || {
-            json!({ "from": from.as_str(), "to": to.as_str(), "id": id.as_str(), "body": body })
-        });
+        self.emit(
+            "message.stored",
+            || json!({ "from": from.as_str(), "to": to.as_str(), "id": id.as_str(), "body": body }),
+        );
     }
 
     /// Events queued and not yet acknowledged (queued + in flight).
@@ -201,7 +203,10 @@ impl Webhooks {
         }
         let left = i.pending();
         if left > 0 {
-            tracing::warn!(events = left, "webhooks: stopping with undelivered events (lost)");
+            tracing::warn!(
+                events = left,
+                "webhooks: stopping with undelivered events (lost)"
+            );
         }
         i.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), i.tasks.wait()).await;
@@ -297,14 +302,17 @@ impl Inner {
         loop {
             attempts += 1;
             let start = Instant::now();
-            let sent = self
+            let request = self
                 .client
                 .post(&self.config.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(SIGNATURE_HEADER, &event.signature)
                 .body(event.body.clone())
-                .send()
-                .await;
+                .send();
+            let sent = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = request => r,
+            };
             metrics::histogram!("signal_webhook_request_seconds")
                 .record(start.elapsed().as_secs_f64());
             let failure = match sent {

@@ -358,11 +358,10 @@ impl Args {
         let Some(keys) = keys else {
             return Ok(None);
         };
-        let directory_url = self
-            .api_redis_url
-            .clone()
-            .or_else(|| self.redis_url.clone());
-        if let Some(url) = &self.api_redis_url {
+        let api_redis_url = self.api_redis_url.clone().filter(|u| !u.is_empty());
+        let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        let directory_url = api_redis_url.clone().or(redis_url);
+        if let Some(url) = &api_redis_url {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(bad(REDIS, format!("invalid URL {url:?}: {e}")));
             }

@@ -264,10 +264,8 @@ impl Args {
             max_body_bytes: usize::try_from(self.max_body_bytes)
                 .map_err(|_| invalid("max-body-bytes", "too large"))?,
         };
-        c.webhooks = match (
-            self.webhook_url,
-            self.webhook_secret.filter(|s| !s.is_empty()),
-        ) {
+        let webhook_url = self.webhook_url.filter(|u| !u.is_empty());
+        c.webhooks = match (webhook_url, self.webhook_secret.filter(|s| !s.is_empty())) {
             (None, _) => None,
             (Some(_), None) => {
                 return Err(invalid(

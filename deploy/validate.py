@@ -445,7 +445,8 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
                     secret_refs.add((ref["name"], ref["key"]))
     rendered_secrets = {s["metadata"]["name"]: s for s in by_kind(objs, "Secret")}
     existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"],
-                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"])} - {""}
+                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"]),
+                v["serverApi"]["existingSecret"], v["webhooks"]["existingSecret"]} - {""}
     for sname, key in secret_refs:
         if sname in existing:
             continue

@@ -343,6 +343,14 @@ async fn a_receiver_that_never_answers_does_not_slow_relaying() {
         counter_sum(&metrics_text(&a).await, "signal_webhook_overflow_total") > 0.0
     })
     .await;
+    // The backlog shows in /readyz without flipping it.
+    let (status, ready) = get_json(&a.url("/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["webhooks"]["enabled"], true, "{ready}");
+    assert!(
+        ready["webhooks"]["pending"].as_u64().unwrap() > 0,
+        "{ready}"
+    );
     alice.close().await;
     bob.close().await;
     a.shutdown().await.unwrap();

@@ -106,6 +106,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                        "extraSecrets": [{"name": "turn-next", "key": "turn-secret"}]},
         },
     },
+    "server-api-webhooks": {
+        **WITH_JWT,
+        "serverApi": {"enabled": True, "existingSecret": "my-api-keys", "maxPresenceUsers": 50},
+        "webhooks": {"enabled": True, "url": "http://backend.app.svc:8000/signal-hooks",
+                     "existingSecret": "my-webhook-secret", "queue": 5000},
+    },
     "turn-external-existing-secret": {
         "openLogin": True,
         "turn": {"enabled": True, "urls": ["turn:turn.example.net:3478"], "existingSecret": "my-turn-secret",
@@ -132,6 +138,10 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "bad pull policy": {**WITH_JWT, "image": {"pullPolicy": "Sometimes"}},
     "extraArgs not a flag": {**WITH_JWT, "signalNode": {"extraArgs": ["rm -rf /"]}},
     "TURN on without URLs": {**WITH_JWT, "turn": {"enabled": True}},
+    "server API on without a key Secret": {**WITH_JWT, "serverApi": {"enabled": True}},
+    "webhooks to an https URL": {**WITH_JWT, "webhooks": {"enabled": True, "url": "https://x.example/h",
+                                                          "existingSecret": "s"}},
+    "webhook retry below 5 minutes": {**WITH_JWT, "webhooks": {"retrySecs": 60}},
     "gRPC TLS on without a Secret": {**WITH_JWT, "grpcTls": {"enabled": True}},
     "TURN URL with a bad scheme": {**WITH_JWT, "turn": {"enabled": True, "urls": ["http://turn.example.com:3478"]}},
 }
@@ -449,7 +459,8 @@ def chart_semantics(name: str, values: dict[str, Any], objs: list[dict[str, Any]
                     secret_refs.add((ref["name"], ref["key"]))
     rendered_secrets = {s["metadata"]["name"]: s for s in by_kind(objs, "Secret")}
     existing = {v["clusterSecret"]["existingSecret"], v["jwt"]["existingSecret"], v["redis"]["external"]["existingSecret"],
-                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"])} - {""}
+                v["turn"]["existingSecret"], *(s["name"] for s in v["turn"]["coturn"]["extraSecrets"]),
+                v["serverApi"]["existingSecret"], v["webhooks"]["existingSecret"]} - {""}
     for sname, key in secret_refs:
         if sname in existing:
             continue

@@ -10,6 +10,8 @@ use signal_node::origin::AllowedOrigins;
 use signal_node::redis_link::{RedisConfig, RedisMode};
 use signal_proto::grpc_tls::GrpcTls;
 
+use crate::api::keys::ApiKeys;
+use crate::api::ApiConfig;
 use crate::config::{random_secret, Config};
 use crate::ice::{parse_urls, IceConfig, TurnConfig, UrlKind};
 
@@ -166,6 +168,43 @@ pub struct Args {
     #[arg(long, env = "CENTRAL_LOG_JSON")]
     pub log_json: bool,
 
+    /// Enables the server API for the application backend (POST /v1/messages, GET
+    /// /v1/presence, GET /v1/users/{id}, DELETE /v1/users/{id}/session), called with
+    /// `Authorization: Bearer <key>`. Comma-separated to rotate (add the new key, switch the
+    /// backend, remove the old one); each at least 16 characters [default: API disabled, 404]
+    #[arg(
+        long,
+        env = "CENTRAL_API_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
+    pub api_key: Option<String>,
+
+    /// The nodes' directory Redis the server API reads users from (the signal nodes'
+    /// --redis-url) [default: --redis-url; in-memory with --dev]
+    #[arg(long, env = "CENTRAL_API_REDIS_URL", value_name = "URL")]
+    pub api_redis_url: Option<String>,
+
+    /// Largest server API request body; larger ones get 413
+    #[arg(
+        long,
+        env = "CENTRAL_API_MAX_BODY_BYTES",
+        default_value_t = crate::api::DEFAULT_MAX_BODY_BYTES as u64,
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(1024..=(16 * 1024 * 1024))
+    )]
+    pub api_max_body_bytes: u64,
+
+    /// Most users in one GET /v1/presence; more get 400
+    #[arg(
+        long,
+        env = "CENTRAL_API_MAX_PRESENCE_USERS",
+        default_value_t = crate::api::DEFAULT_MAX_PRESENCE_USERS as u64,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub api_max_presence_users: u64,
+
     /// Mutual TLS of the registry gRPC (with --grpc-tls-key and --grpc-tls-ca): this PEM certificate
     #[arg(long, env = "CENTRAL_GRPC_TLS_CERT", value_name = "PEM")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -203,6 +242,7 @@ fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
 impl Args {
     /// Checks the flags together and builds the configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let api = self.api_config()?;
         let secret = match (self.secret, self.dev) {
             (Some(s), _) if s.is_empty() => {
                 return Err(bad("--secret (CENTRAL_SECRET)", "must not be empty"))
@@ -334,7 +374,41 @@ impl Args {
             log_json: self.log_json,
             metrics: None,
             grpc_tls,
+            api,
         })
+    }
+
+    /// The server API flags together: keys parsed, a directory to read users from.
+    fn api_config(&self) -> Result<Option<ApiConfig>, ConfigError> {
+        const KEYS: &str = "--api-key (CENTRAL_API_KEYS)";
+        const REDIS: &str = "--api-redis-url (CENTRAL_API_REDIS_URL)";
+        let keys =
+            ApiKeys::parse(self.api_key.as_deref().unwrap_or("")).map_err(|e| bad(KEYS, e))?;
+        let Some(keys) = keys else {
+            return Ok(None);
+        };
+        let api_redis_url = self.api_redis_url.clone().filter(|u| !u.is_empty());
+        let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        let directory_url = api_redis_url.clone().or(redis_url);
+        if let Some(url) = &api_redis_url {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(bad(REDIS, format!("invalid URL {url:?}: {e}")));
+            }
+        }
+        if directory_url.is_none() && !self.dev {
+            return Err(bad(
+                KEYS,
+                "needs the nodes' directory: --api-redis-url (CENTRAL_API_REDIS_URL) or --redis-url",
+            ));
+        }
+        Ok(Some(ApiConfig {
+            keys,
+            max_body_bytes: usize::try_from(self.api_max_body_bytes)
+                .map_err(|_| bad("--api-max-body-bytes", "too large"))?,
+            max_presence_users: usize::try_from(self.api_max_presence_users)
+                .map_err(|_| bad("--api-max-presence-users", "too large"))?,
+            directory_url: if self.dev { None } else { directory_url },
+        }))
     }
 }
 
@@ -404,6 +478,39 @@ mod tests {
         assert!(!d.secret.is_empty());
         let d = parse(&["--dev", "--http-listen", "127.0.0.1:9999"]).unwrap();
         assert_eq!(d.http_listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn api_flags() {
+        let c = parse(&["--secret", "s", "--open-login"]).unwrap();
+        assert!(c.api.is_none());
+        let e = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--api-key",
+            "k0123456789abcdef",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--api-redis-url"), "{e}");
+        let e = parse(&["--dev", "--api-key", "short"]).unwrap_err();
+        assert!(e.contains("--api-key"), "{e}");
+        let c = parse(&[
+            "--secret",
+            "s",
+            "--open-login",
+            "--redis-url",
+            "redis://127.0.0.1:1/",
+            "--api-key",
+            "k0123456789abcdef,k2-0123456789abcdef",
+        ])
+        .unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.keys.len(), 2);
+        assert_eq!(api.directory_url.as_deref(), Some("redis://127.0.0.1:1/"));
+        assert_eq!(api.max_presence_users, 100);
+        let c = parse(&["--dev", "--api-key", "k0123456789abcdef"]).unwrap();
+        assert!(c.api.unwrap().directory_url.is_none());
     }
 
     #[test]

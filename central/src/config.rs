@@ -56,6 +56,8 @@ pub struct Config {
     pub metrics: Option<PrometheusHandle>,
     /// Mutual TLS of the registry server and of the probes (`--grpc-tls-*`).
     pub grpc_tls: Option<GrpcTls>,
+    /// The server API (`--api-key` & co.); `None`: its routes answer 404.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Config {
             .field("dev_drain", &self.dev_drain)
             .field("log_json", &self.log_json)
             .field("grpc_tls", &self.grpc_tls.is_some())
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -112,6 +115,7 @@ impl Config {
             log_json: false,
             metrics: None,
             grpc_tls: None,
+            api: None,
         }
     }
 }

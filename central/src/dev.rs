@@ -137,6 +137,9 @@ struct NodeBase {
     secret: String,
     metrics: Option<PrometheusHandle>,
     directory: Directory,
+    /// One mailbox for every node (as Redis would be): a message stored through one node is
+    /// pushed at connect by another.
+    mailbox: signal_node::mailbox::MailboxStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -169,11 +172,13 @@ impl DevCluster {
         let registry = Registry::memory(config.ticket_ttl);
         let stop = CancellationToken::new();
         let control = DevNodes::default();
+        let directory = Directory::memory();
         let central = tokio::spawn(crate::serve_dev(
             config.clone(),
             listeners,
             registry.clone(),
             control.clone(),
+            directory.clone(),
             stop.clone().cancelled_owned(),
         ));
         let handover_stop = CancellationToken::new();
@@ -182,7 +187,8 @@ impl DevCluster {
             grpc,
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
-            directory: Directory::memory(),
+            directory,
+            mailbox: signal_node::mailbox::MailboxStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -361,6 +367,7 @@ impl NodeBase {
         let mut nc = signal_node::Config::dev(&id);
         nc.central = Some(format!("http://{}", self.grpc));
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
+        nc.mailbox_store = Some(self.mailbox.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

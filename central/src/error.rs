@@ -136,3 +136,53 @@ pub enum CentralError {
     #[error("task failed: {0}")]
     Task(String),
 }
+
+/// Why a server API request (contract section 11) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerApiError {
+    /// `--api-key` not given: the routes answer 404.
+    #[error("the server API is not enabled on this central (--api-key)")]
+    Disabled,
+    #[error("{0}")]
+    Unauthorized(#[from] crate::api::keys::KeyError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The recipient's mailbox is at its quota (MAILBOXFULL): retry once it has read some.
+    #[error("{0}")]
+    MailboxFull(String),
+    /// No live node, a node or the directory unreachable (UNAVAILABLE): retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ServerApiError> for ApiError {
+    fn from(e: ServerApiError) -> Self {
+        let status = match &e {
+            ServerApiError::Disabled | ServerApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ServerApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerApiError::MailboxFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServerApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ServerApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = matches!(self, ServerApiError::Unauthorized(_));
+        let mut r = ApiError::from(self).into_response();
+        if unauthorized {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}

@@ -31,6 +31,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The dev cluster's nodes (`central --dev` only): enables the dev-only routes.
     pub dev_nodes: Option<DevNodes>,
+    /// The server API for the application backend (`--api-key`); `None`: its routes 404.
+    pub api: Option<crate::api::ServerApi>,
+    /// `--api-max-body-bytes`.
+    pub api_max_body_bytes: usize,
 }
 
 /// The whole HTTP router. The dev-only routes exist only when `state.dev_nodes` is set (the
@@ -43,8 +47,11 @@ pub fn router(state: AppState) -> Router {
         api = api.route("/v1/dev/nodes/{id}/drain", post(dev_drain));
     }
     let api = api.layer(crate::cors::layer(&state.allowed_origins));
+    // The server API is for the application's backend, not browsers: no CORS layer.
+    let server_api = crate::api::routes(state.api.clone(), state.api_max_body_bytes);
     Router::new()
         .merge(api)
+        .merge(server_api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

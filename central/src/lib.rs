@@ -3,6 +3,7 @@
 //!
 //! `main.rs` parses the flags into a [`Config`], binds the [`Listeners`] and calls [`run`].
 
+pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod balance;
@@ -90,19 +91,61 @@ pub async fn serve(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
-    serve_with(config, listeners, registry, None, shutdown).await
+    serve_with(config, listeners, registry, None, None, shutdown).await
 }
 
 /// [`serve`] for the dev cluster: the HTTP API also serves the dev-only routes
-/// (`POST /v1/dev/nodes/{id}/drain`), which drain the cluster's in-process nodes.
+/// (`POST /v1/dev/nodes/{id}/drain`), which drain the cluster's in-process nodes, and the
+/// server API reads the cluster's in-memory `directory`.
 pub async fn serve_dev(
     config: Config,
     listeners: Listeners,
     registry: Registry,
     nodes: dev::DevNodes,
+    directory: signal_node::Directory,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
-    serve_with(config, listeners, registry, Some(nodes), shutdown).await
+    serve_with(
+        config,
+        listeners,
+        registry,
+        Some(nodes),
+        Some(directory),
+        shutdown,
+    )
+    .await
+}
+
+/// The server API, when `--api-key` enables it: its directory is the dev cluster's
+/// (`dev_directory`) or the Redis at `--api-redis-url` / `--redis-url`.
+fn server_api(
+    config: &Config,
+    registry: &Registry,
+    grpc_key: &GrpcKey,
+    dev_directory: Option<signal_node::Directory>,
+) -> Result<Option<api::ServerApi>, CentralError> {
+    let Some(api_config) = &config.api else {
+        return Ok(None);
+    };
+    let directory = match (dev_directory, &api_config.directory_url) {
+        (Some(d), _) => d,
+        (None, Some(url)) => signal_node::Directory::redis(url)
+            .map_err(|e| CentralError::Config(format!("--api-redis-url: {e}")))?,
+        (None, None) => {
+            return Err(CentralError::Config(
+                "--api-key (CENTRAL_API_KEYS) needs the nodes' directory: --api-redis-url or --redis-url"
+                    .into(),
+            ))
+        }
+    };
+    let peers = signal_node::peers::Peers::new(grpc_key.clone(), config.grpc_tls.clone());
+    tracing::info!(keys = api_config.keys.len(), "server API enabled");
+    Ok(Some(api::ServerApi::new(
+        api_config,
+        directory,
+        peers,
+        registry.clone(),
+    )))
 }
 
 /// The login's verifier (`None`: open login). Outside dev mode an open login needs
@@ -140,6 +183,7 @@ async fn serve_with(
     listeners: Listeners,
     registry: Registry,
     dev_nodes: Option<dev::DevNodes>,
+    dev_directory: Option<signal_node::Directory>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     telemetry::describe();
@@ -150,6 +194,7 @@ async fn serve_with(
     // Internal gRPC credentials: the registry accepts only calls signed with the cluster
     // secret, and central's probes of the nodes are signed with it.
     let grpc_key = GrpcKey::new(config.secret.as_bytes());
+    let server_api = server_api(&config, &registry, &grpc_key, dev_directory)?;
     let probe_now = liveness::ProbeNow::default();
     let background = CancellationToken::new();
     let sweeper = tokio::spawn(liveness::sweep(
@@ -178,6 +223,11 @@ async fn serve_with(
         ready: ready.clone(),
         metrics: config.metrics.clone(),
         dev_nodes,
+        api: server_api,
+        api_max_body_bytes: config
+            .api
+            .as_ref()
+            .map_or(api::DEFAULT_MAX_BODY_BYTES, |a| a.max_body_bytes),
     };
 
     let stop = CancellationToken::new();

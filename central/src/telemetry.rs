@@ -20,6 +20,8 @@ pub const TURN_CREDENTIALS: &str = "central_turn_credentials_total";
 pub const JWT_REFUSED: &str = "central_jwt_refused_total";
 pub const ORIGIN_REFUSED: &str = "central_origin_refused_total";
 pub const OPEN_LOGIN: &str = "central_open_login";
+pub const API_REQUESTS: &str = "central_api_requests_total";
+pub const API_SECONDS: &str = "central_api_request_seconds";
 
 /// Describes every metric once (idempotent) and zeroes the counters so that they show up
 /// before the first event.
@@ -60,6 +62,14 @@ pub fn describe() {
     describe_gauge!(
         OPEN_LOGIN,
         "1 when anyone may log in as anyone (--dev or --open-login), 0 with JWT login."
+    );
+    describe_counter!(
+        API_REQUESTS,
+        "Server API requests by route and HTTP status (401: bad key, 404: API disabled)."
+    );
+    describe_histogram!(
+        API_SECONDS,
+        "Time to answer a server API request, in seconds."
     );
     counter!(EVICTIONS).absolute(0);
     counter!(TURN_CREDENTIALS).absolute(0);

@@ -130,7 +130,11 @@ async fn redis_outage_gives_503_and_heals_by_itself() {
     assert_eq!(nodes.status(), 503);
     let h = reqwest::get(format!("{}/healthz", c.url())).await.unwrap();
     assert_eq!(h.status(), 200);
-    assert!(c.metrics().await.contains("central_registry_up 0"));
+    // Set by the sweep loop (every 100 ms here): polled, not read once.
+    wait_until("central_registry_up 0", Duration::from_secs(10), || async {
+        c.metrics().await.contains("central_registry_up 0")
+    })
+    .await;
 
     // Redis comes back empty; the node re-registers at its next heartbeat and logins work.
     redis.restart().await;

@@ -154,6 +154,35 @@ pub struct Args {
     /// Origin header (non-browser clients) are not affected. [default: * (any)]
     #[arg(long, env = "SIGNAL_ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub allowed_origins: Option<AllowedOrigins>,
+    /// POST the application backend's events (user.online, user.offline, message.stored) to
+    /// this http:// URL (needs --webhook-secret) [default: no webhooks]
+    #[arg(long, env = "SIGNAL_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Signs each webhook body: header X-Signal-Signature: sha256=<hex HMAC-SHA256(secret, body)>.
+    #[arg(
+        long,
+        env = "SIGNAL_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub webhook_secret: Option<String>,
+    /// Webhook events waiting for delivery, in memory; past it new events are dropped (counted
+    /// in signal_webhook_overflow_total, logged).
+    #[arg(long, env = "SIGNAL_WEBHOOK_QUEUE", default_value_t = crate::webhooks::DEFAULT_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub webhook_queue: u64,
+    /// Webhook requests in flight at once.
+    #[arg(long, env = "SIGNAL_WEBHOOK_CONCURRENCY", default_value_t = crate::webhooks::DEFAULT_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
+    /// Timeout of one webhook request, in milliseconds.
+    #[arg(long, env = "SIGNAL_WEBHOOK_TIMEOUT_MS", default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub webhook_timeout_ms: u64,
+    /// How long one webhook event is retried (with backoff) before it is dropped, in seconds
+    /// (at least 300: the contract's 5 minutes).
+    #[arg(long, env = "SIGNAL_WEBHOOK_RETRY_SECS", default_value_t = crate::webhooks::DEFAULT_RETRY_SECS, value_parser = clap::value_parser!(u64).range(300..=604_800))]
+    pub webhook_retry_secs: u64,
+    /// Largest delay between two attempts of one webhook event, in milliseconds.
+    #[arg(long, env = "SIGNAL_WEBHOOK_BACKOFF_MAX_MS", default_value_t = crate::webhooks::DEFAULT_BACKOFF_MAX_MS, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub webhook_backoff_max_ms: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SIGNAL_LOG_JSON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -253,6 +282,32 @@ impl Args {
             },
             max_body_bytes: usize::try_from(self.max_body_bytes)
                 .map_err(|_| invalid("max-body-bytes", "too large"))?,
+        };
+        let webhook_url = self.webhook_url.filter(|u| !u.is_empty());
+        c.webhooks = match (webhook_url, self.webhook_secret.filter(|s| !s.is_empty())) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "webhook-secret",
+                    "is required with --webhook-url (it signs the events)",
+                ))
+            }
+            (Some(url), Some(secret)) => {
+                // This build's HTTP client speaks plain HTTP only (no TLS stack in the tree):
+                // put a TLS-terminating proxy or an in-cluster receiver in front.
+                check_url("webhook-url", &url, &["http"])?;
+                Some(crate::webhooks::WebhookConfig {
+                    url,
+                    secret,
+                    queue: usize::try_from(self.webhook_queue)
+                        .map_err(|_| invalid("webhook-queue", "too large"))?,
+                    concurrency: usize::try_from(self.webhook_concurrency)
+                        .map_err(|_| invalid("webhook-concurrency", "too large"))?,
+                    timeout: Duration::from_millis(self.webhook_timeout_ms),
+                    retry_for: Duration::from_secs(self.webhook_retry_secs),
+                    backoff_max: Duration::from_millis(self.webhook_backoff_max_ms),
+                })
+            }
         };
         Ok(c)
     }
@@ -354,5 +409,33 @@ mod tests {
         );
         let c = parse(&["--dev-auth", "--allowed-origins", "https://a.example"]).unwrap();
         assert_eq!(c.allowed_origins.origins(), ["https://a.example"]);
+        assert!(c.webhooks.is_none());
+        assert!(parse(&["--dev-auth", "--webhook-url", "http://h:1/hook"])
+            .unwrap_err()
+            .contains("--webhook-secret"));
+        assert!(parse(&[
+            "--dev-auth",
+            "--webhook-url",
+            "https://h/x",
+            "--webhook-secret",
+            "k"
+        ])
+        .unwrap_err()
+        .contains("--webhook-url"));
+        assert!(parse(&["--dev-auth", "--webhook-retry-secs", "10"])
+            .unwrap_err()
+            .contains("--webhook-retry-secs"));
+        let w = parse(&[
+            "--dev-auth",
+            "--webhook-url",
+            "http://h:1/x",
+            "--webhook-secret",
+            "k",
+        ])
+        .unwrap()
+        .webhooks
+        .unwrap();
+        assert_eq!((w.queue, w.concurrency), (10_000, 8));
+        assert_eq!(w.retry_for, Duration::from_secs(600));
     }
 }

@@ -92,6 +92,8 @@ pub struct Config {
     /// The mailbox store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes sharing a memory directory share one store here).
     pub mailbox_store: Option<MailboxStore>,
+    /// `--webhook-*`: events for the application backend; `None`: no webhooks.
+    pub webhooks: Option<crate::webhooks::WebhookConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -120,6 +122,7 @@ impl std::fmt::Debug for Config {
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .field("allowed_origins", &self.allowed_origins.to_string())
             .field("mailbox", &self.mailbox)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +163,7 @@ impl Config {
             grpc_tls: None,
             mailbox: MailboxLimits::default(),
             mailbox_store: None,
+            webhooks: None,
         }
     }
 

@@ -154,6 +154,11 @@ async fn readyz(State(st): State<AppState>) -> Response {
             "lastError": central.last_error,
             "livePeers": node.peers().live_nodes(),
         },
+        // A receiver that is down shows here (events waiting); it never flips readiness.
+        "webhooks": {
+            "enabled": node.webhooks().is_enabled(),
+            "pending": node.webhooks().pending(),
+        },
     });
     let status = if ready {
         StatusCode::OK

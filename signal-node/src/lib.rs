@@ -24,6 +24,7 @@ pub mod router;
 pub mod session;
 pub mod telemetry;
 pub mod tickets;
+pub mod webhooks;
 
 use std::future::{Future, IntoFuture};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Listeners {
 
 /// Time given to the servers to stop after the drain.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Time given to the webhook queue to empty at shutdown.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
 
 /// Serves until `shutdown` resolves, then drains: deregisters from central, answers 503 on
 /// `/readyz` and new upgrades, closes the connections with 1012 spread over `config.drain`,
@@ -99,7 +102,14 @@ pub async fn run(
         (None, DirectoryConfig::Memory(_)) => mailbox::MailboxStore::memory(),
     };
     let mailbox = mailbox::Mailbox::new(store, config.mailbox);
-    let node = Node::new(config, directory, mailbox, ws_url, grpc_url);
+    let hooks = match &config.webhooks {
+        Some(w) => webhooks::Webhooks::start(w.clone()).map_err(|e| NodeError::Serve {
+            server: "webhook client",
+            reason: e.to_string(),
+        })?,
+        None => webhooks::Webhooks::disabled(),
+    };
+    let node = Node::new(config, directory, mailbox, hooks, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
@@ -161,6 +171,9 @@ pub async fn run(
         let _ = reg.await;
     }
     node.drain(drain).await;
+    // The user.offline events of the drain get a short chance to go out (the queue is in
+    // memory: what is left is lost, see docs/architecture.md).
+    node.webhooks().shutdown(WEBHOOK_FLUSH).await;
     http_stop.cancel();
     grpc_stop.cancel();
     reassert.abort();

@@ -106,7 +106,8 @@ impl Mailbox {
         msg.ts = Some(ts);
         msg.delayed = None;
         let id = msg.id.clone();
-        let frame = Message::Message(msg).to_json();
+        let message = Message::Message(msg);
+        let frame = message.to_json();
         match self
             .store
             .append(&to, sender, &id, &frame, ts, self.limits.store)
@@ -124,6 +125,12 @@ impl Mailbox {
             Ok(Appended::Stored) => {
                 // Best effort: the message is in the mailbox whatever happens here.
                 let pushed = router.relay(&Origin::Node, &to, &frame).await.is_ok();
+                if let (false, Message::Message(m)) = (pushed, &message) {
+                    router
+                        .node()
+                        .webhooks()
+                        .message_stored(sender, &to, &id, &m.body);
+                }
                 metrics::counter!("signal_mail_accepted_total", "stored" => if pushed { "false" } else { "true" })
                     .increment(1);
                 Ok(Accepted {

@@ -22,6 +22,7 @@ use crate::peers::Peers;
 use crate::session::expiry::Expiry;
 use crate::session::{Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
+use crate::webhooks::Webhooks;
 
 /// Number of per-user locks serialising open (insert + claim + takeover) of the same user on
 /// this node.
@@ -48,6 +49,7 @@ struct Inner {
     hub: Hub,
     directory: Directory,
     mailbox: Mailbox,
+    webhooks: Webhooks,
     peers: Peers,
     tickets: Option<TicketKey>,
     used_tickets: UsedTickets,
@@ -77,6 +79,7 @@ impl Node {
         config: Config,
         directory: Directory,
         mailbox: Mailbox,
+        webhooks: Webhooks,
         ws_url: String,
         grpc_url: String,
     ) -> Node {
@@ -94,6 +97,7 @@ impl Node {
                 hub: Hub::default(),
                 directory,
                 mailbox,
+                webhooks,
                 peers,
                 tickets,
                 used_tickets,
@@ -137,6 +141,10 @@ impl Node {
     }
     pub fn mailbox(&self) -> &Mailbox {
         &self.inner.mailbox
+    }
+    /// Events for the application backend (a no-op without `--webhook-url`).
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers

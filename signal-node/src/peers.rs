@@ -11,8 +11,8 @@ use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
-    DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest, ProbeResponse,
-    TakeSessionRequest, TakeSessionResponse,
+    DeliverRequest, DeliverStatus, DisconnectRequest, KickRequest, Location, ProbeRequest,
+    ProbeResponse, SubmitRequest, SubmitResponse, TakeSessionRequest, TakeSessionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -234,6 +234,29 @@ impl Peers {
         let mut client = client.max_decoding_message_size(MAX_TAKE_BYTES);
         let res = tokio::time::timeout(TAKE_TIMEOUT, client.take_session(req)).await;
         classify(res, TAKE_TIMEOUT)
+    }
+
+    /// Central's server API: runs the chat Message path on the node at `grpc_url`.
+    pub async fn submit(
+        &self,
+        grpc_url: &str,
+        req: SubmitRequest,
+    ) -> Result<SubmitResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.submit(req)).await;
+        classify(res, REQUEST_TIMEOUT)
+    }
+
+    /// Central's server API: ends the user's session at `loc` (close 4403). `false`: no such
+    /// session there.
+    pub async fn disconnect(&self, user: &str, loc: &Location) -> Result<bool, ForwardError> {
+        let mut client = self.client(&loc.grpc_url)?;
+        let req = DisconnectRequest {
+            user: user.to_owned(),
+            location: Some(loc.clone()),
+        };
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.disconnect(req)).await;
+        Ok(classify(res, REQUEST_TIMEOUT)?.ended)
     }
 
     /// Probes the node at `grpc_url`.

@@ -1,16 +1,20 @@
 //! The `Relay` gRPC service other nodes call: deliver a frame into the local table, kick a
-//! replaced connection, hand a session over to the node it resumed on, probe.
+//! replaced connection, hand a session over to the node it resumed on, probe; and the two
+//! calls of central's server API: submit a chat message, disconnect a user.
 
 use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
-    DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, ProbeRequest,
-    ProbeResponse, TakeSessionRequest, TakeSessionResponse,
+    DeliverRequest, DeliverResponse, DeliverStatus, DisconnectRequest, DisconnectResponse,
+    KickRequest, KickResponse, ProbeRequest, ProbeResponse, SubmitRequest, SubmitResponse,
+    SubmitStatus, TakeSessionRequest, TakeSessionResponse,
 };
-use signal_proto::UserId;
+use signal_proto::{ChatMessage, ErrorType, MessageId, UserId};
 use tonic::{Request, Response, Status};
 
 use crate::error::RelayError;
+use crate::mailbox::Refused;
 use crate::node::Node;
+use crate::router::Router;
 use crate::session::Origin;
 
 /// The node's side of node-to-node relay.
@@ -65,6 +69,64 @@ impl Relay for RelayService {
         let req = request.into_inner();
         let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
         Ok(Response::new(self.node.hand_over(&req, &user)))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let req = request.into_inner();
+        let refused = |error: ErrorType, description: String| SubmitResponse {
+            status: SubmitStatus::Refused as i32,
+            ts: 0,
+            stored: false,
+            error_type: error.as_str().to_owned(),
+            description,
+        };
+        let parsed = (|| {
+            let from = UserId::new(req.from).map_err(|e| format!("bad from: {e}"))?;
+            let to = UserId::new(req.to).map_err(|e| format!("bad to: {e}"))?;
+            let id = MessageId::new(req.id).map_err(|e| format!("bad id: {e}"))?;
+            Ok::<_, String>((from, to, id))
+        })();
+        let (from, to, id) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Ok(Response::new(refused(ErrorType::BadMessage, e))),
+        };
+        let msg = ChatMessage {
+            from: None,
+            to: Some(to),
+            room: None,
+            id,
+            body: req.body,
+            content_type: (!req.content_type.is_empty()).then_some(req.content_type),
+            ts: None,
+            delayed: None,
+            extra: Default::default(),
+        };
+        let mut router = Router::new(self.node.clone());
+        let resp = match self.node.mailbox().submit(&mut router, &from, msg).await {
+            Ok(a) => SubmitResponse {
+                status: SubmitStatus::Accepted as i32,
+                ts: a.ts,
+                stored: a.stored,
+                error_type: String::new(),
+                description: String::new(),
+            },
+            Err(Refused { error, description }) => refused(error, description),
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectResponse>, Status> {
+        let req = request.into_inner();
+        let user = UserId::new(req.user).map_err(RelayError::from)?;
+        let loc = req.location.ok_or(RelayError::MissingLocation)?;
+        let ended = self.node.disconnect_local(&user, &loc);
+        Ok(Response::new(DisconnectResponse { ended }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

@@ -96,6 +96,11 @@ impl Router {
         }
     }
 
+    /// The node this router sends from.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     /// Delivers `frame` (validated JSON with `from` filled in, without `n`: the recipient's
     /// session numbers it) to `to`'s session. `origin`: who is told OFFLINE should the
     /// session end before the frame is written.

@@ -15,7 +15,7 @@ use signal_proto::{ErrorType, Message, SessionId, UserId};
 use super::{Detached, Handover, Origin, Refusal, Session};
 use crate::error::ApiError;
 use crate::node::{Authenticated, Node, CLAIM_STRIPES};
-use crate::outbound::{Closer, CLOSE_NORMAL};
+use crate::outbound::{Closer, CLOSE_APP_DISCONNECT, CLOSE_NORMAL};
 use crate::router::Router;
 
 /// A client's request to continue a session: `?resume=<token>&last=<n>`.
@@ -61,6 +61,11 @@ impl Drop for Pending {
         }
     }
 }
+
+/// Why a session ended when a newer session of the same user replaced it.
+pub const REASON_REPLACED: &str = "replaced";
+/// Why a session ended when the application backend disconnected it (4403).
+pub const REASON_DISCONNECTED: &str = "disconnected";
 
 impl Node {
     fn claim_stripe(user: &UserId) -> usize {
@@ -139,7 +144,7 @@ impl Node {
         };
         if let Some(old) = replaced {
             // Not resumed (or its resume was refused): that session ends.
-            self.end_session(&old, "replaced");
+            self.end_session(&old, REASON_REPLACED);
         }
         let mut handover = None;
         match (prev, &resume) {
@@ -170,6 +175,7 @@ impl Node {
             (false, 0)
         };
         if !resumed {
+            self.webhooks().user_online(&user, self.id());
             if let Some(why) = refusal {
                 metrics::counter!("signal_resume_refused_total", "reason" => why.as_str())
                     .increment(1);
@@ -261,7 +267,7 @@ impl Node {
             }
             Err(why) => {
                 // A new connection that cannot resume replaces the session.
-                self.end_session(&session, "replaced");
+                self.end_session(&session, REASON_REPLACED);
                 TakeSessionResponse {
                     status: TakeStatus::Refused as i32,
                     reason: why.as_str().to_owned(),
@@ -302,8 +308,13 @@ impl Node {
     /// Ends a session: out of the table and the directory; every sender of a ROAP frame it
     /// never wrote to a connection gets Error OFFLINE.
     pub fn end_session(&self, session: &Session, reason: &'static str) {
+        let already_ended = session.is_ended();
         let owed = session.end();
         let user = session.user().clone();
+        // A replaced session has a successor (the user is still online).
+        if !already_ended && reason != REASON_REPLACED {
+            self.webhooks().user_offline(&user);
+        }
         if self.hub().remove_if(&user, session.id()) {
             let dir = self.directory().clone();
             let loc = self.location(session.id());
@@ -345,7 +356,24 @@ impl Node {
     pub fn kick_local(&self, user: &UserId, loc: &Location) -> bool {
         match self.hub().get(user) {
             Some(s) if self.is_ours(loc) && s.id() == loc.conn => {
-                self.end_session(&s, "replaced");
+                self.end_session(&s, REASON_REPLACED);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Central's server API: closes the user's connection with 4403 and ends its session (no
+    /// resume), if it is still `loc`. `false`: no such session here.
+    pub fn disconnect_local(&self, user: &UserId, loc: &Location) -> bool {
+        match self.hub().get(user) {
+            Some(s) if self.is_ours(loc) && s.id() == loc.conn => {
+                // The first close reason wins: 4403, not the 4409 of `end`.
+                if let Some(c) = s.closer() {
+                    c.close(CLOSE_APP_DISCONNECT, "disconnected by the application");
+                }
+                self.end_session(&s, REASON_DISCONNECTED);
+                tracing::info!(%user, session = s.id(), "session ended by the application backend");
                 true
             }
             _ => false,

@@ -10,6 +10,7 @@ use signal_proto::UserId;
 use tonic::{Request, Response, Status};
 
 use crate::error::RelayError;
+use crate::mailbox::EntryId;
 use crate::node::Node;
 use crate::session::Origin;
 
@@ -32,12 +33,13 @@ impl Relay for RelayService {
     ) -> Result<Response<DeliverResponse>, Status> {
         let req = request.into_inner();
         let to = UserId::new(req.to).map_err(RelayError::from)?;
-        let origin = match UserId::new(req.from) {
-            Ok(sender) => Origin::Roap {
+        let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
+            (Ok(sender), _) => Origin::Roap {
                 sender,
                 session_id: req.session_id,
             },
-            Err(_) => Origin::Node,
+            (Err(_), Some(e)) => Origin::Mail(e),
+            (Err(_), None) => Origin::Node,
         };
         let status = self
             .node

@@ -137,6 +137,9 @@ struct NodeBase {
     secret: String,
     metrics: Option<PrometheusHandle>,
     directory: Directory,
+    /// One mailbox for every node, as Redis would be (a message stored through one node is
+    /// pushed by whichever node its recipient connects to).
+    mailbox: signal_node::mailbox::MailboxStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -183,6 +186,7 @@ impl DevCluster {
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
             directory: Directory::memory(),
+            mailbox: signal_node::mailbox::MailboxStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -361,6 +365,7 @@ impl NodeBase {
         let mut nc = signal_node::Config::dev(&id);
         nc.central = Some(format!("http://{}", self.grpc));
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
+        nc.mailbox_store = Some(self.mailbox.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

@@ -119,6 +119,7 @@ impl Mailbox {
                     to,
                     ts,
                     stored: true,
+                    extra: Default::default(),
                 })
             }
             Ok(Appended::Stored(entry)) => {
@@ -134,6 +135,7 @@ impl Mailbox {
                     to,
                     ts,
                     stored: !pushed,
+                    extra: Default::default(),
                 })
             }
             Err(MailboxError::Full) => {
@@ -190,6 +192,7 @@ impl Mailbox {
             let d = Message::Delivered(Delivered {
                 id,
                 from: user.clone(),
+                extra: Default::default(),
             })
             .to_json();
             let _ = router.relay(&Origin::Node, &from, &d).await;

@@ -66,7 +66,7 @@ impl Relay for RelayService {
     ) -> Result<Response<TakeSessionResponse>, Status> {
         let req = request.into_inner();
         let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
-        Ok(Response::new(self.node.hand_over(&req, &user)))
+        Ok(Response::new(self.node.hand_over(&req, &user).await))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

@@ -59,6 +59,10 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the attached connection's writer.
     wake: Notify,
+    /// Held by the reader of the connection whose frames are being processed: a resumed
+    /// connection reads its first frame only once the old one's reader is done, so that the
+    /// user's messages are processed in the order sent (see [`Session::reader_turn`]).
+    reader: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -278,6 +282,7 @@ impl Session {
                     },
                 }),
                 wake: Notify::new(),
+                reader: Arc::default(),
             }),
         }
     }
@@ -291,6 +296,23 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// Waits (at most `wait`) until no other connection's reader processes frames of this
+    /// session, and holds that turn until the guard is dropped. `None`: the old reader did not
+    /// finish in time (the caller goes on; order across the two connections is then not
+    /// guaranteed).
+    pub async fn reader_turn(&self, wait: Duration) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(wait, self.inner.reader.clone().lock_owned())
+            .await
+            .ok()
+    }
+
+    /// Closes the attached connection, if any, with 4409.
+    pub fn close_attached(&self, reason: &'static str) {
+        if let Phase::Attached(a) = &self.lock().phase {
+            a.closer.close(CLOSE_REPLACED, reason);
+        }
     }
 
     pub fn user(&self) -> &UserId {

@@ -18,6 +18,9 @@ use crate::node::{Authenticated, Node, CLAIM_STRIPES};
 use crate::outbound::{Closer, CLOSE_NORMAL};
 use crate::router::Router;
 
+/// How long a takeover waits for the old connection's reader (within the caller's 1.5 s).
+const READER_DRAIN: std::time::Duration = std::time::Duration::from_millis(800);
+
 /// A client's request to continue a session: `?resume=<token>&last=<n>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
@@ -232,8 +235,15 @@ impl Node {
         }
     }
 
-    /// The `TakeSession` handler: hands the user's session over if it is still `expect`.
-    pub fn hand_over(&self, req: &TakeSessionRequest, user: &UserId) -> TakeSessionResponse {
+    /// The `TakeSession` handler: hands the user's session over if it is still `expect`. A
+    /// valid resume first closes the attached connection (4409) and waits (at most
+    /// [`READER_DRAIN`]) for its reader to finish the frames it already read, so that their
+    /// answers are in the handed frames and the user's messages stay in order.
+    pub async fn hand_over(
+        &self,
+        req: &TakeSessionRequest,
+        user: &UserId,
+    ) -> TakeSessionResponse {
         let found = self.hub().get(user).filter(|s| {
             req.expect
                 .as_ref()
@@ -246,7 +256,15 @@ impl Node {
                 ..TakeSessionResponse::default()
             };
         };
-        match session.hand_over(&req.session, req.last) {
+        let turn = if session.check_resume(&req.session, req.last).is_ok() {
+            session.close_attached("resumed on another node");
+            session.reader_turn(READER_DRAIN).await
+        } else {
+            None
+        };
+        let result = session.hand_over(&req.session, req.last);
+        drop(turn);
+        match result {
             Ok(HandedOver {
                 handover,
                 acked_mail,

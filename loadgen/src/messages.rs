@@ -376,7 +376,11 @@ impl User {
             }
             Message::Delivered(_) => self.tally.delivered_notices += 1,
             Message::Error(e) => {
-                let id = e.extra.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+                let id = e
+                    .extra
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
                 if let Some(i) = id.and_then(|id| self.answered(&id)) {
                     if self.in_window(i.sent_us) {
                         *self
@@ -502,7 +506,11 @@ impl User {
 }
 
 /// Runs the messages scenario against `target`'s cluster (a resolved target: central or nodes).
-pub async fn drive(config: &Config, connector: Connector, run: &str) -> anyhow::Result<MessagesReport> {
+pub async fn drive(
+    config: &Config,
+    connector: Connector,
+    run: &str,
+) -> anyhow::Result<MessagesReport> {
     let chat = config.chat.clone();
     let n = chat.users;
     if n < 2 {
@@ -611,8 +619,12 @@ pub async fn drive(config: &Config, connector: Connector, run: &str) -> anyhow::
         bail!("no user could connect: {why}");
     }
     let start = Instant::now() + Duration::from_millis(100);
-    let from_us = u64::try_from((start + config.warmup).duration_since(shared.origin).as_micros())
-        .unwrap_or(0);
+    let from_us = u64::try_from(
+        (start + config.warmup)
+            .duration_since(shared.origin)
+            .as_micros(),
+    )
+    .unwrap_or(0);
     let to_us = from_us + u64::try_from(config.duration.as_micros()).unwrap_or(u64::MAX);
     let end = start + config.warmup + config.duration;
     let _ = start_tx.send(Some(Window {
@@ -620,9 +632,18 @@ pub async fn drive(config: &Config, connector: Connector, run: &str) -> anyhow::
         from_us,
         to_us,
     }));
-    tracing::info!(users = n, offline = offline_count, "messages: ramp-up done, sending");
+    tracing::info!(
+        users = n,
+        offline = offline_count,
+        "messages: ramp-up done, sending"
+    );
     let churn = if config.churn_rate > 0.0 {
-        Some(tokio::spawn(churn_users(churn_txs, config.churn_rate, start, end)))
+        Some(tokio::spawn(churn_users(
+            churn_txs,
+            config.churn_rate,
+            start,
+            end,
+        )))
     } else {
         None
     };
@@ -654,7 +675,12 @@ pub async fn drive(config: &Config, connector: Connector, run: &str) -> anyhow::
     Ok(build(config, &shared, outcomes, settle))
 }
 
-fn build(config: &Config, shared: &Shared, outcomes: Vec<Outcome>, settle: Duration) -> MessagesReport {
+fn build(
+    config: &Config,
+    shared: &Shared,
+    outcomes: Vec<Outcome>,
+    settle: Duration,
+) -> MessagesReport {
     let mut accept = hist();
     let mut live = hist();
     let mut stored = hist();
@@ -701,9 +727,17 @@ fn build(config: &Config, shared: &Shared, outcomes: Vec<Outcome>, settle: Durat
                 r.lost += seqs.len() as u64;
                 continue;
             };
-            let missing = seqs.iter().filter(|s| !rcpt.inbox.has(o.index, **s)).count();
+            let missing = seqs
+                .iter()
+                .filter(|s| !rcpt.inbox.has(o.index, **s))
+                .count();
             if missing > 0 {
-                tracing::warn!(from = o.index, to, missing, "accepted messages never received");
+                tracing::warn!(
+                    from = o.index,
+                    to,
+                    missing,
+                    "accepted messages never received"
+                );
             }
             r.lost += missing as u64;
         }

@@ -102,7 +102,10 @@ async fn messages_through_the_redis_mailbox_lose_nothing() {
     assert!(m.refused.is_empty(), "{report}");
     assert_eq!((m.frames_lost, m.frames_duplicated), (0, 0), "{report}");
     assert!(m.deliver_live.count > 0, "{report}");
-    assert!(m.deliver_stored.count > 0, "the offline users got theirs from the mailbox");
+    assert!(
+        m.deliver_stored.count > 0,
+        "the offline users got theirs from the mailbox"
+    );
     assert!(m.resumed > 0 && m.fresh_sessions > 0, "{report}");
     assert!(m.delivered_notices > 0, "{report}");
     assert_eq!(report.failed_setups(), 0);

@@ -80,10 +80,8 @@ local ttl = tonumber(ARGV[4])
 local expired = 0
 local len = redis.call('XLEN', KEYS[1])
 if len > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
-  local after = redis.call('XLEN', KEYS[1])
-  expired = len - after
-  len = after
+  expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
+  len = len - expired
 end
 local d = redis.call('GET', KEYS[2])
 if d then
@@ -110,8 +108,7 @@ local len = redis.call('XLEN', KEYS[1])
 if len == 0 then
   return out
 end
-redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[3])))
-out[1] = len - redis.call('XLEN', KEYS[1])
+out[1] = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[3])))
 local r = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 for _, e in ipairs(r) do
   out[#out + 1] = e[1]

@@ -239,11 +239,7 @@ impl Node {
     /// valid resume first closes the attached connection (4409) and waits (at most
     /// [`READER_DRAIN`]) for its reader to finish the frames it already read, so that their
     /// answers are in the handed frames and the user's messages stay in order.
-    pub async fn hand_over(
-        &self,
-        req: &TakeSessionRequest,
-        user: &UserId,
-    ) -> TakeSessionResponse {
+    pub async fn hand_over(&self, req: &TakeSessionRequest, user: &UserId) -> TakeSessionResponse {
         let found = self.hub().get(user).filter(|s| {
             req.expect
                 .as_ref()

@@ -273,8 +273,10 @@ fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
 fn a_handover_carries_the_push_at_connect_and_the_acked_mail() {
     let old = Session::new(1, user("bob"), limits(100, 100), false);
     old.attach_fresh(1, Closer::default());
-    old.push_stored(1, Some(&mail("a", "m1")), entry(1)).unwrap();
-    old.push_stored(1, Some(&mail("a", "m2")), entry(2)).unwrap();
+    old.push_stored(1, Some(&mail("a", "m1")), entry(1))
+        .unwrap();
+    old.push_stored(1, Some(&mail("a", "m2")), entry(2))
+        .unwrap();
     let h = old.hand_over(&old.token(), 1).unwrap();
     assert_eq!(h.acked_mail.len(), 1, "last=1 acknowledged m1");
     let h = Handover::from_wire(h.handover.into_wire());

@@ -33,6 +33,11 @@ pub enum Scenario {
     /// --embedded loadgen restarts them; with --central the restarts come from outside, e.g.
     /// loadgen/bench/rolling.sh): users resume their sessions, no setup may fail.
     Rolling,
+    /// Chat messages through the mailbox (`--users`, `--rate` messages/s or `--window`
+    /// closed loop): `--offline-share` of the users log in after `--offline-delay`, users
+    /// drop their connection or log out and come back at `--churn-rate`; reports send ->
+    /// Accepted and send -> delivered latency and every lost, duplicated or reordered message.
+    Messages,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -159,11 +164,39 @@ pub struct Config {
     pub roll_pause: Duration,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
+    /// Messages scenario: the chat settings.
+    pub chat: ChatConfig,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
     pub fail_on_errors: bool,
     /// Show a progress bar (only when stdout is a terminal).
     pub progress: bool,
+}
+
+/// The messages scenario's settings (`--rate` is messages per second there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatConfig {
+    /// Users; each sends to random others.
+    pub users: usize,
+    /// Closed loop (`--rate 0`): messages each user has sent and not yet seen Accepted.
+    pub window: usize,
+    /// Share of the users that start offline and log in after `offline_delay`.
+    pub offline_share: f64,
+    pub offline_delay: Duration,
+    /// Bytes of each message body.
+    pub body_bytes: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            users: 100,
+            window: 8,
+            offline_share: 0.2,
+            offline_delay: Duration::from_secs(2),
+            body_bytes: 64,
+        }
+    }
 }
 
 impl Config {
@@ -190,6 +223,7 @@ impl Config {
             drain_window: Duration::from_secs(2),
             roll_pause: Duration::from_secs(1),
             user_prefix: "lg".to_owned(),
+            chat: ChatConfig::default(),
             json: None,
             plot: None,
             fail_on_errors: false,
@@ -310,6 +344,26 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_ROLL_PAUSE", value_name = "SECONDS", default_value = "1", value_parser = parse_secs)]
     pub roll_pause: Duration,
 
+    /// Messages scenario: users, each sending to random others.
+    #[arg(long, env = "LOADGEN_USERS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub users: u32,
+
+    /// Messages scenario with --rate 0 (closed loop): messages per user awaiting Accepted.
+    #[arg(long, env = "LOADGEN_WINDOW", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub window: u32,
+
+    /// Messages scenario: share of the users (0..1) that start offline and log in later.
+    #[arg(long, env = "LOADGEN_OFFLINE_SHARE", default_value_t = 0.2, value_parser = parse_share)]
+    pub offline_share: f64,
+
+    /// Messages scenario: seconds after the start at which the offline users log in.
+    #[arg(long, env = "LOADGEN_OFFLINE_DELAY", value_name = "SECONDS", default_value = "2", value_parser = parse_secs)]
+    pub offline_delay: Duration,
+
+    /// Messages scenario: bytes of each message body (at least 40: it carries the sequence and clock).
+    #[arg(long, env = "LOADGEN_BODY_BYTES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(40..=65_536))]
+    pub body_bytes: u32,
+
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
     pub user_prefix: String,
@@ -394,7 +448,7 @@ impl Args {
             connect_concurrency: self.connect_concurrency as usize,
             ramp_up: self.ramp_up,
             timeout: self.timeout,
-            churn_rate: if self.scenario == Scenario::Churn {
+            churn_rate: if matches!(self.scenario, Scenario::Churn | Scenario::Messages) {
                 self.churn_rate
             } else {
                 0.0
@@ -403,6 +457,13 @@ impl Args {
             drain_window: self.drain_window,
             roll_pause: self.roll_pause,
             user_prefix: self.user_prefix,
+            chat: ChatConfig {
+                users: self.users as usize,
+                window: self.window as usize,
+                offline_share: self.offline_share,
+                offline_delay: self.offline_delay,
+                body_bytes: self.body_bytes as usize,
+            },
             json: self.json,
             plot: self.plot,
             fail_on_errors: self.fail_on_errors,
@@ -461,6 +522,17 @@ fn parse_positive_secs(s: &str) -> Result<Duration, String> {
         return Err("must be above 0".to_owned());
     }
     Ok(d)
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err("must be between 0 and 1".to_owned());
+    }
+    Ok(v)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

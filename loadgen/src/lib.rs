@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod embedded;
+pub mod messages;
 pub mod plot;
 pub mod progress;
 pub mod report;
@@ -64,12 +65,21 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         }
         (None, Target::Embedded) => bail!("embedded cluster missing"),
     };
-    let result = drive(&config, &target, cluster.as_mut()).await;
+    let result = if config.scenario == Scenario::Messages {
+        drive_messages(&config, &target)
+            .await
+            .map(|m| (Recorder::new().finish(), Some(m)))
+    } else {
+        drive(&config, &target, cluster.as_mut())
+            .await
+            .map(|s| (s, None))
+    };
     if let Some(c) = cluster {
         c.shutdown().await;
     }
-    let stats = result?;
-    let report = Report::build(&config, label, &stats);
+    let (stats, messages) = result?;
+    let mut report = Report::build(&config, label, &stats);
+    report.chat = messages;
     if let Some(path) = &config.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("--json: writing {}", path.display()))?;
@@ -91,7 +101,12 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
     } else {
         1
     };
-    let needed = (config.pairs as u64) * 2 * per_user + 256;
+    let users = if config.scenario == Scenario::Messages {
+        config.chat.users as u64
+    } else {
+        (config.pairs as u64) * 2
+    };
+    let needed = users * per_user + 256;
     if let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) {
         if hard < needed {
             let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -117,6 +132,22 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn drive_messages(
+    config: &Config,
+    target: &Target,
+) -> anyhow::Result<messages::MessagesReport> {
+    let connector = Connector::new(
+        target,
+        config.jwt_secret.as_deref().map(|s| {
+            client::JwtMinter::new(s, config.jwt_audience.clone(), config.jwt_issuer.clone())
+        }),
+        config.bind_ips.clone(),
+        config.timeout,
+        config.connect_concurrency,
+    )?;
+    messages::drive(config, connector, &run_id()).await
 }
 
 fn run_id() -> String {

@@ -189,6 +189,9 @@ pub struct Report {
     pub sessions: SessionReport,
     pub rolling: Option<RollingReport>,
     pub timeline: Vec<SecondReport>,
+    /// `--scenario messages`: what the chat run measured (the call fields stay empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::messages::MessagesReport>,
 }
 
 impl Report {
@@ -277,12 +280,16 @@ impl Report {
                     }
                 })
                 .collect(),
+            chat: None,
         }
     }
 
     /// Setups that failed anywhere in the run (warm-up included).
     pub fn failed_setups(&self) -> u64 {
-        self.errors + self.warmup_errors
+        match &self.chat {
+            Some(m) => m.failures(),
+            None => self.errors + self.warmup_errors,
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -322,6 +329,10 @@ fn latency_row(f: &mut fmt::Formatter<'_>, name: &str, count: u64, l: &Latency) 
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(m) = &self.chat {
+            writeln!(f, "target: {}", self.target)?;
+            return write!(f, "{m}");
+        }
         let pace = if self.open_loop {
             format!("open loop at {} setups/s", self.rate)
         } else {

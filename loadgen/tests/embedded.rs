@@ -139,3 +139,24 @@ async fn a_rolling_restart_fails_no_setup_and_loses_no_frame() {
     assert!(s.resumed >= 20, "{report}");
     assert_eq!(s.fresh, 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_scenario_on_the_embedded_cluster() {
+    let mut config = small();
+    config.scenario = Scenario::Messages;
+    config.rate = 200.0;
+    config.churn_rate = 5.0;
+    config.chat.users = 16;
+    config.chat.offline_delay = Duration::from_millis(500);
+    let report = loadgen::run(config).await.unwrap();
+    println!("{report}");
+    let m = report.chat.clone().unwrap();
+    assert!(m.accepted > 0, "{report}");
+    assert_eq!(
+        (m.lost, m.duplicated, m.reordered, m.unanswered),
+        (0, 0, 0, 0),
+        "{report}"
+    );
+    let json = report.to_json();
+    assert!(json.contains("\"deliver_live\""), "{json}");
+}

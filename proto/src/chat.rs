@@ -92,6 +92,9 @@ pub struct Accepted {
     pub to: UserId,
     pub ts: u64,
     pub stored: bool,
+    /// Fields added on the way (the session's frame number `n`), kept when a client parses it.
+    #[serde(flatten, default)]
+    pub extra: Extra,
 }
 
 /// Tells the sender that the recipient (`from`) acknowledged the message.
@@ -99,6 +102,9 @@ pub struct Accepted {
 pub struct Delivered {
     pub id: MessageId,
     pub from: UserId,
+    /// Fields added on the way (the session's frame number `n`), kept when a client parses it.
+    #[serde(flatten, default)]
+    pub extra: Extra,
 }
 
 /// Adds `"delayed":true` to the node's own serialisation of a delivered message (a compact

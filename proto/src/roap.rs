@@ -499,6 +499,8 @@ impl Message {
         match self {
             Message::Error(e) => Some(&e.extra),
             Message::Message(m) => Some(&m.extra),
+            Message::Accepted(a) => Some(&a.extra),
+            Message::Delivered(d) => Some(&d.extra),
             _ => self.head().map(|h| &h.extra),
         }
     }

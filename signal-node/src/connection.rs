@@ -28,6 +28,9 @@ use crate::session::{Next, Origin, Session};
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a resumed connection waits for the old connection's reader to finish.
+const READER_HANDOFF: Duration = Duration::from_secs(3);
+
 /// Pongs owed at most (they carry no number and are not kept for a resume): a client pinging
 /// faster than its socket drains loses pongs, nothing else.
 const MAX_OWED_PONGS: u8 = 8;
@@ -108,7 +111,14 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
     };
+    // A resumed session: the old connection's reader (closed 4409) finishes the frames it
+    // already read before this one reads its first.
+    let turn = session.reader_turn(READER_HANDOFF).await;
+    if turn.is_none() {
+        tracing::warn!(%user, conn, "the previous connection's reader is still busy: reading anyway");
+    }
     reader.read_loop(stream).await;
+    drop(turn);
     let written = writer.await.unwrap_or(pending.start);
     let reason = closer.reason().unwrap_or(CloseReason {
         code: CLOSE_NORMAL,

@@ -15,7 +15,7 @@ use signal_proto::{Accepted, ChatMessage, Delivered, ErrorType, Message, Message
 use crate::node::Node;
 use crate::router::Router;
 use crate::session::{Origin, Session};
-pub use store::{Appended, MailboxError, MailboxStore, StoreLimits};
+pub use store::{Appended, EntryId, MailboxError, MailboxStore, StoreLimits, StoredMessage};
 
 /// Messages read from the store per page when pushing at connect.
 pub const PUSH_PAGE: usize = 50;
@@ -120,11 +120,15 @@ impl Mailbox {
                     to,
                     ts,
                     stored: true,
+                    extra: Default::default(),
                 })
             }
-            Ok(Appended::Stored) => {
+            Ok(Appended::Stored(entry)) => {
                 // Best effort: the message is in the mailbox whatever happens here.
-                let pushed = router.relay(&Origin::Node, &to, &frame).await.is_ok();
+                let pushed = router
+                    .relay(&Origin::Mail(entry), &to, &frame)
+                    .await
+                    .is_ok();
                 if let (false, Message::Message(m)) = (pushed, &message) {
                     router
                         .node()
@@ -138,6 +142,7 @@ impl Mailbox {
                     to,
                     ts,
                     stored: !pushed,
+                    extra: Default::default(),
                 })
             }
             Err(MailboxError::Full) => {
@@ -194,6 +199,7 @@ impl Mailbox {
             let d = Message::Delivered(Delivered {
                 id,
                 from: user.clone(),
+                extra: Default::default(),
             })
             .to_json();
             let _ = router.relay(&Origin::Node, &from, &d).await;
@@ -202,41 +208,27 @@ impl Mailbox {
 
     /// Pushes the stored messages of a fresh session (`delayed:true`), a page at a time, never
     /// more than half the session's unwritten bound ahead of its writer. Live chat messages
-    /// wait in the mailbox meanwhile (the session holds them), so that stored ones come first.
-    /// Stops when the connection `conn` is no longer the session's: what was not acknowledged
-    /// is still in the mailbox; a resume of this session that finds the push incomplete runs
-    /// it again from the start (the client drops the duplicates by (from, id)).
+    /// wait in the session meanwhile and follow when the mailbox has been read to its end
+    /// (stored ones come first; each message reaches the session once, by entry id). Stops
+    /// when the connection `conn` is no longer the session's: what was not acknowledged is
+    /// still in the mailbox; a resume of this session continues the push after the last
+    /// entry it delivered.
     pub async fn push_at_connect(&self, session: Session, conn: u64) {
-        session.hold_mail(true);
-        if self.push_pages(&session, conn).await {
-            session.set_mail_complete();
-        }
-        session.hold_mail(false);
-    }
-
-    /// Returns whether it reached the end of the mailbox.
-    async fn push_pages(&self, session: &Session, conn: u64) -> bool {
         let ahead = (session.limits().unwritten_frames / 2).max(1) as u64;
-        let mut cursor: Option<String> = None;
+        let mut cursor = session.mail_upto();
         let mut backoff = Duration::from_millis(100);
         let mut pushed = 0u64;
-        let mut last_round = false;
         loop {
             let page = match self
                 .store
-                .page(
-                    session.user(),
-                    cursor.as_deref(),
-                    PUSH_PAGE,
-                    self.limits.store,
-                )
+                .page(session.user(), cursor, PUSH_PAGE, self.limits.store)
                 .await
             {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::info!(user = %session.user(), error = %e, "mailbox push: store unavailable, retrying");
                     if session.unwritten(conn).is_none() {
-                        return false;
+                        break;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -245,38 +237,38 @@ impl Mailbox {
             };
             backoff = Duration::from_millis(100);
             if page.is_empty() {
-                if last_round {
-                    break;
+                match session.mail_live(conn) {
+                    Ok(true) | Err(_) => break,
+                    // A live message could not wait: read once more.
+                    Ok(false) => continue,
                 }
-                // Live messages flow again; one more read catches what was stored meanwhile.
-                session.hold_mail(false);
-                last_round = true;
-                continue;
             }
             for m in page {
                 loop {
                     match session.unwritten(conn) {
-                        None => return false,
+                        None => return self.pushed(&session, pushed),
                         Some(u) if u >= ahead => {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         Some(_) => break,
                     }
                 }
-                let Some(frame) = stamp_delayed(&m.frame) else {
-                    continue;
-                };
-                if session.push_stored(&frame).is_err() {
-                    return false;
+                let frame = stamp_delayed(&m.frame);
+                match session.push_stored(conn, frame.as_deref(), m.entry) {
+                    Ok(true) => pushed += 1,
+                    Ok(false) => {}
+                    Err(_) => return self.pushed(&session, pushed),
                 }
-                pushed += 1;
                 cursor = Some(m.entry);
             }
         }
+        self.pushed(&session, pushed);
+    }
+
+    fn pushed(&self, session: &Session, pushed: u64) {
         if pushed > 0 {
             metrics::counter!("signal_mail_pushed_total").increment(pushed);
             tracing::debug!(user = %session.user(), pushed, "mailbox pushed at connect");
         }
-        true
     }
 }

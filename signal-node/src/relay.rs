@@ -12,6 +12,7 @@ use signal_proto::{ChatMessage, ErrorType, MessageId, UserId};
 use tonic::{Request, Response, Status};
 
 use crate::error::RelayError;
+use crate::mailbox::EntryId;
 use crate::mailbox::Refused;
 use crate::node::Node;
 use crate::router::Router;
@@ -36,12 +37,13 @@ impl Relay for RelayService {
     ) -> Result<Response<DeliverResponse>, Status> {
         let req = request.into_inner();
         let to = UserId::new(req.to).map_err(RelayError::from)?;
-        let origin = match UserId::new(req.from) {
-            Ok(sender) => Origin::Roap {
+        let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
+            (Ok(sender), _) => Origin::Roap {
                 sender,
                 session_id: req.session_id,
             },
-            Err(_) => Origin::Node,
+            (Err(_), Some(e)) => Origin::Mail(e),
+            (Err(_), None) => Origin::Node,
         };
         let status = self
             .node
@@ -68,7 +70,7 @@ impl Relay for RelayService {
     ) -> Result<Response<TakeSessionResponse>, Status> {
         let req = request.into_inner();
         let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
-        Ok(Response::new(self.node.hand_over(&req, &user)))
+        Ok(Response::new(self.node.hand_over(&req, &user).await))
     }
 
     async fn submit(

@@ -226,9 +226,12 @@ impl Router {
             return Err(Attempt::Stale(offline(to)));
         }
         let liveness = self.node.peers().liveness(loc);
-        let (from, session_id) = match origin {
-            Origin::Node => (String::new(), String::new()),
-            Origin::Roap { sender, session_id } => (sender.to_string(), session_id.clone()),
+        let (from, session_id, mail_entry) = match origin {
+            Origin::Node => (String::new(), String::new(), String::new()),
+            Origin::Roap { sender, session_id } => {
+                (sender.to_string(), session_id.clone(), String::new())
+            }
+            Origin::Mail(e) => (String::new(), String::new(), e.to_string()),
         };
         let req = DeliverRequest {
             to: to.to_string(),
@@ -236,6 +239,7 @@ impl Router {
             session_id,
             frame: frame.to_owned(),
             expect: Some(loc.clone()),
+            mail_entry,
         };
         let timeout = if liveness == Liveness::Gone {
             GONE_TIMEOUT

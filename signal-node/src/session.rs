@@ -15,16 +15,18 @@ pub mod expiry;
 pub mod ring;
 pub mod takeover;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use signal_proto::relay::BufferedFrame;
+use signal_proto::relay::{BufferedFrame, TakeSessionResponse, TakeStatus};
 use signal_proto::roap::stamp_frame_number;
 use signal_proto::UserId;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
+use crate::mailbox::EntryId;
 use crate::outbound::{Closer, PushError, CLOSE_REPLACED, CLOSE_SLOW};
 use ring::Ring;
 pub use ring::{Entry, Origin, RingLimits};
@@ -57,6 +59,10 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the attached connection's writer.
     wake: Notify,
+    /// Held by the reader of the connection whose frames are being processed: a resumed
+    /// connection reads its first frame only once the old one's reader is done, so that the
+    /// user's messages are processed in the order sent (see [`Session::reader_turn`]).
+    reader: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -69,11 +75,28 @@ struct State {
     /// Highest frame number acknowledged.
     acked: u64,
     phase: Phase,
-    /// Live chat messages are not pushed (they are in the mailbox) while the stored ones are
-    /// pushed at connect: stored ones come first (see `mailbox`).
-    hold_mail: bool,
-    /// The push at connect went through the whole mailbox once (a resume need not repeat it).
-    mail_complete: bool,
+    mail: MailPush,
+}
+
+/// The push at connect of the mailbox as this session sees it (see `mailbox`): what makes
+/// every chat message reach the session exactly once and in order, whether it comes live or
+/// from the mailbox.
+#[derive(Debug, Default)]
+struct MailPush {
+    /// The pager has not reached the end of the mailbox yet: live chat messages wait in
+    /// `pending` (stored ones come first).
+    paging: bool,
+    /// Live chat messages that arrived while paging, in arrival order; at most the ring's
+    /// frame bound.
+    pending: VecDeque<(String, EntryId)>,
+    /// A live message found `pending` full (it is in the mailbox): the pager reads once more
+    /// before going live.
+    overflow: bool,
+    /// The last mailbox entry the pager pushed. Every entry up to it was read, so a live copy
+    /// of one of them is a duplicate (entry ids only grow).
+    upto: Option<EntryId>,
+    /// The pager reached the end of the mailbox once (a resume need not repeat it).
+    complete: bool,
 }
 
 #[derive(Debug)]
@@ -143,16 +166,28 @@ pub struct Handover {
     pub next_n: u64,
     /// Every buffered frame after the client's `last`, in order.
     pub frames: Vec<Entry>,
+    /// The push at connect: the last entry pushed, and whether it reached the end.
+    pub mail_upto: Option<EntryId>,
+    pub mail_complete: bool,
+}
+
+/// What [`Session::hand_over`] gives: the handover, and the chat frames the client's `last`
+/// acknowledged (they leave the mailbox).
+#[derive(Debug, Clone)]
+pub struct HandedOver {
+    pub handover: Handover,
+    pub acked_mail: Vec<String>,
 }
 
 impl Handover {
-    pub fn into_wire(self) -> (u64, Vec<BufferedFrame>) {
+    /// The `TakeSessionResponse` of a handover (status TAKEN).
+    pub fn into_wire(self) -> TakeSessionResponse {
         let frames = self
             .frames
             .into_iter()
             .map(|e| {
                 let (origin_user, origin_session) = match e.origin {
-                    Origin::Node => (String::new(), String::new()),
+                    Origin::Node | Origin::Mail(_) => (String::new(), String::new()),
                     Origin::Roap { sender, session_id } => (sender.into_string(), session_id),
                 };
                 BufferedFrame {
@@ -163,11 +198,19 @@ impl Handover {
                 }
             })
             .collect();
-        (self.next_n, frames)
+        TakeSessionResponse {
+            status: TakeStatus::Taken as i32,
+            reason: String::new(),
+            next_n: self.next_n,
+            frames,
+            mail_upto: self.mail_upto.map(|e| e.to_string()).unwrap_or_default(),
+            mail_complete: self.mail_complete,
+        }
     }
 
-    pub fn from_wire(next_n: u64, frames: Vec<BufferedFrame>) -> Handover {
-        let frames = frames
+    pub fn from_wire(resp: TakeSessionResponse) -> Handover {
+        let frames = resp
+            .frames
             .into_iter()
             .map(|f| Entry {
                 n: f.n,
@@ -181,7 +224,12 @@ impl Handover {
                 },
             })
             .collect();
-        Handover { next_n, frames }
+        Handover {
+            next_n: resp.next_n,
+            frames,
+            mail_upto: EntryId::parse(&resp.mail_upto),
+            mail_complete: resp.mail_complete,
+        }
     }
 }
 
@@ -226,10 +274,15 @@ impl Session {
                     written: 0,
                     acked: 0,
                     phase,
-                    hold_mail: !installing,
-                    mail_complete: false,
+                    mail: MailPush {
+                        // A fresh session pushes its mailbox first; one being installed
+                        // learns where its push stands from the handover.
+                        paging: !installing,
+                        ..MailPush::default()
+                    },
                 }),
                 wake: Notify::new(),
+                reader: Arc::default(),
             }),
         }
     }
@@ -243,6 +296,23 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// Waits (at most `wait`) until no other connection's reader processes frames of this
+    /// session, and holds that turn until the guard is dropped. `None`: the old reader did not
+    /// finish in time (the caller goes on; order across the two connections is then not
+    /// guaranteed).
+    pub async fn reader_turn(&self, wait: Duration) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(wait, self.inner.reader.clone().lock_owned())
+            .await
+            .ok()
+    }
+
+    /// Closes the attached connection, if any, with 4409.
+    pub fn close_attached(&self, reason: &'static str) {
+        if let Phase::Attached(a) = &self.lock().phase {
+            a.closer.close(CLOSE_REPLACED, reason);
+        }
     }
 
     pub fn user(&self) -> &UserId {
@@ -280,29 +350,124 @@ impl Session {
 
     /// Numbers `frame` (a JSON object without `n`) and queues it for the user: on the attached
     /// connection, or buffered for a resume while detached or being installed. `Full`: no room
-    /// (the sender is told UNAVAILABLE); `Closed`: the session has ended.
+    /// (the sender is told UNAVAILABLE); `Closed`: the session has ended. A live chat message
+    /// (`Origin::Mail`) the push at connect already delivered is dropped; one that comes while
+    /// the push runs waits for its end (stored messages come first).
     pub fn push(&self, frame: &str, origin: Origin) -> Result<u64, PushError> {
-        self.push_with(frame, origin, false)
+        let mut guard = self.lock();
+        if let Origin::Mail(e) = origin {
+            if matches!(guard.phase, Phase::Attached(_) | Phase::Detached { .. }) {
+                let frames = self.inner.limits.ring.frames;
+                if let Some(held) = Self::hold_mail(&mut guard.mail, frame, e, frames) {
+                    return Ok(held);
+                }
+            }
+        }
+        let (r, wake) = self.push_locked(&mut guard, frame, origin);
+        drop(guard);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        r
     }
 
-    /// Pushes a chat message read from the mailbox (not held back by [`Session::hold_mail`]).
-    pub fn push_stored(&self, frame: &str) -> Result<u64, PushError> {
-        self.push_with(frame, Origin::Node, true)
+    /// `Some(0)`: the live chat message `e` is not to be pushed now (delivered already, or
+    /// waiting for the push at connect to end).
+    fn hold_mail(mail: &mut MailPush, frame: &str, e: EntryId, bound: usize) -> Option<u64> {
+        if mail.upto.is_some_and(|u| e <= u) {
+            metrics::counter!("signal_mail_live_duplicates_dropped_total").increment(1);
+            return Some(0);
+        }
+        if !mail.paging {
+            return None;
+        }
+        if mail.pending.len() >= bound {
+            // It is in the mailbox: the pager reads it.
+            mail.overflow = true;
+        } else {
+            mail.pending.push_back((frame.to_owned(), e));
+        }
+        Some(0)
     }
 
-    /// While `on`, live chat messages are dropped here (they wait in the mailbox).
-    pub fn hold_mail(&self, on: bool) {
-        self.lock().hold_mail = on;
+    /// Pushes the mailbox entry `e` read by the push at connect of connection `conn` (`frame`
+    /// `None`: an entry that cannot be delivered, skipped). `Ok(false)`: already delivered
+    /// (a live copy or another pager was first); `Err(Closed)`: `conn` is not the session's.
+    pub fn push_stored(
+        &self,
+        conn: u64,
+        frame: Option<&str>,
+        e: EntryId,
+    ) -> Result<bool, PushError> {
+        let mut guard = self.lock();
+        match &guard.phase {
+            Phase::Attached(a) if a.conn == conn && !a.closer.is_closed() => {}
+            _ => return Err(PushError::Closed),
+        }
+        if guard.mail.upto.is_some_and(|u| e <= u) {
+            return Ok(false);
+        }
+        let Some(frame) = frame else {
+            guard.mail.upto = Some(e);
+            return Ok(false);
+        };
+        let (r, wake) = self.push_locked(&mut guard, frame, Origin::Node);
+        if r.is_ok() {
+            let mail = &mut guard.mail;
+            mail.upto = Some(e);
+            if !mail.pending.is_empty() {
+                mail.pending.retain(|(_, p)| *p > e);
+            }
+        }
+        drop(guard);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        r.map(|_| true)
     }
 
-    /// Records that the push at connect reached the end of the mailbox.
-    pub fn set_mail_complete(&self) {
-        self.lock().mail_complete = true;
+    /// The push at connect of `conn` found the mailbox empty after its last entry: the live
+    /// chat messages that waited are pushed (those it did not deliver itself), in order, and
+    /// from now on live ones go straight through. `Ok(false)`: read once more first (a live
+    /// message was dropped from a full wait list); `Err(Closed)`: `conn` is not the session's.
+    pub fn mail_live(&self, conn: u64) -> Result<bool, PushError> {
+        let mut guard = self.lock();
+        match &guard.phase {
+            Phase::Attached(a) if a.conn == conn && !a.closer.is_closed() => {}
+            _ => return Err(PushError::Closed),
+        }
+        let mail = &mut guard.mail;
+        if std::mem::take(&mut mail.overflow) {
+            return Ok(false);
+        }
+        let pending = std::mem::take(&mut mail.pending);
+        let upto = mail.upto;
+        mail.paging = false;
+        mail.complete = true;
+        let mut wake = false;
+        for (frame, e) in pending {
+            if upto.is_some_and(|u| e <= u) {
+                continue;
+            }
+            // A failure (no room) leaves it in the mailbox for the next session.
+            let (_, w) = self.push_locked(&mut guard, &frame, Origin::Mail(e));
+            wake |= w;
+        }
+        drop(guard);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(true)
     }
 
     /// Whether the push at connect reached the end of the mailbox (else a resume repeats it).
     pub fn mail_complete(&self) -> bool {
-        self.lock().mail_complete
+        self.lock().mail.complete
+    }
+
+    /// The last mailbox entry the push at connect delivered (a repeated push continues after it).
+    pub fn mail_upto(&self) -> Option<EntryId> {
+        self.lock().mail.upto
     }
 
     /// Frames pushed to connection `conn` and not yet handed to its writer; `None` when `conn`
@@ -317,24 +482,27 @@ impl Session {
         }
     }
 
-    fn push_with(&self, frame: &str, origin: Origin, stored: bool) -> Result<u64, PushError> {
-        let mut guard = self.lock();
-        if !stored && guard.hold_mail && signal_proto::chat::is_chat_frame(frame) {
-            return Ok(0);
-        }
+    /// Numbers and queues `frame` under the lock; returns the result and whether to wake the
+    /// writer.
+    fn push_locked(
+        &self,
+        guard: &mut State,
+        frame: &str,
+        origin: Origin,
+    ) -> (Result<u64, PushError>, bool) {
         let limits = self.inner.limits;
-        let st = &mut *guard;
+        let st = guard;
         match &mut st.phase {
-            Phase::Ended => Err(PushError::Closed),
+            Phase::Ended => (Err(PushError::Closed), false),
             Phase::Installing { early, bytes } => {
                 if early.len() >= limits.ring.frames
                     || (*bytes > 0 && *bytes + frame.len() > limits.ring.bytes)
                 {
-                    return Err(PushError::Full);
+                    return (Err(PushError::Full), false);
                 }
                 *bytes += frame.len();
                 early.push((frame.to_owned().into(), origin));
-                Ok(0)
+                (Ok(0), false)
             }
             Phase::Attached(a) if !a.closer.is_closed() => {
                 let unwritten = st.ring.last_n() - a.cursor;
@@ -346,9 +514,12 @@ impl Session {
                         metrics::counter!("signal_slow_consumer_closes_total").increment(1);
                         tracing::info!(user = %self.inner.user, unwritten, "slow reader: closing 1013, session kept");
                     }
-                    return Self::buffer(&mut st.ring, st.written, frame, origin);
+                    return (Self::buffer(&mut st.ring, st.written, frame, origin), false);
                 }
-                let n = Self::append(&mut st.ring, frame, origin)?;
+                let n = match Self::append(&mut st.ring, frame, origin) {
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), false),
+                };
                 a.unwritten_bytes += st.ring.get(n).map_or(0, |e| e.frame.len());
                 let dropped = st.ring.trim(st.written);
                 if dropped > 0 {
@@ -358,12 +529,10 @@ impl Session {
                     // More unwritten than the resume buffer holds.
                     metrics::counter!("signal_slow_consumer_closes_total").increment(1);
                 }
-                drop(guard);
-                self.inner.wake.notify_one();
-                Ok(n)
+                (Ok(n), true)
             }
             Phase::Attached(_) | Phase::Detached { .. } => {
-                Self::buffer(&mut st.ring, st.written, frame, origin)
+                (Self::buffer(&mut st.ring, st.written, frame, origin), false)
             }
         }
     }
@@ -437,14 +606,14 @@ impl Session {
 
     /// Resumes on this node: checks, closes the old connection (4409) if still attached, and
     /// attaches the new one so that its writer starts after `last`. Returns how many frames
-    /// will be replayed.
+    /// will be replayed, and the chat frames `last` acknowledged (they leave the mailbox).
     pub fn resume_here(
         &self,
         token: &str,
         last: u64,
         conn: u64,
         closer: Closer,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<(u64, Vec<String>), Refusal> {
         let mut st = self.lock();
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
@@ -454,8 +623,7 @@ impl Session {
             a.closer
                 .close(CLOSE_REPLACED, "replaced by a newer connection");
         }
-        st.acked = st.acked.max(last);
-        st.ring.ack(last);
+        let acked_mail = Self::ack_locked(&mut st, last);
         st.written = st.written.max(last);
         let replay = st.ring.last_n() - last;
         let unwritten_bytes = st.ring.bytes();
@@ -467,13 +635,13 @@ impl Session {
         });
         drop(st);
         self.inner.wake.notify_one();
-        Ok(replay)
+        Ok((replay, acked_mail))
     }
 
     /// Hands the session over to another node: checks, closes the connection (4409) if one is
     /// attached, returns the frames after `last` and ends the session here without notifying
     /// anyone (it lives on elsewhere).
-    pub fn hand_over(&self, token: &str, last: u64) -> Result<Handover, Refusal> {
+    pub fn hand_over(&self, token: &str, last: u64) -> Result<HandedOver, Refusal> {
         let mut st = self.lock();
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
@@ -482,13 +650,25 @@ impl Session {
         if let Phase::Attached(a) = &st.phase {
             a.closer.close(CLOSE_REPLACED, "resumed on another node");
         }
+        let acked_mail = Self::ack_locked(&mut st, last);
         let frames: Vec<Entry> = st.ring.after(last).cloned().collect();
         let next_n = st.ring.next_n();
         st.ring.drain_all();
         st.phase = Phase::Ended;
+        // Live chat messages waiting for the push at connect are in the mailbox: the new
+        // node's push continues after `upto` and reads them.
+        let mail = std::mem::take(&mut st.mail);
         drop(st);
         self.inner.wake.notify_one();
-        Ok(Handover { next_n, frames })
+        Ok(HandedOver {
+            handover: Handover {
+                next_n,
+                frames,
+                mail_upto: mail.upto,
+                mail_complete: mail.complete,
+            },
+            acked_mail,
+        })
     }
 
     /// Installs a session being taken over and attaches the connection. `Some`: continue the
@@ -514,6 +694,11 @@ impl Session {
         };
         let mut cursor = 0;
         let mut resumed = false;
+        // A fresh stream pushes the mailbox from its start.
+        st.mail = MailPush {
+            paging: true,
+            ..MailPush::default()
+        };
         if let Some((h, last, token)) = handover {
             let first = h.frames.first().map_or(h.next_n, |e| e.n);
             let mut ring = Ring::new(first, limits);
@@ -525,13 +710,25 @@ impl Session {
                 st.ring = ring;
                 st.written = last;
                 st.acked = last;
+                st.mail = MailPush {
+                    paging: !h.mail_complete,
+                    upto: h.mail_upto,
+                    complete: h.mail_complete,
+                    ..MailPush::default()
+                };
                 cursor = last;
                 resumed = true;
             } else {
                 tracing::warn!(user = %self.inner.user, "handed-over frames do not follow on: fresh session");
             }
         }
+        let bound = limits.frames;
         for (frame, origin) in early {
+            if let Origin::Mail(e) = origin {
+                if Self::hold_mail(&mut st.mail, frame.as_str(), e, bound).is_some() {
+                    continue;
+                }
+            }
             // `early` had the same bounds as the ring.
             let _ = Self::append(&mut st.ring, frame.as_str(), origin);
         }
@@ -554,19 +751,25 @@ impl Session {
         if n > st.ring.last_n() {
             return Err(st.ring.last_n());
         }
-        let mut mail = Vec::new();
-        if n > st.acked {
-            st.acked = n;
-            mail = st
-                .ring
-                .after(0)
-                .take_while(|e| e.n <= n)
-                .filter(|e| signal_proto::chat::is_chat_frame(e.frame.as_str()))
-                .map(|e| e.frame.as_str().to_owned())
-                .collect();
-            st.ring.ack(n);
+        Ok(Self::ack_locked(&mut st, n))
+    }
+
+    /// Acknowledges every frame up to `n` (an `Ack`, or the `last` of a resume); returns the
+    /// chat frames among them.
+    fn ack_locked(st: &mut State, n: u64) -> Vec<String> {
+        if n <= st.acked {
+            return Vec::new();
         }
-        Ok(mail)
+        st.acked = n;
+        let mail = st
+            .ring
+            .after(0)
+            .take_while(|e| e.n <= n)
+            .filter(|e| signal_proto::chat::is_chat_frame(e.frame.as_str()))
+            .map(|e| e.frame.as_str().to_owned())
+            .collect();
+        st.ring.ack(n);
+        mail
     }
 
     /// The writer of connection `conn`: records that every frame up to `written` reached the

@@ -172,9 +172,10 @@ async fn order_of_several_senders_mixed_stored_and_live() {
         last_n = n;
         let from = m["from"].as_str().unwrap().to_owned();
         let id = m["id"].as_str().unwrap().to_owned();
-        if !seen.insert((from.clone(), id.clone())) {
-            continue; // a duplicate the client drops by (from, id)
-        }
+        assert!(
+            seen.insert((from.clone(), id.clone())),
+            "delivered once within the session: {m}"
+        );
         let i: usize = id.split('-').nth(1).unwrap().parse().unwrap();
         let want = next.entry(from.clone()).or_insert(0);
         assert_eq!(i, *want, "messages from {from} in the order sent: got {id}");
@@ -482,19 +483,59 @@ async fn a_push_cut_short_continues_after_a_resume() {
     );
     let (mut bob, w) = WsClient::connect_welcomed(&url).await;
     assert_eq!(w["resumed"], true, "{w}");
-    while seen.iter().collect::<HashSet<_>>().len() < COUNT {
+    while seen.len() < COUNT {
         let m = expect(&mut bob, "Message").await;
         let id = m["id"].as_str().unwrap().to_owned();
-        if !seen.contains(&id) {
-            let i: usize = id.trim_start_matches("c-").parse().unwrap();
-            assert_eq!(
-                i,
-                seen.len(),
-                "in order: {id} after {} distinct",
-                seen.len()
-            );
-            seen.push(id);
-        }
+        assert!(!seen.contains(&id), "once within the session: {id}");
+        let i: usize = id.trim_start_matches("c-").parse().unwrap();
+        assert_eq!(i, seen.len(), "in order: {id} after {}", seen.len());
+        seen.push(id);
     }
+    stop(nodes).await;
+}
+
+/// A resume's `last` acknowledges the chat frames up to it (contract section 5): they leave
+/// the mailbox and their sender gets `Delivered`, on the same node and on another one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_acknowledges_the_messages_up_to_last() {
+    let redis = Redis::start().await;
+    let nodes = pair_with(&redis, |c| c.resume_window = Duration::from_secs(10)).await;
+    let mut alice = nodes[0].connect("alice").await;
+    for (i, node) in [(0usize, 1usize), (1, 0)] {
+        // bob on node b; the second time he resumes from node a (a takeover).
+        let (mut bob, w) = WsClient::connect_welcomed(&nodes[1].ws("bob")).await;
+        let token = w["session"].as_str().unwrap().to_owned();
+        let ids = [format!("r{i}-1"), format!("r{i}-2")];
+        for id in &ids {
+            send_accepted(&mut alice, "bob", id).await;
+        }
+        let mut last = 0;
+        for id in &ids {
+            let m = expect(&mut bob, "Message").await;
+            assert_eq!(m["id"], id.as_str());
+            last = m["n"].as_u64().unwrap();
+        }
+        // No Ack: the connection is lost, then resumed with `last` = the second message.
+        drop(bob);
+        let url = format!(
+            "ws://{}/ws?user=bob&resume={token}&last={last}",
+            nodes[node].http
+        );
+        let (bob, w) = WsClient::connect_welcomed(&url).await;
+        assert_eq!(w["resumed"], true, "{w}");
+        let mut delivered = HashSet::new();
+        while delivered.len() < 2 {
+            let d = expect(&mut alice, "Delivered").await;
+            assert_eq!(d["from"], "bob");
+            delivered.insert(d["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(delivered, ids.iter().cloned().collect());
+        bob.close().await;
+    }
+    // They left the mailbox: a fresh session gets nothing stored.
+    let mut bob = nodes[1].connect("bob").await;
+    send_accepted(&mut alice, "bob", "marker").await;
+    let m = expect(&mut bob, "Message").await;
+    assert_eq!(m["id"], "marker", "nothing from the mailbox before it: {m}");
     stop(nodes).await;
 }

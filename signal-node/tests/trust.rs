@@ -39,6 +39,7 @@ fn forged(to: &str) -> DeliverRequest {
         frame: json!({"type":"Offer","from":"forged","to":to,"sessionID":"s1","sdp":"v=0"})
             .to_string(),
         expect: None,
+        mail_entry: String::new(),
     }
 }
 
@@ -106,6 +107,7 @@ async fn relay_calls_without_the_cluster_credentials_are_refused_and_do_nothing(
             session_id: "marker".into(),
             frame: marker.to_string(),
             expect: None,
+            mail_entry: String::new(),
         })
         .await
         .unwrap()

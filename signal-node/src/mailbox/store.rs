@@ -32,7 +32,7 @@ pub enum MailboxError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
     /// Stored under this entry id.
-    Stored,
+    Stored(EntryId),
     /// The same (sender, id) was already accepted within the TTL, at `ts`.
     Duplicate { ts: u64 },
 }
@@ -40,8 +40,34 @@ pub enum Appended {
 /// A stored message: its entry id (the page cursor) and the delivered frame (without `n`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    pub entry: String,
+    pub entry: EntryId,
     pub frame: String,
+}
+
+/// Where a message sits in its recipient's mailbox: the stream entry id `<ms>-<seq>`. Entry
+/// ids of one mailbox only grow (a later append gets a higher id), so a session that pushed
+/// every entry up to `e` knows that a live copy of an entry `<= e` is a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// Parses `<ms>-<seq>` (or a bare `<ms>`); `None` if malformed.
+    pub fn parse(s: &str) -> Option<EntryId> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 /// Appends a message unless a duplicate, after dropping expired entries; quota checked in
@@ -54,10 +80,8 @@ local ttl = tonumber(ARGV[4])
 local expired = 0
 local len = redis.call('XLEN', KEYS[1])
 if len > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
-  local after = redis.call('XLEN', KEYS[1])
-  expired = len - after
-  len = after
+  expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
+  len = len - expired
 end
 local d = redis.call('GET', KEYS[2])
 if d then
@@ -84,8 +108,7 @@ local len = redis.call('XLEN', KEYS[1])
 if len == 0 then
   return out
 end
-redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[3])))
-out[1] = len - redis.call('XLEN', KEYS[1])
+out[1] = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - tonumber(ARGV[3])))
 local r = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 for _, e in ipairs(r) do
   out[#out + 1] = e[1]
@@ -157,11 +180,13 @@ enum Backend {
 #[derive(Default)]
 struct Memory {
     boxes: HashMap<UserId, MemBox>,
+    /// Entry ids of every mailbox (one counter: a mailbox removed and created again still
+    /// gets higher ids).
+    next: u64,
 }
 
 #[derive(Default)]
 struct MemBox {
-    next: u64,
     /// (entry seq, stored at, frame)
     entries: VecDeque<(u64, Instant, String)>,
     /// (sender, id) -> (first ts, entry seq, expires)
@@ -236,6 +261,8 @@ impl MailboxStore {
         match &self.backend {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
+                m.next += 1;
+                let seq = m.next;
                 let b = m.boxes.entry(to.clone()).or_default();
                 expired_metric(b.expire(limits.ttl));
                 let key = (sender.clone(), id.clone());
@@ -245,12 +272,10 @@ impl MailboxStore {
                 if b.entries.len() >= limits.max_messages {
                     return Err(MailboxError::Full);
                 }
-                b.next += 1;
-                let seq = b.next;
                 let now = Instant::now();
                 b.entries.push_back((seq, now, frame.to_owned()));
                 b.seen.insert(key, (ts, seq, now + limits.ttl));
-                Ok(Appended::Stored)
+                Ok(Appended::Stored(EntryId { ms: 0, seq }))
             }
             Backend::Redis { conn, append, .. } => {
                 let mut conn = conn.clone();
@@ -264,7 +289,9 @@ impl MailboxStore {
                     inv.invoke_async(&mut conn).await.map_err(unavailable)?;
                 expired_metric(expired);
                 match status {
-                    0 => Ok(Appended::Stored),
+                    0 => EntryId::parse(&v).map(Appended::Stored).ok_or_else(|| {
+                        MailboxError::Unavailable(format!("bad stream entry id {v:?}"))
+                    }),
                     1 => {
                         let ts = v
                             .split(' ')
@@ -284,7 +311,7 @@ impl MailboxStore {
     pub async fn page(
         &self,
         user: &UserId,
-        after: Option<&str>,
+        after: Option<EntryId>,
         count: usize,
         limits: StoreLimits,
     ) -> Result<Vec<StoredMessage>, MailboxError> {
@@ -295,13 +322,13 @@ impl MailboxStore {
                     return Ok(Vec::new());
                 };
                 expired_metric(b.expire(limits.ttl));
-                let after: u64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+                let after = after.unwrap_or_default();
                 Ok(b.entries
                     .iter()
-                    .filter(|(seq, _, _)| *seq > after)
+                    .filter(|(seq, _, _)| EntryId { ms: 0, seq: *seq } > after)
                     .take(count)
                     .map(|(seq, _, f)| StoredMessage {
-                        entry: seq.to_string(),
+                        entry: EntryId { ms: 0, seq: *seq },
                         frame: f.clone(),
                     })
                     .collect())
@@ -309,7 +336,7 @@ impl MailboxStore {
             Backend::Redis { conn, page, .. } => {
                 let mut conn = conn.clone();
                 let mut inv = page.key(stream_key(user));
-                inv.arg(after.unwrap_or("0"))
+                inv.arg(after.unwrap_or_default().to_string())
                     .arg(count)
                     .arg(ttl_ms(limits.ttl));
                 let out: Vec<redis::Value> =
@@ -322,8 +349,10 @@ impl MailboxStore {
                 expired_metric(expired);
                 let mut msgs = Vec::new();
                 while let (Some(e), Some(f)) = (it.next(), it.next()) {
-                    if let (Ok(entry), Ok(frame)) = (
-                        redis::from_redis_value::<String>(e),
+                    if let (Some(entry), Ok(frame)) = (
+                        redis::from_redis_value::<String>(e)
+                            .ok()
+                            .and_then(|e| EntryId::parse(&e)),
                         redis::from_redis_value::<String>(f),
                     ) {
                         msgs.push(StoredMessage { entry, frame });

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use axum::extract::ws::Utf8Bytes;
 use signal_proto::UserId;
 
+use crate::mailbox::EntryId;
+
 /// Who is owed an answer if a frame is never written to the recipient's connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -15,6 +17,10 @@ pub enum Origin {
     Node,
     /// A relayed ROAP message: its sender gets Error OFFLINE should the session end first.
     Roap { sender: UserId, session_id: String },
+    /// A live chat message, stored in the recipient's mailbox under this entry (nobody to
+    /// tell: it stays there until acknowledged). The entry lets the session deliver it once
+    /// whether it comes live or from the push at connect.
+    Mail(EntryId),
 }
 
 /// One numbered frame.

@@ -12,11 +12,14 @@ use signal_proto::relay::{Location, TakeSessionRequest, TakeSessionResponse, Tak
 use signal_proto::roap::Welcome;
 use signal_proto::{ErrorType, Message, SessionId, UserId};
 
-use super::{Detached, Handover, Origin, Refusal, Session};
+use super::{Detached, HandedOver, Handover, Origin, Refusal, Session};
 use crate::error::ApiError;
 use crate::node::{Authenticated, Node, CLAIM_STRIPES};
 use crate::outbound::{Closer, CLOSE_APP_DISCONNECT, CLOSE_NORMAL};
 use crate::router::Router;
+
+/// How long a takeover waits for the old connection's reader (within the caller's 1.5 s).
+const READER_DRAIN: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// A client's request to continue a session: `?resume=<token>&last=<n>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +111,8 @@ impl Node {
         // A session kept (or still attached) here.
         if let (Some(r), Some(existing)) = (&resume, self.hub().get(&user)) {
             match existing.resume_here(&r.token, r.last, conn, closer.clone()) {
-                Ok(replay) => {
+                Ok((replay, acked_mail)) => {
+                    self.acknowledged_by_resume(&user, acked_mail);
                     let loc = self.location(existing.id());
                     match self.directory().claim(&user, &loc).await {
                         Ok(Some(prev)) if prev != loc => self.replace_elsewhere(&user, prev),
@@ -225,7 +229,7 @@ impl Node {
         };
         match self.peers().take_session(&prev, req).await {
             Ok(resp) => match TakeStatus::try_from(resp.status) {
-                Ok(TakeStatus::Taken) => Ok(Handover::from_wire(resp.next_n, resp.frames)),
+                Ok(TakeStatus::Taken) => Ok(Handover::from_wire(resp)),
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
             Err(e) => {
@@ -237,8 +241,11 @@ impl Node {
         }
     }
 
-    /// The `TakeSession` handler: hands the user's session over if it is still `expect`.
-    pub fn hand_over(&self, req: &TakeSessionRequest, user: &UserId) -> TakeSessionResponse {
+    /// The `TakeSession` handler: hands the user's session over if it is still `expect`. A
+    /// valid resume first closes the attached connection (4409) and waits (at most
+    /// [`READER_DRAIN`]) for its reader to finish the frames it already read, so that their
+    /// answers are in the handed frames and the user's messages stay in order.
+    pub async fn hand_over(&self, req: &TakeSessionRequest, user: &UserId) -> TakeSessionResponse {
         let found = self.hub().get(user).filter(|s| {
             req.expect
                 .as_ref()
@@ -248,22 +255,28 @@ impl Node {
             return TakeSessionResponse {
                 status: TakeStatus::NotFound as i32,
                 reason: Refusal::NotFound.as_str().to_owned(),
-                next_n: 0,
-                frames: Vec::new(),
+                ..TakeSessionResponse::default()
             };
         };
-        match session.hand_over(&req.session, req.last) {
-            Ok(h) => {
+        let turn = if session.check_resume(&req.session, req.last).is_ok() {
+            session.close_attached("resumed on another node");
+            session.reader_turn(READER_DRAIN).await
+        } else {
+            None
+        };
+        let result = session.hand_over(&req.session, req.last);
+        drop(turn);
+        match result {
+            Ok(HandedOver {
+                handover,
+                acked_mail,
+            }) => {
                 self.hub().remove_if(user, session.id());
-                let (next_n, frames) = h.into_wire();
+                self.acknowledged_by_resume(user, acked_mail);
+                let resp = handover.into_wire();
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
-                tracing::info!(%user, session = session.id(), frames = frames.len(), "session handed over");
-                TakeSessionResponse {
-                    status: TakeStatus::Taken as i32,
-                    reason: String::new(),
-                    next_n,
-                    frames,
-                }
+                tracing::info!(%user, session = session.id(), frames = resp.frames.len(), "session handed over");
+                resp
             }
             Err(why) => {
                 // A new connection that cannot resume replaces the session.
@@ -271,11 +284,24 @@ impl Node {
                 TakeSessionResponse {
                     status: TakeStatus::Refused as i32,
                     reason: why.as_str().to_owned(),
-                    next_n: 0,
-                    frames: Vec::new(),
+                    ..TakeSessionResponse::default()
                 }
             }
         }
+    }
+
+    /// A resume's `last` acknowledged these chat frames of `user` (contract section 5): they
+    /// leave the mailbox and their senders are told `Delivered`, as for an `Ack`.
+    fn acknowledged_by_resume(&self, user: &UserId, mail: Vec<String>) {
+        if mail.is_empty() {
+            return;
+        }
+        metrics::counter!("signal_mail_acked_by_resume_total").increment(mail.len() as u64);
+        let node = self.clone();
+        let user = user.clone();
+        self.tasks().spawn(async move {
+            node.mailbox().acknowledged(&node, &user, mail).await;
+        });
     }
 
     /// A connection of `session` ended.

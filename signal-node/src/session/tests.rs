@@ -86,8 +86,9 @@ fn resume_here_replays_after_last_and_closes_the_old_connection() {
         s.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
     let new = Closer::default();
-    let replay = s.resume_here(&s.token(), 2, 2, new).unwrap();
+    let (replay, acked_mail) = s.resume_here(&s.token(), 2, 2, new).unwrap();
     assert_eq!(replay, 3);
+    assert!(acked_mail.is_empty());
     assert_eq!(old.reason().unwrap().code, CLOSE_REPLACED);
     let mut got = Vec::new();
     let mut w = 2;
@@ -137,7 +138,7 @@ fn hand_over_and_install_continue_the_numbering() {
     for _ in 0..4 {
         old.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
-    let h = old.hand_over(&old.token(), 1).unwrap();
+    let h = old.hand_over(&old.token(), 1).unwrap().handover;
     assert_eq!(h.next_n, 5);
     assert_eq!(
         h.frames.iter().map(|e| e.n).collect::<Vec<_>>(),
@@ -146,8 +147,7 @@ fn hand_over_and_install_continue_the_numbering() {
     assert!(old.is_ended());
     assert!(old.end().is_empty(), "a handed-over session owes nothing");
     // Over the wire and back.
-    let (next_n, wire) = h.into_wire();
-    let h = Handover::from_wire(next_n, wire);
+    let h = Handover::from_wire(h.into_wire());
 
     let new = Session::new(9, user("bob"), limits(100, 100), true);
     // A frame arriving during the takeover waits, then follows the handed ones.
@@ -181,4 +181,114 @@ fn a_failed_takeover_installs_a_fresh_stream() {
         panic!()
     };
     assert_eq!(n, 1);
+}
+
+fn mail(from: &str, id: &str) -> String {
+    format!(r#"{{"type":"Message","from":"{from}","to":"bob","id":"{id}","body":"x"}}"#)
+}
+
+fn entry(seq: u64) -> EntryId {
+    EntryId { ms: 1, seq }
+}
+
+/// The ids of the chat frames written to connection `conn` so far, in order.
+fn written_ids(s: &Session, conn: u64, w: &mut u64) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Next::Frame(n, f) = s.try_next_frame(conn, *w) {
+        *w = n;
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        if v["type"] == "Message" {
+            got.push(v["id"].as_str().unwrap().to_owned());
+        }
+    }
+    got
+}
+
+#[test]
+fn the_end_of_the_push_at_connect_delivers_each_message_once_and_in_order() {
+    let s = Session::new(1, user("bob"), limits(100, 100), false);
+    s.attach_fresh(1, Closer::default());
+    let mut w = 0;
+    // The pager reads m1, m2. A live copy of m2 arrives while it pushes m1: it waits.
+    assert!(s.push_stored(1, Some(&mail("a", "m1")), entry(1)).unwrap());
+    assert_eq!(s.push(&mail("a", "m2"), Origin::Mail(entry(2))).unwrap(), 0);
+    assert!(s.push_stored(1, Some(&mail("a", "m2")), entry(2)).unwrap());
+    // The end window: m3 is stored after the pager's last (empty) read and pushed live
+    // before the pager goes live; m4 comes after.
+    assert_eq!(s.push(&mail("a", "m3"), Origin::Mail(entry(3))).unwrap(), 0);
+    assert_eq!(s.mail_live(1), Ok(true));
+    assert!(s.mail_complete());
+    s.push(&mail("a", "m4"), Origin::Mail(entry(4))).unwrap();
+    // A late live copy of a message the pager delivered is dropped.
+    assert_eq!(s.push(&mail("a", "m1"), Origin::Mail(entry(1))).unwrap(), 0);
+    assert_eq!(written_ids(&s, 1, &mut w), ["m1", "m2", "m3", "m4"]);
+}
+
+#[test]
+fn a_live_message_that_cannot_wait_makes_the_pager_read_again() {
+    let s = Session::new(1, user("bob"), limits(2, 100), false);
+    s.attach_fresh(1, Closer::default());
+    let mut w = 0;
+    for i in 1..=3 {
+        s.push(&mail("a", &format!("m{i}")), Origin::Mail(entry(i)))
+            .unwrap();
+    }
+    // m3 found the wait list full: the pager must read once more.
+    assert_eq!(s.mail_live(1), Ok(false));
+    let mut got = Vec::new();
+    for i in 1..=3 {
+        s.push_stored(1, Some(&mail("a", &format!("m{i}"))), entry(i))
+            .unwrap();
+        got.extend(written_ids(&s, 1, &mut w));
+    }
+    assert_eq!(s.mail_live(1), Ok(true));
+    got.extend(written_ids(&s, 1, &mut w));
+    assert_eq!(got, ["m1", "m2", "m3"]);
+}
+
+#[test]
+fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
+    let s = Session::new(1, user("bob"), limits(100, 100), false);
+    s.attach_fresh(1, Closer::default());
+    s.push_stored(1, Some(&mail("a", "m1")), entry(1)).unwrap();
+    // The connection drops mid-push and the session resumes on a new one.
+    assert_eq!(s.detach(1, true, 1), Detached::Kept);
+    assert_eq!(
+        s.push_stored(1, Some(&mail("a", "m2")), entry(2)),
+        Err(PushError::Closed),
+        "the old pager stops"
+    );
+    let (_, acked) = s.resume_here(&s.token(), 1, 2, Closer::default()).unwrap();
+    assert_eq!(acked, [mail("a", "m1").replace('}', r#","n":1}"#)]);
+    assert_eq!(s.mail_upto(), Some(entry(1)));
+    assert!(!s.mail_complete());
+    // The new pager starts after m1; an entry already delivered is not pushed twice.
+    assert!(!s.push_stored(2, Some(&mail("a", "m1")), entry(1)).unwrap());
+    assert!(s.push_stored(2, Some(&mail("a", "m2")), entry(2)).unwrap());
+    let mut w = 1;
+    assert_eq!(written_ids(&s, 2, &mut w), ["m2"]);
+}
+
+#[test]
+fn a_handover_carries_the_push_at_connect_and_the_acked_mail() {
+    let old = Session::new(1, user("bob"), limits(100, 100), false);
+    old.attach_fresh(1, Closer::default());
+    old.push_stored(1, Some(&mail("a", "m1")), entry(1))
+        .unwrap();
+    old.push_stored(1, Some(&mail("a", "m2")), entry(2))
+        .unwrap();
+    let h = old.hand_over(&old.token(), 1).unwrap();
+    assert_eq!(h.acked_mail.len(), 1, "last=1 acknowledged m1");
+    let h = Handover::from_wire(h.handover.into_wire());
+    assert_eq!((h.mail_upto, h.mail_complete), (Some(entry(2)), false));
+    let new = Session::new(9, user("bob"), limits(100, 100), true);
+    // A live copy of m2 reaching the new node during the takeover is dropped at install.
+    new.push(&mail("a", "m2"), Origin::Mail(entry(2))).unwrap();
+    let (resumed, replay) = new.install(Some((h, 1, "t".into())), 3, Closer::default());
+    assert!(resumed);
+    assert_eq!(replay, 1);
+    assert_eq!(new.mail_upto(), Some(entry(2)));
+    assert!(!new.mail_complete());
+    let mut w = 1;
+    assert_eq!(written_ids(&new, 3, &mut w), ["m2"]);
 }

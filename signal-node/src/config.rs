@@ -10,6 +10,8 @@ use signal_proto::NodeId;
 use crate::directory::Directory;
 use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
+use crate::presence::store::PresenceStore;
+use crate::presence::PresenceLimits;
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -91,6 +93,12 @@ pub struct Config {
     /// The mailbox store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes sharing a memory directory share one store here).
     pub mailbox_store: Option<MailboxStore>,
+    /// `--max-subscriptions`, `--presence-tick-ms`, `--presence-offline-ttl-secs`,
+    /// `--presence-max-pending`.
+    pub presence: PresenceLimits,
+    /// The presence store; `None`: Redis at the directory's URL, or memory with a memory
+    /// directory (in-process nodes of one cluster must share one: set it).
+    pub presence_store: Option<PresenceStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -119,6 +127,7 @@ impl std::fmt::Debug for Config {
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .field("allowed_origins", &self.allowed_origins.to_string())
             .field("mailbox", &self.mailbox)
+            .field("presence", &self.presence)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +168,8 @@ impl Config {
             grpc_tls: None,
             mailbox: MailboxLimits::default(),
             mailbox_store: None,
+            presence: PresenceLimits::default(),
+            presence_store: None,
         }
     }
 

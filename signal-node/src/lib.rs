@@ -16,6 +16,7 @@ pub mod node;
 pub mod origin;
 pub mod outbound;
 pub mod peers;
+pub mod presence;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod registration;
@@ -99,7 +100,13 @@ pub async fn run(
         (None, DirectoryConfig::Memory(_)) => mailbox::MailboxStore::memory(),
     };
     let mailbox = mailbox::Mailbox::new(store, config.mailbox);
-    let node = Node::new(config, directory, mailbox, ws_url, grpc_url);
+    let presence_store = match (&config.presence_store, &config.directory) {
+        (Some(s), _) => s.clone(),
+        (None, DirectoryConfig::Redis(url)) => presence::store::PresenceStore::redis(url.as_str())?,
+        (None, DirectoryConfig::Memory(_)) => presence::store::PresenceStore::memory(),
+    };
+    let presence = presence::Presence::new(presence_store, config.presence);
+    let node = Node::new(config, directory, mailbox, presence, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
@@ -140,9 +147,16 @@ pub async fn run(
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 node.reassert().await;
+                node.presence().resync(&node).await;
             }
         })
     };
+    let presence_stop = CancellationToken::new();
+    let presence_flush = tokio::spawn(
+        node.presence()
+            .clone()
+            .run(node.clone(), presence_stop.clone()),
+    );
     tracing::info!(
         node = %node.id(),
         instance = node.instance(),
@@ -161,6 +175,8 @@ pub async fn run(
         let _ = reg.await;
     }
     node.drain(drain).await;
+    presence_stop.cancel();
+    let _ = tokio::time::timeout(STOP_GRACE, presence_flush).await;
     http_stop.cancel();
     grpc_stop.cancel();
     reassert.abort();

@@ -11,8 +11,8 @@ use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
-    DeliverRequest, DeliverStatus, KickRequest, Location, ProbeRequest, ProbeResponse,
-    TakeSessionRequest, TakeSessionResponse,
+    DeliverRequest, DeliverStatus, KickRequest, Location, NotifyRequest, NotifyResponse,
+    ProbeRequest, ProbeResponse, TakeSessionRequest, TakeSessionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -234,6 +234,17 @@ impl Peers {
         let mut client = client.max_decoding_message_size(MAX_TAKE_BYTES);
         let res = tokio::time::timeout(TAKE_TIMEOUT, client.take_session(req)).await;
         classify(res, TAKE_TIMEOUT)
+    }
+
+    /// Sends presence changes to the node at `grpc_url` (one call per node and tick).
+    pub async fn notify(
+        &self,
+        grpc_url: &str,
+        req: NotifyRequest,
+    ) -> Result<NotifyResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.notify(req)).await;
+        classify(res, REQUEST_TIMEOUT)
     }
 
     /// Probes the node at `grpc_url`.

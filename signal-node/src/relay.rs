@@ -3,8 +3,8 @@
 
 use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
-    DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, ProbeRequest,
-    ProbeResponse, TakeSessionRequest, TakeSessionResponse,
+    DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, NotifyRequest,
+    NotifyResponse, ProbeRequest, ProbeResponse, TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::UserId;
 use tonic::{Request, Response, Status};
@@ -65,6 +65,15 @@ impl Relay for RelayService {
         let req = request.into_inner();
         let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
         Ok(Response::new(self.node.hand_over(&req, &user)))
+    }
+
+    async fn notify(
+        &self,
+        request: Request<NotifyRequest>,
+    ) -> Result<Response<NotifyResponse>, Status> {
+        let req = request.into_inner();
+        let unwatched = self.node.presence().notified(req.updates);
+        Ok(Response::new(NotifyResponse { unwatched }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

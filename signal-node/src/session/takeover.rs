@@ -8,7 +8,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use signal_proto::relay::{Location, TakeSessionRequest, TakeSessionResponse, TakeStatus};
+use signal_proto::relay::{
+    Location, SessionPresence, TakeSessionRequest, TakeSessionResponse, TakeStatus,
+};
 use signal_proto::roap::Welcome;
 use signal_proto::{ErrorType, Message, SessionId, UserId};
 
@@ -141,11 +143,20 @@ impl Node {
             // Not resumed (or its resume was refused): that session ends.
             self.end_session(&old, "replaced");
         }
+        if resume.is_none() {
+            // Online before the previous connection elsewhere is closed: its end then finds
+            // the presence record no longer its own and announces nothing.
+            self.presence().started(self, &session).await;
+        }
         let mut handover = None;
+        let mut carried: Option<SessionPresence> = None;
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {
-                    Ok(h) => handover = Some((h, r.last, r.token.clone())),
+                    Ok((h, carry)) => {
+                        handover = Some((h, r.last, r.token.clone()));
+                        carried = carry;
+                    }
                     Err(why) => refusal = refusal.or(Some(why)),
                 }
             }
@@ -158,6 +169,10 @@ impl Node {
             let start = resume
                 .as_ref()
                 .map_or(0, |r| if resumed { r.last } else { 0 });
+            match carried.take() {
+                Some(carry) if resumed => self.presence().adopted(self, &session, carry).await,
+                _ => self.presence().started(self, &session).await,
+            }
             if resumed {
                 metrics::counter!("signal_sessions_resumed_total", "where" => "other_node")
                     .increment(1);
@@ -210,7 +225,7 @@ impl Node {
         user: &UserId,
         prev: Location,
         r: &Resume,
-    ) -> Result<Handover, Refusal> {
+    ) -> Result<(Handover, Option<SessionPresence>), Refusal> {
         let req = TakeSessionRequest {
             user: user.to_string(),
             expect: Some(prev.clone()),
@@ -219,7 +234,10 @@ impl Node {
         };
         match self.peers().take_session(&prev, req).await {
             Ok(resp) => match TakeStatus::try_from(resp.status) {
-                Ok(TakeStatus::Taken) => Ok(Handover::from_wire(resp.next_n, resp.frames)),
+                Ok(TakeStatus::Taken) => Ok((
+                    Handover::from_wire(resp.next_n, resp.frames),
+                    resp.presence,
+                )),
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
             Err(e) => {
@@ -244,12 +262,14 @@ impl Node {
                 reason: Refusal::NotFound.as_str().to_owned(),
                 next_n: 0,
                 frames: Vec::new(),
+                presence: None,
             };
         };
         match session.hand_over(&req.session, req.last) {
             Ok(h) => {
                 self.hub().remove_if(user, session.id());
                 let (next_n, frames) = h.into_wire();
+                let presence = self.presence().handed_over(self, &session);
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
                 tracing::info!(%user, session = session.id(), frames = frames.len(), "session handed over");
                 TakeSessionResponse {
@@ -257,6 +277,7 @@ impl Node {
                     reason: String::new(),
                     next_n,
                     frames,
+                    presence,
                 }
             }
             Err(why) => {
@@ -267,6 +288,7 @@ impl Node {
                     reason: why.as_str().to_owned(),
                     next_n: 0,
                     frames: Vec::new(),
+                    presence: None,
                 }
             }
         }
@@ -303,6 +325,7 @@ impl Node {
     /// never wrote to a connection gets Error OFFLINE.
     pub fn end_session(&self, session: &Session, reason: &'static str) {
         let owed = session.end();
+        self.presence().ended(self, session);
         let user = session.user().clone();
         if self.hub().remove_if(&user, session.id()) {
             let dir = self.directory().clone();

@@ -33,6 +33,12 @@ pub enum Scenario {
     /// --embedded loadgen restarts them; with --central the restarts come from outside, e.g.
     /// loadgen/bench/rolling.sh): users resume their sessions, no setup may fail.
     Rolling,
+    /// Presence (contract section 7): `--users` users each watching `--watch` others; at
+    /// `--rate` per second one of them changes its state, or (a `--reconnect-share` of the
+    /// events) drops its connection and resumes its session; change -> notified latency,
+    /// notifications per change, and wrong or missing states at the end. With --central,
+    /// nodes may be restarted from outside meanwhile (loadgen/bench/presence.sh).
+    Presence,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -157,6 +163,10 @@ pub struct Config {
     pub drain_window: Duration,
     /// Rolling scenario: pause after a node is back before the next one is drained.
     pub roll_pause: Duration,
+    /// Presence scenario: users, watched users each, share of events that are reconnects.
+    pub users: usize,
+    pub watch: usize,
+    pub reconnect_share: f64,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
     pub json: Option<PathBuf>,
@@ -189,6 +199,9 @@ impl Config {
             drain_node: 0,
             drain_window: Duration::from_secs(2),
             roll_pause: Duration::from_secs(1),
+            users: 100,
+            watch: 10,
+            reconnect_share: 0.1,
             user_prefix: "lg".to_owned(),
             json: None,
             plot: None,
@@ -310,6 +323,19 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_ROLL_PAUSE", value_name = "SECONDS", default_value = "1", value_parser = parse_secs)]
     pub roll_pause: Duration,
 
+    /// Presence scenario: number of users.
+    #[arg(long, env = "LOADGEN_USERS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub users: u32,
+
+    /// Presence scenario: users each user watches (at most 1000, fewer than --users).
+    #[arg(long, env = "LOADGEN_WATCH", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub watch: u32,
+
+    /// Presence scenario: share of the events that are a reconnect (drop + resume) instead of
+    /// a state change, 0 to 1.
+    #[arg(long, env = "LOADGEN_RECONNECT_SHARE", default_value_t = 0.1, value_parser = parse_share)]
+    pub reconnect_share: f64,
+
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
     pub user_prefix: String,
@@ -366,6 +392,9 @@ impl Args {
                 bail!("--embedded-nodes must be at least 2 for --scenario rolling");
             }
         }
+        if self.scenario == Scenario::Presence && self.watch >= self.users {
+            bail!("--watch must be below --users for --scenario presence");
+        }
         if self.scenario == Scenario::Churn && self.churn_rate <= 0.0 {
             bail!("--churn-rate must be above 0 for --scenario churn");
         }
@@ -402,12 +431,22 @@ impl Args {
             drain_node: self.drain_node,
             drain_window: self.drain_window,
             roll_pause: self.roll_pause,
+            users: self.users as usize,
+            watch: self.watch as usize,
+            reconnect_share: self.reconnect_share,
             user_prefix: self.user_prefix,
             json: self.json,
             plot: self.plot,
             fail_on_errors: self.fail_on_errors,
             progress: !self.no_progress,
         })
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
     }
 }
 

@@ -143,6 +143,9 @@ async fn readyz(State(st): State<AppState>) -> Response {
             "healthy": dir.healthy,
             "lastError": dir.last_error,
         },
+        "presence": {
+            "healthy": !node.presence().is_degraded(),
+        },
         "central": {
             "configured": node.config().central.is_some(),
             "registered": central.registered,
@@ -161,6 +164,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
 async fn render_metrics(State(st): State<AppState>) -> Response {
     let dir = st.node.directory().status();
     metrics::gauge!("signal_directory_up").set(if dir.healthy { 1.0 } else { 0.0 });
+    let presence_up = !st.node.presence().is_degraded();
+    metrics::gauge!("signal_presence_store_up").set(if presence_up { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

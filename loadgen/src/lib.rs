@@ -140,7 +140,9 @@ pub async fn run_presence(config: Config) -> anyhow::Result<presence::PresenceRe
             format!("embedded cluster ({} nodes)", c.node_ids().len()),
         ),
         (None, Target::Central(url)) => (config.target.clone(), format!("central {url}")),
-        (None, Target::Nodes(urls)) => (config.target.clone(), format!("nodes {}", urls.join(", "))),
+        (None, Target::Nodes(urls)) => {
+            (config.target.clone(), format!("nodes {}", urls.join(", ")))
+        }
         (None, Target::Embedded) => bail!("embedded cluster missing"),
     };
     let result = presence::run(&config, &target, label).await;
@@ -150,7 +152,8 @@ pub async fn run_presence(config: Config) -> anyhow::Result<presence::PresenceRe
     let report = result?;
     if let Some(path) = &config.json {
         let text = serde_json::to_string_pretty(&report).context("--json")?;
-        std::fs::write(path, text).with_context(|| format!("--json: writing {}", path.display()))?;
+        std::fs::write(path, text)
+            .with_context(|| format!("--json: writing {}", path.display()))?;
     }
     Ok(report)
 }

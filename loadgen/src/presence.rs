@@ -70,7 +70,9 @@ struct Shared {
 impl Shared {
     fn watched(&self, i: usize) -> Vec<usize> {
         let n = self.users.len();
-        (1..=self.watch).map(|k| (i + k * self.stride) % n).collect()
+        (1..=self.watch)
+            .map(|k| (i + k * self.stride) % n)
+            .collect()
     }
 }
 
@@ -110,7 +112,11 @@ impl PresenceReport {
 
 impl std::fmt::Display for PresenceReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "presence: {} users watching {} each, {}", self.users, self.watch, self.target)?;
+        writeln!(
+            f,
+            "presence: {} users watching {} each, {}",
+            self.users, self.watch, self.target
+        )?;
         writeln!(
             f,
             "  {:.1} s: {} changes, {} reconnects (resumed {}, fresh {})",
@@ -135,7 +141,11 @@ impl std::fmt::Display for PresenceReport {
 }
 
 /// Runs the presence scenario against `target` (an embedded cluster is given as its central).
-pub async fn run(config: &Config, target: &Target, label: String) -> anyhow::Result<PresenceReport> {
+pub async fn run(
+    config: &Config,
+    target: &Target,
+    label: String,
+) -> anyhow::Result<PresenceReport> {
     let n = config.users;
     if config.watch >= n {
         bail!("--watch must be below --users");
@@ -153,7 +163,12 @@ pub async fn run(config: &Config, target: &Target, label: String) -> anyhow::Res
     let users: Vec<UserId> = (0..n)
         .map(|i| UserId::new(format!("{}-p{run}-{i}", config.user_prefix)).context("--user-prefix"))
         .collect::<anyhow::Result<_>>()?;
-    let index = users.iter().cloned().enumerate().map(|(i, u)| (u, i)).collect();
+    let index = users
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, u)| (u, i))
+        .collect();
     // A stride coprime-ish with n spreads each user's contacts over the ring (and the nodes).
     let stride = (n / config.watch.max(1)).max(1);
     let shared = Arc::new(Shared {
@@ -164,7 +179,9 @@ pub async fn run(config: &Config, target: &Target, label: String) -> anyhow::Res
         stride,
         sent: Mutex::default(),
         next_seq: AtomicU64::new(1),
-        truth: (0..n).map(|_| Mutex::new(("online".into(), String::new()))).collect(),
+        truth: (0..n)
+            .map(|_| Mutex::new(("online".into(), String::new())))
+            .collect(),
         seen: (0..n).map(|_| Mutex::default()).collect(),
         latency: Mutex::new(crate::stats::new_hist()),
         c: Counters::default(),
@@ -300,7 +317,11 @@ async fn user(
     let mut acked = 0u64;
     let mut state_ix = 0usize;
     go.cancelled().await;
-    let watched: Vec<String> = s.watched(i).iter().map(|&j| s.users[j].to_string()).collect();
+    let watched: Vec<String> = s
+        .watched(i)
+        .iter()
+        .map(|&j| s.users[j].to_string())
+        .collect();
     if conn
         .send_text(json!({"type":"Subscribe","users":watched}).to_string())
         .await
@@ -386,15 +407,22 @@ async fn reconnect(s: &Shared, i: usize, token: &str, last: u64) -> Option<Conn>
         if s.stop.is_cancelled() {
             return None;
         }
-        match s.connector.connect(me, i + attempt as usize, Some((token, last))).await {
+        match s
+            .connector
+            .connect(me, i + attempt as usize, Some((token, last)))
+            .await
+        {
             Ok(mut c) => {
                 if c.resumed {
                     s.c.resumed.fetch_add(1, Ordering::Relaxed);
                 } else {
                     s.c.fresh.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(user = %me, "resume refused: fresh session, subscribing again");
-                    let watched: Vec<String> =
-                        s.watched(i).iter().map(|&j| s.users[j].to_string()).collect();
+                    let watched: Vec<String> = s
+                        .watched(i)
+                        .iter()
+                        .map(|&j| s.users[j].to_string())
+                        .collect();
                     let _ = c
                         .send_text(json!({"type":"Subscribe","users":watched}).to_string())
                         .await;
@@ -421,7 +449,9 @@ fn on_presence(s: &Shared, i: usize, v: &Value) {
     };
     let state = v["state"].as_str().unwrap_or_default().to_owned();
     let note = v["note"].as_str().unwrap_or_default().to_owned();
-    let first = lock(&s.seen[i]).insert(j, (state.clone(), note.clone())).is_none();
+    let first = lock(&s.seen[i])
+        .insert(j, (state.clone(), note.clone()))
+        .is_none();
     if first {
         s.c.snapshots.fetch_add(1, Ordering::Relaxed);
     }
@@ -439,7 +469,9 @@ fn on_presence(s: &Shared, i: usize, v: &Value) {
                 s.c.wrong.fetch_add(1, Ordering::Relaxed);
             }
             s.c.notified.fetch_add(1, Ordering::Relaxed);
-            let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            let us = u64::try_from(at.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
             lock(&s.latency).saturating_record(us);
         }
         _ => {

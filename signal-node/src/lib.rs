@@ -147,7 +147,6 @@ pub async fn run(
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 node.reassert().await;
-                node.presence().resync(&node).await;
             }
         })
     };

@@ -414,5 +414,8 @@ impl Node {
                 tracing::warn!(node = %self.id(), error = %e, "cannot reassert directory entries")
             }
         }
+        // The same moments may have cost presence records (Redis lost them, or other nodes
+        // announced this node's users offline while central did not list it).
+        self.presence().resync(self).await;
     }
 }

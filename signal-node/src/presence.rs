@@ -270,8 +270,12 @@ impl Presence {
         let need = {
             let mut ix = self.index();
             let mut out = Delivered::default();
-            let need =
-                ix.subscribe(session.id(), &pairs, self.inner.limits.max_subscriptions, &mut out)?;
+            let need = ix.subscribe(
+                session.id(),
+                &pairs,
+                self.inner.limits.max_subscriptions,
+                &mut out,
+            )?;
             count(out);
             Self::gauges(&ix);
             need
@@ -411,8 +415,7 @@ impl Presence {
                         if ended.len() < self.inner.limits.max_pending {
                             ended.insert(user.clone(), o.clone());
                         } else {
-                            metrics::counter!("signal_presence_pending_dropped_total")
-                                .increment(1);
+                            metrics::counter!("signal_presence_pending_dropped_total").increment(1);
                             tracing::warn!(%user, "presence: too many session ends waiting for the store; this one is not written");
                         }
                     }

@@ -63,7 +63,11 @@ async fn presence_within(c: &mut WsClient, within: Duration) -> Value {
 /// Asserts the next Presence frame is `user` in `state` within 1 s; returns it.
 async fn expect_presence(c: &mut WsClient, user: &str, state: &str) -> Value {
     let v = presence_within(c, Duration::from_secs(1)).await;
-    assert_eq!((v["user"].as_str(), v["state"].as_str()), (Some(user), Some(state)), "{v}");
+    assert_eq!(
+        (v["user"].as_str(), v["state"].as_str()),
+        (Some(user), Some(state)),
+        "{v}"
+    );
     assert!(v["since"].as_u64().is_some(), "{v}");
     assert!(v["n"].as_u64().is_some(), "numbered like every frame: {v}");
     v
@@ -136,7 +140,9 @@ async fn snapshot_change_across_nodes_invisible_and_clean_close() {
     expect_presence(&mut carol, "bob", "online").await;
 
     // Unsubscribe stops the notifications.
-    alice.send_json(&json!({"type":"Unsubscribe","users":["bob"]})).await;
+    alice
+        .send_json(&json!({"type":"Unsubscribe","users":["bob"]}))
+        .await;
     roundtrip(&mut alice).await;
     let mut bob = _bob;
     bob.send_json(&set("away", None)).await;
@@ -173,7 +179,12 @@ async fn blip_and_resume_elsewhere_announce_nothing_and_keep_subscriptions() {
     let (mut carol, w) = WsClient::connect_welcomed(&url).await;
     assert_eq!(w["resumed"], true, "{w}");
     no_presence(&mut alice, Duration::from_millis(700), "resume elsewhere").await;
-    no_presence(&mut carol, Duration::from_millis(100), "nothing new for carol").await;
+    no_presence(
+        &mut carol,
+        Duration::from_millis(100),
+        "nothing new for carol",
+    )
+    .await;
 
     // Carol's state came along (a change from the new node is announced)...
     carol.send_json(&set("away", None)).await;
@@ -255,7 +266,11 @@ async fn redis_restart_keeps_local_presence_and_resyncs() {
     redis.restart().await;
     // Bob's change made while Redis was down arrives once it is back.
     let v = presence_within(&mut alice, Duration::from_secs(6)).await;
-    assert_eq!((v["user"].as_str(), v["state"].as_str()), (Some("bob"), Some("busy")), "{v}");
+    assert_eq!(
+        (v["user"].as_str(), v["state"].as_str()),
+        (Some("bob"), Some("busy")),
+        "{v}"
+    );
     assert_eq!(v["note"], "meanwhile");
     // And the cluster works as before: watcher sets were registered again.
     bob.send_json(&set("online", None)).await;
@@ -332,17 +347,17 @@ impl NodeProc {
 
     async fn live_peers(&self) -> usize {
         let (_, body) = get_json(&format!("http://{}/readyz", self.http)).await;
-        body["central"]["livePeers"]
-            .as_array()
-            .map_or(0, Vec::len)
+        body["central"]["livePeers"].as_array().map_or(0, Vec::len)
     }
 }
 
 async fn all_live(nodes: &[&NodeProc], n: usize) {
     for node in nodes {
-        wait_until("every node to see the live set", Duration::from_secs(10), || async {
-            node.live_peers().await == n
-        })
+        wait_until(
+            "every node to see the live set",
+            Duration::from_secs(10),
+            || async { node.live_peers().await == n },
+        )
         .await;
     }
 }
@@ -382,9 +397,18 @@ async fn sigkill_of_the_presentity_node_announces_offline_within_the_bound() {
     };
     let bound = NODE_TIMEOUT + Duration::from_secs(5);
     let v = presence_within(&mut alice, bound).await;
-    assert_eq!((v["user"].as_str(), v["state"].as_str()), (Some("bob"), Some("offline")), "{v}");
+    assert_eq!(
+        (v["user"].as_str(), v["state"].as_str()),
+        (Some("bob"), Some("offline")),
+        "{v}"
+    );
     assert!(t.elapsed() < bound, "{:?}", t.elapsed());
-    no_presence(&mut alice, Duration::from_secs(1), "dave came back: nothing").await;
+    no_presence(
+        &mut alice,
+        Duration::from_secs(1),
+        "dave came back: nothing",
+    )
+    .await;
     drop(a);
 }
 

@@ -4,8 +4,8 @@
 //! local part and sends each watching node one `Relay.Notify`; and the receiving side.
 
 use std::collections::HashMap;
-use std::sync::{MutexGuard, PoisonError};
 use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use signal_proto::presence::Shown;
@@ -157,8 +157,7 @@ impl Presence {
                 _ = tick.tick() => {}
             }
             self.flush(&node).await;
-            if self.inner.degraded.load(Ordering::Acquire) && last_probe.elapsed() >= PROBE_EVERY
-            {
+            if self.inner.degraded.load(Ordering::Acquire) && last_probe.elapsed() >= PROBE_EVERY {
                 last_probe = Instant::now();
                 if self.inner.store.ping().await.is_ok() {
                     let this = self.clone();
@@ -232,7 +231,9 @@ impl Presence {
                     };
                     let gone = node.peers().liveness(&loc) == Liveness::Gone;
                     batch.attempts += 1;
-                    if gone || batch.attempts >= MAX_ATTEMPTS || matches!(e, ForwardError::BadUrl(_))
+                    if gone
+                        || batch.attempts >= MAX_ATTEMPTS
+                        || matches!(e, ForwardError::BadUrl(_))
                     {
                         metrics::counter!("signal_presence_notify_total", "outcome" => "dropped")
                             .increment(1);

@@ -32,7 +32,11 @@ impl Update {
         Update {
             user,
             state,
-            note: if visible { r.note.clone() } else { String::new() },
+            note: if visible {
+                r.note.clone()
+            } else {
+                String::new()
+            },
             since: r.since,
             version: r.version,
             owner: if avail.is_some() {
@@ -370,7 +374,10 @@ impl Index {
                 .iter()
                 .map(|(u, s)| signal_proto::relay::Seen {
                     user: u.to_string(),
-                    state: s.as_ref().map(|(st, _)| st.as_str().to_owned()).unwrap_or_default(),
+                    state: s
+                        .as_ref()
+                        .map(|(st, _)| st.as_str().to_owned())
+                        .unwrap_or_default(),
                     note: s.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
                 })
                 .collect(),
@@ -397,4 +404,98 @@ pub fn seen_from_wire(s: signal_proto::relay::Seen) -> Option<(UserId, Seen)> {
     let user = UserId::new(s.user).ok()?;
     let seen = Shown::parse(&s.state).map(|st| (st, s.note));
     Some((user, seen))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::session::{RingLimits, SessionLimits};
+    use std::time::Duration;
+
+    fn session(id: u64, user: &str) -> Session {
+        let limits = SessionLimits {
+            ring: RingLimits {
+                frames: 1024,
+                bytes: 1 << 20,
+            },
+            unwritten_frames: 1024,
+            unwritten_bytes: 1 << 20,
+            window: Duration::from_secs(30),
+        };
+        Session::new(id, UserId::new(user).unwrap(), limits, false)
+    }
+
+    fn upd(state: Shown, note: &str, version: u64) -> Update {
+        Update {
+            user: UserId::new("bob").unwrap(),
+            state,
+            note: note.into(),
+            since: version,
+            version,
+            owner: Owner::default(),
+        }
+    }
+
+    fn frames(s: &Session) -> usize {
+        s.stats().0
+    }
+
+    /// Snapshot on subscribe, one frame per real change, older versions dropped (order kept),
+    /// an unchanged visible state not shown twice, the subscription limit all or nothing.
+    #[test]
+    fn apply_orders_suppresses_and_limits() {
+        let mut ix = Index::default();
+        let alice = session(1, "alice");
+        let carol = session(2, "carol");
+        ix.start(alice.clone(), Availability::Online, String::new(), 1);
+        ix.start(carol.clone(), Availability::Online, String::new(), 1);
+        let bob = UserId::new("bob").unwrap();
+        let mut out = Delivered::default();
+        let need = ix
+            .subscribe(1, &[(bob.clone(), None)], 2, &mut out)
+            .unwrap();
+        assert_eq!(need, vec![bob.clone()]);
+        assert!(ix.apply(&upd(Shown::Online, "", 10), &mut out));
+        assert_eq!(frames(&alice), 1, "snapshot");
+        // A second watcher is answered from the slot, no store round trip.
+        let need = ix
+            .subscribe(2, &[(bob.clone(), None)], 2, &mut out)
+            .unwrap();
+        assert!(need.is_empty());
+        assert_eq!(frames(&carol), 1);
+        ix.apply(&upd(Shown::Away, "x", 12), &mut out);
+        ix.apply(&upd(Shown::Busy, "", 11), &mut out); // older: dropped
+        assert_eq!((frames(&alice), frames(&carol)), (2, 2));
+        assert_eq!(ix.current(&bob).unwrap().state, Shown::Away);
+        // Same visible state with a new version (a takeover, a resync): nothing shown.
+        let before = out.pushed;
+        ix.apply(&upd(Shown::Away, "x", 13), &mut out);
+        assert_eq!(out.pushed, before);
+        assert_eq!(frames(&alice), 2);
+        // Limit: 1 + 2 new > 2 -> refused, nothing added.
+        let many: Vec<_> = ["u1", "u2"]
+            .iter()
+            .map(|u| (UserId::new(*u).unwrap(), None))
+            .collect();
+        assert_eq!(
+            ix.subscribe(1, &many, 2, &mut out),
+            Err(TooMany { max: 2, have: 1 })
+        );
+        assert_eq!(ix.subscriptions(), 2);
+        // The end of a session removes its subscriptions; the last watcher removes the slot.
+        let r = ix.remove(1).unwrap();
+        assert!(r.gone.is_empty());
+        assert_eq!(
+            r.seen,
+            vec![(bob.clone(), Some((Shown::Away, "x".to_owned())))]
+        );
+        let r = ix.remove(2).unwrap();
+        assert_eq!(r.gone, vec![bob.clone()]);
+        assert!(
+            !ix.apply(&upd(Shown::Online, "", 20), &mut out),
+            "nobody watches"
+        );
+        assert_eq!(ix.watched(), 0);
+    }
 }

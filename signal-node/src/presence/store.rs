@@ -189,7 +189,10 @@ impl Memory {
         }
         let now = Instant::now();
         self.users.retain(|_, u| {
-            if u.record.as_ref().is_some_and(|(_, exp)| exp.is_some_and(|e| e <= now)) {
+            if u.record
+                .as_ref()
+                .is_some_and(|(_, exp)| exp.is_some_and(|e| e <= now))
+            {
                 u.record = None;
             }
             u.record.is_some() || !u.watchers.is_empty()
@@ -254,7 +257,10 @@ impl PresenceStore {
                 m.sweep();
                 let u = m.users.entry(user.clone()).or_default();
                 let now = Instant::now();
-                if u.record.as_ref().is_some_and(|(_, exp)| exp.is_some_and(|e| e <= now)) {
+                if u.record
+                    .as_ref()
+                    .is_some_and(|(_, exp)| exp.is_some_and(|e| e <= now))
+                {
                     u.record = None;
                 }
                 let cur = u.record.as_ref().map(|(r, _)| r);
@@ -466,15 +472,24 @@ mod tests {
             grpc_url: "http://w:1".into(),
         };
         assert_eq!(s.watch(&me, &[bob.clone()]).await.unwrap(), vec![None]);
-        let w = s.write(&bob, &rec("online", &a), &Mode::Put, ttl).await.unwrap();
+        let w = s
+            .write(&bob, &rec("online", &a), &Mode::Put, ttl)
+            .await
+            .unwrap();
         assert!(w.applied);
         assert_eq!(w.watchers, vec![me.clone()]);
         let v1 = w.record.unwrap().version;
         // A newer session takes over; the old one's end does not apply.
-        let w = s.write(&bob, &rec("online", &b), &Mode::Put, ttl).await.unwrap();
+        let w = s
+            .write(&bob, &rec("online", &b), &Mode::Put, ttl)
+            .await
+            .unwrap();
         assert!(w.record.as_ref().unwrap().version > v1);
         let off = rec("offline", &Owner::default());
-        let w = s.write(&bob, &off, &Mode::IfOwner(a.clone()), ttl).await.unwrap();
+        let w = s
+            .write(&bob, &off, &Mode::IfOwner(a.clone()), ttl)
+            .await
+            .unwrap();
         assert!(!w.applied);
         assert_eq!(w.record.unwrap().owner, b);
         let dead_a = Mode::IfInstance {
@@ -490,7 +505,10 @@ mod tests {
         assert!(w.applied);
         assert_eq!(w.record.unwrap().state, "offline");
         s.unwatch(&me, &[bob.clone()]).await.unwrap();
-        let w = s.write(&bob, &rec("away", &a), &Mode::Put, ttl).await.unwrap();
+        let w = s
+            .write(&bob, &rec("away", &a), &Mode::Put, ttl)
+            .await
+            .unwrap();
         assert!(w.watchers.is_empty());
     }
 }

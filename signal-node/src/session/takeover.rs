@@ -234,10 +234,9 @@ impl Node {
         };
         match self.peers().take_session(&prev, req).await {
             Ok(resp) => match TakeStatus::try_from(resp.status) {
-                Ok(TakeStatus::Taken) => Ok((
-                    Handover::from_wire(resp.next_n, resp.frames),
-                    resp.presence,
-                )),
+                Ok(TakeStatus::Taken) => {
+                    Ok((Handover::from_wire(resp.next_n, resp.frames), resp.presence))
+                }
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
             Err(e) => {

@@ -96,7 +96,7 @@ async fn snapshot_change_across_nodes_invisible_and_clean_close() {
     bob.send_json(&set("away", Some("lunch"))).await;
     roundtrip(&mut bob).await;
     alice.send_json(&subscribe(&["bob", "nobody"])).await;
-    let mut got = vec![
+    let mut got = [
         presence_within(&mut alice, Duration::from_secs(1)).await,
         presence_within(&mut alice, Duration::from_secs(1)).await,
     ];

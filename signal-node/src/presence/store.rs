@@ -471,7 +471,10 @@ mod tests {
             instance: "iw".into(),
             grpc_url: "http://w:1".into(),
         };
-        assert_eq!(s.watch(&me, &[bob.clone()]).await.unwrap(), vec![None]);
+        assert_eq!(
+            s.watch(&me, std::slice::from_ref(&bob)).await.unwrap(),
+            vec![None]
+        );
         let w = s
             .write(&bob, &rec("online", &a), &Mode::Put, ttl)
             .await
@@ -504,7 +507,7 @@ mod tests {
         let w = s.write(&bob, &off, &dead_b, ttl).await.unwrap();
         assert!(w.applied);
         assert_eq!(w.record.unwrap().state, "offline");
-        s.unwatch(&me, &[bob.clone()]).await.unwrap();
+        s.unwatch(&me, std::slice::from_ref(&bob)).await.unwrap();
         let w = s
             .write(&bob, &rec("away", &a), &Mode::Put, ttl)
             .await

@@ -459,7 +459,9 @@ fn on_presence(s: &Shared, i: usize, v: &Value) {
     let Some(seq) = note.strip_prefix('c').and_then(|n| n.parse::<u64>().ok()) else {
         if !first && !s.stop.is_cancelled() {
             // A notification that is no change (a resume or reconnect must announce nothing).
-            s.c.spurious.fetch_add(1, Ordering::Relaxed);
+            if s.c.spurious.fetch_add(1, Ordering::Relaxed) < 5 {
+                tracing::warn!(watcher = i, frame = %v, "notification without a change");
+            }
         }
         return;
     };

@@ -436,8 +436,14 @@ impl Presence {
     fn expire_owner(&self, node: &Node, d: Update) {
         let this = self.clone();
         let n = node.clone();
-        metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
         node.tasks().spawn(async move {
+            if still_serving(&n, &d).await {
+                // A draining node deregisters at once but keeps serving (and handing over)
+                // its sessions: they are not offline.
+                tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
+                return;
+            }
+            metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
             let record = Record {
                 state: "offline".to_owned(),
                 note: String::new(),
@@ -594,6 +600,22 @@ impl Presence {
         }
         true
     }
+}
+
+/// Whether the node instance central no longer lists still holds `d.user`'s session: the
+/// directory names that very instance and it answers a probe as itself (a drain, not a crash).
+async fn still_serving(node: &Node, d: &Update) -> bool {
+    let Ok(Some(loc)) = node.directory().lookup(&d.user).await else {
+        return false;
+    };
+    if loc.node_id != d.owner.node || loc.instance != d.owner.instance {
+        // Connected elsewhere by now: its new node writes its state; nothing to announce.
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), node.peers().probe(&loc.grpc_url)).await,
+        Ok(Ok(p)) if p.instance == d.owner.instance
+    )
 }
 
 /// Records the counters of a delivery pass.

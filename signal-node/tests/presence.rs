@@ -446,3 +446,47 @@ async fn sigkill_of_a_watcher_node_breaks_nothing_for_others() {
 fn libc_sigkill() -> i32 {
     9
 }
+
+/// A rolling restart step: the presentity's node drains (SIGTERM: it leaves central's live set
+/// at once but keeps handing its sessions over); the client resumes on the other node. The
+/// watcher sees nothing, not an offline followed by an online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_of_the_presentity_node_announces_nothing() {
+    let redis = Redis::start().await;
+    let central = Central::start().await;
+    let a = NodeProc::start("a", &redis, &central).await;
+    let b = NodeProc::start("b", &redis, &central).await;
+    all_live(&[&a, &b], 2).await;
+    let mut alice = a.connect("alice").await;
+    let (mut bob, w) = WsClient::connect_welcomed(&format!("ws://{}/ws?user=bob", b.http)).await;
+    let tok = w["session"].as_str().unwrap().to_owned();
+    alice.send_json(&subscribe(&["bob"])).await;
+    expect_presence(&mut alice, "bob", "online").await;
+    b.proc.signal(15);
+    // Bob reads until the 1012, then resumes on node a.
+    let mut last = 0;
+    loop {
+        match bob.recv().await {
+            Received::Json(v) => last = v["n"].as_u64().unwrap_or(last),
+            Received::Closed(code) => {
+                assert_eq!(code, 1012);
+                break;
+            }
+            Received::Ended => panic!("no close frame"),
+        }
+    }
+    // Long enough for a's heartbeat to see b leave the live set.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let url = format!("ws://{}/ws?user=bob&resume={tok}&last={last}", a.http);
+    let (mut bob, w) = WsClient::connect_welcomed(&url).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    no_presence(
+        &mut alice,
+        Duration::from_secs(3),
+        "drain + resume elsewhere",
+    )
+    .await;
+    bob.send_json(&set("away", None)).await;
+    expect_presence(&mut alice, "bob", "away").await;
+    drop(b);
+}

@@ -140,6 +140,8 @@ struct NodeBase {
     /// One mailbox for every node (as Redis would be): a message stored through one node is
     /// pushed at connect by another.
     mailbox: signal_node::mailbox::MailboxStore,
+    /// One presence store for every node of the dev cluster.
+    presence: signal_node::presence::store::PresenceStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -189,6 +191,7 @@ impl DevCluster {
             metrics: config.metrics.clone(),
             directory,
             mailbox: signal_node::mailbox::MailboxStore::memory(),
+            presence: signal_node::presence::store::PresenceStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -368,6 +371,7 @@ impl NodeBase {
         nc.central = Some(format!("http://{}", self.grpc));
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
         nc.mailbox_store = Some(self.mailbox.clone());
+        nc.presence_store = Some(self.presence.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

@@ -375,6 +375,24 @@ impl Conn {
         }
     }
 
+    /// The next text frame as it came (`Err` with the close code when the connection ended).
+    /// Cancel-safe.
+    pub async fn next_text(&mut self) -> Result<String, Option<u16>> {
+        loop {
+            return match self.ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => Ok(t.as_str().to_owned()),
+                Some(Ok(WsMessage::Close(f))) => Err(Some(f.map_or(1005, |f| u16::from(f.code)))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Err(None),
+            };
+        }
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        self.ws.send(WsMessage::text(text)).await.context("send")
+    }
+
     /// Acknowledges every frame up to `n` (contract section 5).
     pub async fn ack(&mut self, n: u64) -> anyhow::Result<()> {
         self.send(&Message::Ack(signal_proto::roap::Ack { n }))

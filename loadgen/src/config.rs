@@ -38,6 +38,12 @@ pub enum Scenario {
     /// drop their connection or log out and come back at `--churn-rate`; reports send ->
     /// Accepted and send -> delivered latency and every lost, duplicated or reordered message.
     Messages,
+    /// Presence (contract section 7): `--users` users each watching `--watch` others; at
+    /// `--rate` per second one of them changes its state, or (a `--reconnect-share` of the
+    /// events) drops its connection and resumes its session; change -> notified latency,
+    /// notifications per change, and wrong or missing states at the end. With --central,
+    /// nodes may be restarted from outside meanwhile (loadgen/bench/presence.sh).
+    Presence,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -162,6 +168,10 @@ pub struct Config {
     pub drain_window: Duration,
     /// Rolling scenario: pause after a node is back before the next one is drained.
     pub roll_pause: Duration,
+    /// Presence scenario: users, watched users each, share of events that are reconnects.
+    pub users: usize,
+    pub watch: usize,
+    pub reconnect_share: f64,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
     /// Messages scenario: the chat settings.
@@ -222,6 +232,9 @@ impl Config {
             drain_node: 0,
             drain_window: Duration::from_secs(2),
             roll_pause: Duration::from_secs(1),
+            users: 100,
+            watch: 10,
+            reconnect_share: 0.1,
             user_prefix: "lg".to_owned(),
             chat: ChatConfig::default(),
             json: None,
@@ -344,7 +357,7 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_ROLL_PAUSE", value_name = "SECONDS", default_value = "1", value_parser = parse_secs)]
     pub roll_pause: Duration,
 
-    /// Messages scenario: users, each sending to random others.
+    /// Messages and presence scenarios: number of users.
     #[arg(long, env = "LOADGEN_USERS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     pub users: u32,
 
@@ -363,6 +376,15 @@ pub struct Args {
     /// Messages scenario: bytes of each message body (at least 40: it carries the sequence and clock).
     #[arg(long, env = "LOADGEN_BODY_BYTES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(40..=65_536))]
     pub body_bytes: u32,
+
+    /// Presence scenario: users each user watches (at most 1000, fewer than --users).
+    #[arg(long, env = "LOADGEN_WATCH", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub watch: u32,
+
+    /// Presence scenario: share of the events that are a reconnect (drop + resume) instead of
+    /// a state change, 0 to 1.
+    #[arg(long, env = "LOADGEN_RECONNECT_SHARE", default_value_t = 0.1, value_parser = parse_share)]
+    pub reconnect_share: f64,
 
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
@@ -420,6 +442,9 @@ impl Args {
                 bail!("--embedded-nodes must be at least 2 for --scenario rolling");
             }
         }
+        if self.scenario == Scenario::Presence && self.watch >= self.users {
+            bail!("--watch must be below --users for --scenario presence");
+        }
         if self.scenario == Scenario::Churn && self.churn_rate <= 0.0 {
             bail!("--churn-rate must be above 0 for --scenario churn");
         }
@@ -456,6 +481,9 @@ impl Args {
             drain_node: self.drain_node,
             drain_window: self.drain_window,
             roll_pause: self.roll_pause,
+            users: self.users as usize,
+            watch: self.watch as usize,
+            reconnect_share: self.reconnect_share,
             user_prefix: self.user_prefix,
             chat: ChatConfig {
                 users: self.users as usize,

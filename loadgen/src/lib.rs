@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedded;
 pub mod messages;
 pub mod plot;
+pub mod presence;
 pub mod progress;
 pub mod report;
 pub mod scenario;
@@ -148,6 +149,44 @@ async fn drive_messages(
         config.connect_concurrency,
     )?;
     messages::drive(config, connector, &run_id()).await
+}
+
+/// Runs `--scenario presence` (see [`presence`]); also writes `--json` when asked.
+pub async fn run_presence(config: Config) -> anyhow::Result<presence::PresenceReport> {
+    raise_open_files(&Config {
+        pairs: config.users.div_ceil(2),
+        ..config.clone()
+    })?;
+    let cluster = match config.target {
+        Target::Embedded => Some(
+            Embedded::start(&config)
+                .await
+                .context("--embedded: starting the cluster")?,
+        ),
+        _ => None,
+    };
+    let (target, label) = match (&cluster, &config.target) {
+        (Some(c), _) => (
+            Target::Central(c.central_url()),
+            format!("embedded cluster ({} nodes)", c.node_ids().len()),
+        ),
+        (None, Target::Central(url)) => (config.target.clone(), format!("central {url}")),
+        (None, Target::Nodes(urls)) => {
+            (config.target.clone(), format!("nodes {}", urls.join(", ")))
+        }
+        (None, Target::Embedded) => bail!("embedded cluster missing"),
+    };
+    let result = presence::run(&config, &target, label).await;
+    if let Some(c) = cluster {
+        c.shutdown().await;
+    }
+    let report = result?;
+    if let Some(path) = &config.json {
+        let text = serde_json::to_string_pretty(&report).context("--json")?;
+        std::fs::write(path, text)
+            .with_context(|| format!("--json: writing {}", path.display()))?;
+    }
+    Ok(report)
 }
 
 fn run_id() -> String {

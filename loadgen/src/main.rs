@@ -49,6 +49,22 @@ fn main() -> ExitCode {
         }
     };
     let fail_on_errors = config.fail_on_errors;
+    if config.scenario == loadgen::Scenario::Presence {
+        return match runtime.block_on(loadgen::run_presence(config)) {
+            Ok(report) => {
+                println!("{report}");
+                if fail_on_errors && report.failures() > 0 {
+                    eprintln!("error: {} wrong, missing or stale states or fresh sessions (--fail-on-errors)", report.failures());
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(loadgen::run(config)) {
         Ok(report) => {
             println!("{report}");

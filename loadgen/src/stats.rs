@@ -29,6 +29,11 @@ fn hist(sigfig: u8) -> Hist {
     Histogram::new_with_bounds(1, MAX_US, sigfig).expect("valid histogram bounds")
 }
 
+/// An empty latency histogram (µs, 3 significant figures).
+pub fn new_hist() -> Hist {
+    hist(3)
+}
+
 fn record(h: &mut Hist, d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
     h.saturating_record(us);

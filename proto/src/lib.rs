@@ -5,11 +5,13 @@ pub mod chat;
 pub mod grpc_auth;
 pub mod grpc_tls;
 pub mod ids;
+pub mod presence;
 pub mod roap;
 pub mod ticket;
 
 pub use chat::{Accepted, ChatMessage, Delivered, MessageId};
 pub use ids::{IdError, NodeId, SessionId, UserId};
+pub use presence::{Availability, Note, Presence, SetPresence, Shown, Watch};
 pub use roap::{ErrorType, Message, ParseError};
 
 /// Node-to-node relay service (generated).

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{Accepted, ChatMessage, Delivered};
 use crate::ids::{NodeId, SessionId, UserId};
+use crate::presence::{Presence, SetPresence, Watch};
 
 /// Extra, unknown fields of a message, relayed untouched.
 pub type Extra = Map<String, Value>;
@@ -293,10 +294,19 @@ pub enum Message {
     Message(ChatMessage),
     Accepted(Accepted),
     Delivered(Delivered),
+    /// Presence (contract section 7): the client sets its own state.
+    SetPresence(SetPresence),
+    /// Presence: start watching users (answered with one `Presence` each).
+    Subscribe(Watch),
+    /// Presence: stop watching users.
+    Unsubscribe(Watch),
+    /// Presence: a watched user's state (sent by the node).
+    Presence(Presence),
 }
 
 /// Names of the types a client may send, for error messages.
-const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message";
+const CLIENT_TYPES: &str =
+    "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message, SetPresence, Subscribe, Unsubscribe";
 
 /// Why a frame is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,6 +390,10 @@ impl Message {
                 "Message" => "Message",
                 "Accepted" => "Accepted",
                 "Delivered" => "Delivered",
+                "SetPresence" => "SetPresence",
+                "Subscribe" => "Subscribe",
+                "Unsubscribe" => "Unsubscribe",
+                "Presence" => "Presence",
                 other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
             },
             Some(_) => return Err(reject(ParseError::TypeNotString)),
@@ -398,7 +412,11 @@ impl Message {
     pub fn parse_client(text: &str) -> Result<Message, Rejected> {
         let mut msg = Message::parse(text)?;
         match &mut msg {
-            Message::Welcome(_) | Message::Pong | Message::Accepted(_) | Message::Delivered(_) => {
+            Message::Welcome(_)
+            | Message::Pong
+            | Message::Accepted(_)
+            | Message::Delivered(_)
+            | Message::Presence(_) => {
                 return Err(Rejected {
                     error: ParseError::ServerOnly { ty: msg.kind() },
                     to: None,
@@ -469,6 +487,10 @@ impl Message {
             Message::Message(_) => "Message",
             Message::Accepted(_) => "Accepted",
             Message::Delivered(_) => "Delivered",
+            Message::SetPresence(_) => "SetPresence",
+            Message::Subscribe(_) => "Subscribe",
+            Message::Unsubscribe(_) => "Unsubscribe",
+            Message::Presence(_) => "Presence",
         }
     }
 

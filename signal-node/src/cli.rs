@@ -129,6 +129,20 @@ pub struct Args {
     /// Largest chat message `body`, in bytes; larger ones get TOOLARGE.
     #[arg(long, env = "SIGNAL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(16 * 1024 * 1024)))]
     pub max_body_bytes: u64,
+    /// Presence subscriptions per session; a Subscribe beyond it gets TOOMANY (nothing added).
+    #[arg(long, env = "SIGNAL_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_subscriptions: u64,
+    /// Presence changes are sent to watching nodes once per tick, in milliseconds (changes of
+    /// one user within a tick are coalesced: the last wins).
+    #[arg(long, env = "SIGNAL_PRESENCE_TICK_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub presence_tick_ms: u64,
+    /// How long the presence record of an offline user (its `since`) is kept, in seconds.
+    #[arg(long, env = "SIGNAL_PRESENCE_OFFLINE_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub presence_offline_ttl_secs: u64,
+    /// Session ends remembered while the presence store (Redis) is down, written when it is
+    /// back; beyond it they are counted and logged, and their records wait for the owner check.
+    #[arg(long, env = "SIGNAL_PRESENCE_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub presence_max_pending: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -308,6 +322,14 @@ impl Args {
                     backoff_max: Duration::from_millis(self.webhook_backoff_max_ms),
                 })
             }
+        };
+        c.presence = crate::presence::PresenceLimits {
+            max_subscriptions: usize::try_from(self.max_subscriptions)
+                .map_err(|_| invalid("max-subscriptions", "too large"))?,
+            tick: Duration::from_millis(self.presence_tick_ms),
+            offline_ttl: Duration::from_secs(self.presence_offline_ttl_secs),
+            max_pending: usize::try_from(self.presence_max_pending)
+                .map_err(|_| invalid("presence-max-pending", "too large"))?,
         };
         Ok(c)
     }

@@ -10,6 +10,8 @@ use signal_proto::NodeId;
 use crate::directory::Directory;
 use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
+use crate::presence::store::PresenceStore;
+use crate::presence::PresenceLimits;
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -94,6 +96,12 @@ pub struct Config {
     pub mailbox_store: Option<MailboxStore>,
     /// `--webhook-*`: events for the application backend; `None`: no webhooks.
     pub webhooks: Option<crate::webhooks::WebhookConfig>,
+    /// `--max-subscriptions`, `--presence-tick-ms`, `--presence-offline-ttl-secs`,
+    /// `--presence-max-pending`.
+    pub presence: PresenceLimits,
+    /// The presence store; `None`: Redis at the directory's URL, or memory with a memory
+    /// directory (in-process nodes of one cluster must share one: set it).
+    pub presence_store: Option<PresenceStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -123,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins.to_string())
             .field("mailbox", &self.mailbox)
             .field("webhooks", &self.webhooks)
+            .field("presence", &self.presence)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +173,8 @@ impl Config {
             mailbox: MailboxLimits::default(),
             mailbox_store: None,
             webhooks: None,
+            presence: PresenceLimits::default(),
+            presence_store: None,
         }
     }
 

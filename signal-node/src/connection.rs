@@ -341,6 +341,34 @@ impl Reader {
                 self.on_chat(c).await;
                 return;
             }
+            Message::SetPresence(s) => {
+                self.node.presence().set(&self.node, &self.session, s).await;
+                return;
+            }
+            Message::Subscribe(w) => {
+                let users = w.users.as_slice();
+                let presence = self.node.presence();
+                if let Err(t) = presence.subscribe(&self.node, &self.session, users).await {
+                    tracing::info!(user = %self.user, have = t.have, asked = users.len(), max = t.max, "too many subscriptions");
+                    self.reply_error(
+                        None,
+                        None,
+                        ErrorType::TooMany,
+                        format!(
+                            "at most {} subscriptions per session ({} now): none of these {} added",
+                            t.max,
+                            t.have,
+                            users.len()
+                        ),
+                    );
+                }
+                return;
+            }
+            Message::Unsubscribe(w) => {
+                let presence = self.node.presence();
+                presence.unsubscribe(&self.node, &self.session, w.users.as_slice());
+                return;
+            }
             Message::Ack(a) => {
                 let acked = self.session.ack(a.n);
                 if let Ok(mail) = &acked {

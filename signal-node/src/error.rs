@@ -18,6 +18,8 @@ pub enum NodeError {
     Directory(#[from] DirectoryError),
     #[error("mailbox: {0}")]
     Mailbox(#[from] crate::mailbox::MailboxError),
+    #[error("presence: {0}")]
+    Presence(#[from] crate::presence::store::StoreError),
     #[error("{server} server failed: {reason}")]
     Serve {
         server: &'static str,

@@ -148,6 +148,9 @@ async fn readyz(State(st): State<AppState>) -> Response {
             "healthy": dir.healthy,
             "lastError": dir.last_error,
         },
+        "presence": {
+            "healthy": !node.presence().is_degraded(),
+        },
         "central": {
             "configured": node.config().central.is_some(),
             "registered": central.registered,
@@ -175,6 +178,8 @@ async fn render_metrics(State(st): State<AppState>) -> Response {
     if let Some(mode) = dir.mode {
         metrics::gauge!("redis_up", "mode" => mode.as_str()).set(up);
     }
+    let presence_up = !st.node.presence().is_degraded();
+    metrics::gauge!("signal_presence_store_up").set(if presence_up { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

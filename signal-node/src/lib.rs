@@ -16,6 +16,7 @@ pub mod node;
 pub mod origin;
 pub mod outbound;
 pub mod peers;
+pub mod presence;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod registration;
@@ -109,7 +110,17 @@ pub async fn run(
         })?,
         None => webhooks::Webhooks::disabled(),
     };
-    let node = Node::new(config, directory, mailbox, hooks, ws_url, grpc_url);
+    let presence_store = match (&config.presence_store, &config.directory) {
+        (Some(s), _) => s.clone(),
+        (None, DirectoryConfig::Redis(redis)) => {
+            presence::store::PresenceStore::redis(redis.clone())?
+        }
+        (None, DirectoryConfig::Memory(_)) => presence::store::PresenceStore::memory(),
+    };
+    let presence = presence::Presence::new(presence_store, config.presence);
+    let node = Node::new(
+        config, directory, mailbox, hooks, presence, ws_url, grpc_url,
+    );
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
@@ -153,6 +164,12 @@ pub async fn run(
             }
         })
     };
+    let presence_stop = CancellationToken::new();
+    let presence_flush = tokio::spawn(
+        node.presence()
+            .clone()
+            .run(node.clone(), presence_stop.clone()),
+    );
     tracing::info!(
         node = %node.id(),
         instance = node.instance(),
@@ -174,6 +191,8 @@ pub async fn run(
     // The user.offline events of the drain get a short chance to go out (the queue is in
     // memory: what is left is lost, see docs/architecture.md).
     node.webhooks().shutdown(WEBHOOK_FLUSH).await;
+    presence_stop.cancel();
+    let _ = tokio::time::timeout(STOP_GRACE, presence_flush).await;
     http_stop.cancel();
     grpc_stop.cancel();
     reassert.abort();

@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::mailbox::Mailbox;
 use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
+use crate::presence::Presence;
 use crate::session::expiry::Expiry;
 use crate::session::{Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
@@ -50,6 +51,7 @@ struct Inner {
     directory: Directory,
     mailbox: Mailbox,
     webhooks: Webhooks,
+    presence: Presence,
     peers: Peers,
     tickets: Option<TicketKey>,
     used_tickets: UsedTickets,
@@ -80,6 +82,7 @@ impl Node {
         directory: Directory,
         mailbox: Mailbox,
         webhooks: Webhooks,
+        presence: Presence,
         ws_url: String,
         grpc_url: String,
     ) -> Node {
@@ -98,6 +101,7 @@ impl Node {
                 directory,
                 mailbox,
                 webhooks,
+                presence,
                 peers,
                 tickets,
                 used_tickets,
@@ -145,6 +149,10 @@ impl Node {
     /// Events for the application backend (a no-op without `--webhook-url`).
     pub fn webhooks(&self) -> &Webhooks {
         &self.inner.webhooks
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers
@@ -415,5 +423,8 @@ impl Node {
                 tracing::warn!(node = %self.id(), error = %e, "cannot reassert directory entries")
             }
         }
+        // The same moments may have cost presence records (Redis lost them, or other nodes
+        // announced this node's users offline while central did not list it).
+        self.presence().resync(self).await;
     }
 }

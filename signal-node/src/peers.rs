@@ -11,8 +11,9 @@ use signal_proto::grpc_tls::GrpcTls;
 use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
-    DeliverRequest, DeliverStatus, DisconnectRequest, KickRequest, Location, ProbeRequest,
-    ProbeResponse, SubmitRequest, SubmitResponse, TakeSessionRequest, TakeSessionResponse,
+    DeliverRequest, DeliverStatus, DisconnectRequest, KickRequest, Location, NotifyRequest,
+    NotifyResponse, ProbeRequest, ProbeResponse, SubmitRequest, SubmitResponse, TakeSessionRequest,
+    TakeSessionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -257,6 +258,17 @@ impl Peers {
         };
         let res = tokio::time::timeout(REQUEST_TIMEOUT, client.disconnect(req)).await;
         Ok(classify(res, REQUEST_TIMEOUT)?.ended)
+    }
+
+    /// Sends presence changes to the node at `grpc_url` (one call per node and tick).
+    pub async fn notify(
+        &self,
+        grpc_url: &str,
+        req: NotifyRequest,
+    ) -> Result<NotifyResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.notify(req)).await;
+        classify(res, REQUEST_TIMEOUT)
     }
 
     /// Probes the node at `grpc_url`.

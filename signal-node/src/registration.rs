@@ -84,6 +84,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     let node_timeout = Duration::from_millis(resp.node_timeout_ms);
                     node.peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
+                    node.presence().live_changed(&node);
                     node.set_central_status(true, None);
                     metrics::gauge!("signal_central_registered").set(1.0);
                     if std::mem::take(&mut evicted) {
@@ -132,6 +133,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     }
                     node.peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
+                    node.presence().live_changed(&node);
                     // Central leaves a node it cannot probe out of the live set; other nodes
                     // may then remove our users' entries as stale. Once listed again, put the
                     // missing ones back.

@@ -5,8 +5,8 @@
 use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
     DeliverRequest, DeliverResponse, DeliverStatus, DisconnectRequest, DisconnectResponse,
-    KickRequest, KickResponse, ProbeRequest, ProbeResponse, SubmitRequest, SubmitResponse,
-    SubmitStatus, TakeSessionRequest, TakeSessionResponse,
+    KickRequest, KickResponse, NotifyRequest, NotifyResponse, ProbeRequest, ProbeResponse,
+    SubmitRequest, SubmitResponse, SubmitStatus, TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::{ChatMessage, ErrorType, MessageId, UserId};
 use tonic::{Request, Response, Status};
@@ -129,6 +129,15 @@ impl Relay for RelayService {
         let loc = req.location.ok_or(RelayError::MissingLocation)?;
         let ended = self.node.disconnect_local(&user, &loc);
         Ok(Response::new(DisconnectResponse { ended }))
+    }
+
+    async fn notify(
+        &self,
+        request: Request<NotifyRequest>,
+    ) -> Result<Response<NotifyResponse>, Status> {
+        let req = request.into_inner();
+        let unwatched = self.node.presence().notified(req.updates);
+        Ok(Response::new(NotifyResponse { unwatched }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

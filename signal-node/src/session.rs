@@ -205,6 +205,7 @@ impl Handover {
             frames,
             mail_upto: self.mail_upto.map(|e| e.to_string()).unwrap_or_default(),
             mail_complete: self.mail_complete,
+            presence: None,
         }
     }
 

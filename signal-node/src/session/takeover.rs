@@ -8,7 +8,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use signal_proto::relay::{Location, TakeSessionRequest, TakeSessionResponse, TakeStatus};
+use signal_proto::relay::{
+    Location, SessionPresence, TakeSessionRequest, TakeSessionResponse, TakeStatus,
+};
 use signal_proto::roap::Welcome;
 use signal_proto::{ErrorType, Message, SessionId, UserId};
 
@@ -150,11 +152,20 @@ impl Node {
             // Not resumed (or its resume was refused): that session ends.
             self.end_session(&old, REASON_REPLACED);
         }
+        if resume.is_none() {
+            // Online before the previous connection elsewhere is closed: its end then finds
+            // the presence record no longer its own and announces nothing.
+            self.presence().started(self, &session).await;
+        }
         let mut handover = None;
+        let mut carried: Option<SessionPresence> = None;
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {
-                    Ok(h) => handover = Some((h, r.last, r.token.clone())),
+                    Ok((h, carry)) => {
+                        handover = Some((h, r.last, r.token.clone()));
+                        carried = carry;
+                    }
                     Err(why) => refusal = refusal.or(Some(why)),
                 }
             }
@@ -167,6 +178,10 @@ impl Node {
             let start = resume
                 .as_ref()
                 .map_or(0, |r| if resumed { r.last } else { 0 });
+            match carried.take() {
+                Some(carry) if resumed => self.presence().adopted(self, &session, carry).await,
+                _ => self.presence().started(self, &session).await,
+            }
             if resumed {
                 metrics::counter!("signal_sessions_resumed_total", "where" => "other_node")
                     .increment(1);
@@ -220,7 +235,7 @@ impl Node {
         user: &UserId,
         prev: Location,
         r: &Resume,
-    ) -> Result<Handover, Refusal> {
+    ) -> Result<(Handover, Option<SessionPresence>), Refusal> {
         let req = TakeSessionRequest {
             user: user.to_string(),
             expect: Some(prev.clone()),
@@ -229,7 +244,11 @@ impl Node {
         };
         match self.peers().take_session(&prev, req).await {
             Ok(resp) => match TakeStatus::try_from(resp.status) {
-                Ok(TakeStatus::Taken) => Ok(Handover::from_wire(resp)),
+                Ok(TakeStatus::Taken) => {
+                    let mut resp = resp;
+                    let presence = resp.presence.take();
+                    Ok((Handover::from_wire(resp), presence))
+                }
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
             Err(e) => {
@@ -273,7 +292,8 @@ impl Node {
             }) => {
                 self.hub().remove_if(user, session.id());
                 self.acknowledged_by_resume(user, acked_mail);
-                let resp = handover.into_wire();
+                let mut resp = handover.into_wire();
+                resp.presence = self.presence().handed_over(self, &session);
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
                 tracing::info!(%user, session = session.id(), frames = resp.frames.len(), "session handed over");
                 resp
@@ -336,6 +356,7 @@ impl Node {
     pub fn end_session(&self, session: &Session, reason: &'static str) {
         let already_ended = session.is_ended();
         let owed = session.end();
+        self.presence().ended(self, session);
         let user = session.user().clone();
         // A replaced session has a successor (the user is still online).
         if !already_ended && reason != REASON_REPLACED {

@@ -1,0 +1,501 @@
+//! The node's local presence index, under one short std `Mutex` (no `.await` inside): the own
+//! state and subscriptions of every local session, and one slot per watched user (its latest
+//! state and version, its owner, and what each local watcher was last shown). Deciding who
+//! gets a `Presence` frame happens here; pushing into a session never waits.
+
+use std::collections::{HashMap, HashSet};
+
+use signal_proto::presence::{Availability, Note, Presence, Shown};
+use signal_proto::relay::{PresenceUpdate, SessionPresence};
+use signal_proto::{Message, UserId};
+
+use super::store::{Owner, Record};
+use crate::session::{Origin, Session};
+
+/// A user's state as watchers see it, with its version and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub user: UserId,
+    pub state: Shown,
+    pub note: String,
+    pub since: u64,
+    pub version: u64,
+    pub owner: Owner,
+}
+
+impl Update {
+    /// What watchers see of a stored record (invisible is offline, without note).
+    pub fn from_record(user: UserId, r: &Record) -> Update {
+        let avail = Availability::parse(&r.state);
+        let state = avail.map_or(Shown::Offline, Availability::shown);
+        let visible = state != Shown::Offline;
+        Update {
+            user,
+            state,
+            note: if visible {
+                r.note.clone()
+            } else {
+                String::new()
+            },
+            since: r.since,
+            version: r.version,
+            owner: if avail.is_some() {
+                r.owner.clone()
+            } else {
+                Owner::default()
+            },
+        }
+    }
+
+    /// Never seen: offline since 0.
+    pub fn unknown(user: UserId) -> Update {
+        Update {
+            user,
+            state: Shown::Offline,
+            note: String::new(),
+            since: 0,
+            version: 0,
+            owner: Owner::default(),
+        }
+    }
+
+    pub fn to_wire(&self) -> PresenceUpdate {
+        PresenceUpdate {
+            user: self.user.to_string(),
+            state: self.state.as_str().to_owned(),
+            note: self.note.clone(),
+            since: self.since,
+            version: self.version,
+            owner_node: self.owner.node.clone(),
+            owner_instance: self.owner.instance.clone(),
+        }
+    }
+
+    pub fn from_wire(u: PresenceUpdate) -> Option<Update> {
+        Some(Update {
+            user: UserId::new(u.user).ok()?,
+            state: Shown::parse(&u.state)?,
+            note: Note::new(u.note).ok()?.into(),
+            since: u.since,
+            version: u.version,
+            owner: Owner {
+                node: u.owner_node,
+                instance: u.owner_instance,
+                session: 0,
+            },
+        })
+    }
+
+    fn frame(&self) -> String {
+        Message::Presence(Presence {
+            user: self.user.clone(),
+            state: self.state,
+            note: (!self.note.is_empty()).then(|| Note::new(self.note.clone()).unwrap_or_default()),
+            since: self.since,
+        })
+        .to_json()
+    }
+}
+
+/// A local session's own presence and subscriptions.
+#[derive(Debug)]
+pub struct Own {
+    pub user: UserId,
+    pub session: Session,
+    pub avail: Availability,
+    pub note: String,
+    pub since: u64,
+    pub subs: HashSet<UserId>,
+}
+
+impl Own {
+    /// The record this session writes.
+    pub fn record(&self, owner: Owner) -> Record {
+        Record {
+            state: self.avail.as_str().to_owned(),
+            note: self.note.clone(),
+            since: self.since,
+            version: 0,
+            owner,
+        }
+    }
+}
+
+/// What one local watcher was last shown of a user.
+pub type Seen = Option<(Shown, String)>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The latest update applied (`None` until the first snapshot).
+    current: Option<Update>,
+    watchers: HashMap<u64, Seen>,
+}
+
+/// A session that left the index.
+#[derive(Debug)]
+pub struct Removed {
+    pub own: Own,
+    /// Its subscriptions and what each was last shown.
+    pub seen: Vec<(UserId, Seen)>,
+    /// Users nobody on this node watches any more.
+    pub gone: Vec<UserId>,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooMany {
+    pub max: usize,
+    pub have: usize,
+}
+
+/// The local index. Not a handle: `Presence` holds it under its mutex.
+#[derive(Debug, Default)]
+pub struct Index {
+    owns: HashMap<u64, Own>,
+    slots: HashMap<UserId, Slot>,
+    subscriptions: usize,
+}
+
+/// Counters of one delivery pass, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub pushed: u64,
+    pub suppressed: u64,
+    pub failed: u64,
+}
+
+impl Index {
+    pub fn sessions(&self) -> usize {
+        self.owns.len()
+    }
+
+    pub fn watched(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+
+    pub fn own(&self, sid: u64) -> Option<&Own> {
+        self.owns.get(&sid)
+    }
+
+    pub fn own_mut(&mut self, sid: u64) -> Option<&mut Own> {
+        self.owns.get_mut(&sid)
+    }
+
+    /// Every local session's own state (for a resync).
+    pub fn owns(&self) -> impl Iterator<Item = (&u64, &Own)> {
+        self.owns.iter()
+    }
+
+    /// Every watched user.
+    pub fn watched_users(&self) -> Vec<UserId> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// Watched users whose current state belongs to a session of `instance` of `node`.
+    pub fn owned_by(&self, mut dead: impl FnMut(&Owner) -> bool) -> Vec<Update> {
+        self.slots
+            .values()
+            .filter_map(|s| s.current.as_ref())
+            .filter(|u| !u.owner.is_none() && dead(&u.owner))
+            .cloned()
+            .collect()
+    }
+
+    /// The latest known update of a watched user.
+    pub fn current(&self, user: &UserId) -> Option<&Update> {
+        self.slots.get(user).and_then(|s| s.current.as_ref())
+    }
+
+    /// The state of `user` if one of its sessions is on this node (serves snapshots while
+    /// the store is down).
+    pub fn local_state(&self, user: &UserId) -> Option<(Availability, String, u64, u64)> {
+        self.owns
+            .iter()
+            .find(|(_, o)| &o.user == user)
+            .map(|(sid, o)| (o.avail, o.note.clone(), o.since, *sid))
+    }
+
+    /// A session starts (or arrives by takeover) with this state.
+    pub fn start(&mut self, session: Session, avail: Availability, note: String, since: u64) {
+        let sid = session.id();
+        let user = session.user().clone();
+        self.owns.insert(
+            sid,
+            Own {
+                user,
+                session,
+                avail,
+                note,
+                since,
+                subs: HashSet::new(),
+            },
+        );
+    }
+
+    /// Adds subscriptions of session `sid` (nothing if that would exceed `max`). Returns the
+    /// users that need a snapshot from the store (no local slot had one yet); pushes the
+    /// known state of the others at once. `seen`: what the client was already shown (a
+    /// session taken over), `None` for a new subscription.
+    pub fn subscribe(
+        &mut self,
+        sid: u64,
+        users: &[(UserId, Seen)],
+        max: usize,
+        out: &mut Delivered,
+    ) -> Result<Vec<UserId>, TooMany> {
+        let Some(own) = self.owns.get(&sid) else {
+            return Ok(Vec::new());
+        };
+        let fresh: HashSet<&UserId> = users
+            .iter()
+            .map(|(u, _)| u)
+            .filter(|u| !own.subs.contains(*u))
+            .collect();
+        if own.subs.len() + fresh.len() > max {
+            return Err(TooMany {
+                max,
+                have: own.subs.len(),
+            });
+        }
+        let session = own.session.clone();
+        let mut need = Vec::new();
+        for (user, seen) in users {
+            let Some(own) = self.owns.get_mut(&sid) else {
+                break;
+            };
+            if own.subs.insert(user.clone()) {
+                self.subscriptions += 1;
+            }
+            let slot = self.slots.entry(user.clone()).or_default();
+            // A new subscription is answered with the current state even if an earlier one
+            // of this session showed it.
+            let entry = slot.watchers.entry(sid).or_insert(None);
+            if seen.is_some() {
+                *entry = seen.clone();
+            } else {
+                *entry = None;
+            }
+            match &slot.current {
+                Some(cur) => deliver_one(&session, cur, entry, out),
+                None => need.push(user.clone()),
+            }
+        }
+        Ok(need)
+    }
+
+    /// Removes subscriptions of session `sid`; returns the users nobody here watches now.
+    pub fn unsubscribe(&mut self, sid: u64, users: &[UserId]) -> Vec<UserId> {
+        let mut gone = Vec::new();
+        let Some(own) = self.owns.get_mut(&sid) else {
+            return gone;
+        };
+        for user in users {
+            if !own.subs.remove(user) {
+                continue;
+            }
+            self.subscriptions -= 1;
+            if let Some(slot) = self.slots.get_mut(user) {
+                slot.watchers.remove(&sid);
+                if slot.watchers.is_empty() {
+                    self.slots.remove(user);
+                    gone.push(user.clone());
+                }
+            }
+        }
+        gone
+    }
+
+    /// Session `sid` leaves the index (ended or handed over): its own state and its
+    /// subscriptions. Returns it, what each subscription was shown, and the users nobody
+    /// here watches now.
+    pub fn remove(&mut self, sid: u64) -> Option<Removed> {
+        let subs: Vec<UserId> = self.owns.get(&sid)?.subs.iter().cloned().collect();
+        let seen: Vec<(UserId, Seen)> = subs
+            .iter()
+            .map(|u| {
+                let seen = self
+                    .slots
+                    .get(u)
+                    .and_then(|s| s.watchers.get(&sid).cloned())
+                    .flatten();
+                (u.clone(), seen)
+            })
+            .collect();
+        let gone = self.unsubscribe(sid, &subs);
+        let own = self.owns.remove(&sid)?;
+        Some(Removed { own, seen, gone })
+    }
+
+    /// Applies an update of a watched user: an older one than the slot has is dropped (the
+    /// order of one user's changes is kept); each watcher is pushed the new state unless it
+    /// was already shown exactly that. `false` if nobody here watches the user.
+    pub fn apply(&mut self, upd: &Update, out: &mut Delivered) -> bool {
+        let Some(slot) = self.slots.get_mut(&upd.user) else {
+            return false;
+        };
+        if let Some(cur) = &slot.current {
+            if upd.version < cur.version || (upd.version == cur.version && cur == upd) {
+                return true;
+            }
+        }
+        slot.current = Some(upd.clone());
+        let mut frame: Option<String> = None;
+        for (sid, seen) in slot.watchers.iter_mut() {
+            let Some(own) = self.owns.get(sid) else {
+                continue;
+            };
+            if seen.as_ref() == Some(&(upd.state, upd.note.clone())) {
+                out.suppressed += 1;
+                continue;
+            }
+            let f = frame.get_or_insert_with(|| upd.frame());
+            match own.session.push(f, Origin::Node) {
+                Ok(_) => {
+                    *seen = Some((upd.state, upd.note.clone()));
+                    out.pushed += 1;
+                }
+                Err(_) => out.failed += 1,
+            }
+        }
+        true
+    }
+
+    /// What a handed-over session carries: its state and, per subscription, what it was shown.
+    pub fn carry(own: &Own, seen: &[(UserId, Seen)]) -> SessionPresence {
+        SessionPresence {
+            state: own.avail.as_str().to_owned(),
+            note: own.note.clone(),
+            since: own.since,
+            subscriptions: seen
+                .iter()
+                .map(|(u, s)| signal_proto::relay::Seen {
+                    user: u.to_string(),
+                    state: s
+                        .as_ref()
+                        .map(|(st, _)| st.as_str().to_owned())
+                        .unwrap_or_default(),
+                    note: s.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn deliver_one(session: &Session, cur: &Update, seen: &mut Seen, out: &mut Delivered) {
+    if seen.as_ref() == Some(&(cur.state, cur.note.clone())) {
+        out.suppressed += 1;
+        return;
+    }
+    match session.push(&cur.frame(), Origin::Node) {
+        Ok(_) => {
+            *seen = Some((cur.state, cur.note.clone()));
+            out.pushed += 1;
+        }
+        Err(_) => out.failed += 1,
+    }
+}
+
+/// A subscription as carried by a handover: the user and what the client was shown.
+pub fn seen_from_wire(s: signal_proto::relay::Seen) -> Option<(UserId, Seen)> {
+    let user = UserId::new(s.user).ok()?;
+    let seen = Shown::parse(&s.state).map(|st| (st, s.note));
+    Some((user, seen))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::session::{RingLimits, SessionLimits};
+    use std::time::Duration;
+
+    fn session(id: u64, user: &str) -> Session {
+        let limits = SessionLimits {
+            ring: RingLimits {
+                frames: 1024,
+                bytes: 1 << 20,
+            },
+            unwritten_frames: 1024,
+            unwritten_bytes: 1 << 20,
+            window: Duration::from_secs(30),
+        };
+        Session::new(id, UserId::new(user).unwrap(), limits, false)
+    }
+
+    fn upd(state: Shown, note: &str, version: u64) -> Update {
+        Update {
+            user: UserId::new("bob").unwrap(),
+            state,
+            note: note.into(),
+            since: version,
+            version,
+            owner: Owner::default(),
+        }
+    }
+
+    fn frames(s: &Session) -> usize {
+        s.stats().0
+    }
+
+    /// Snapshot on subscribe, one frame per real change, older versions dropped (order kept),
+    /// an unchanged visible state not shown twice, the subscription limit all or nothing.
+    #[test]
+    fn apply_orders_suppresses_and_limits() {
+        let mut ix = Index::default();
+        let alice = session(1, "alice");
+        let carol = session(2, "carol");
+        ix.start(alice.clone(), Availability::Online, String::new(), 1);
+        ix.start(carol.clone(), Availability::Online, String::new(), 1);
+        let bob = UserId::new("bob").unwrap();
+        let mut out = Delivered::default();
+        let need = ix
+            .subscribe(1, &[(bob.clone(), None)], 2, &mut out)
+            .unwrap();
+        assert_eq!(need, vec![bob.clone()]);
+        assert!(ix.apply(&upd(Shown::Online, "", 10), &mut out));
+        assert_eq!(frames(&alice), 1, "snapshot");
+        // A second watcher is answered from the slot, no store round trip.
+        let need = ix
+            .subscribe(2, &[(bob.clone(), None)], 2, &mut out)
+            .unwrap();
+        assert!(need.is_empty());
+        assert_eq!(frames(&carol), 1);
+        ix.apply(&upd(Shown::Away, "x", 12), &mut out);
+        ix.apply(&upd(Shown::Busy, "", 11), &mut out); // older: dropped
+        assert_eq!((frames(&alice), frames(&carol)), (2, 2));
+        assert_eq!(ix.current(&bob).unwrap().state, Shown::Away);
+        // Same visible state with a new version (a takeover, a resync): nothing shown.
+        let before = out.pushed;
+        ix.apply(&upd(Shown::Away, "x", 13), &mut out);
+        assert_eq!(out.pushed, before);
+        assert_eq!(frames(&alice), 2);
+        // Limit: 1 + 2 new > 2 -> refused, nothing added.
+        let many: Vec<_> = ["u1", "u2"]
+            .iter()
+            .map(|u| (UserId::new(*u).unwrap(), None))
+            .collect();
+        assert_eq!(
+            ix.subscribe(1, &many, 2, &mut out),
+            Err(TooMany { max: 2, have: 1 })
+        );
+        assert_eq!(ix.subscriptions(), 2);
+        // The end of a session removes its subscriptions; the last watcher removes the slot.
+        let r = ix.remove(1).unwrap();
+        assert!(r.gone.is_empty());
+        assert_eq!(
+            r.seen,
+            vec![(bob.clone(), Some((Shown::Away, "x".to_owned())))]
+        );
+        let r = ix.remove(2).unwrap();
+        assert_eq!(r.gone, vec![bob.clone()]);
+        assert!(
+            !ix.apply(&upd(Shown::Online, "", 20), &mut out),
+            "nobody watches"
+        );
+        assert_eq!(ix.watched(), 0);
+    }
+}

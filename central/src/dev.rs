@@ -137,6 +137,8 @@ struct NodeBase {
     secret: String,
     metrics: Option<PrometheusHandle>,
     directory: Directory,
+    /// Room membership shared by the in-process nodes.
+    rooms: signal_node::rooms::RoomStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -183,6 +185,7 @@ impl DevCluster {
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
             directory: Directory::memory(),
+            rooms: signal_node::rooms::RoomStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -361,6 +364,7 @@ impl NodeBase {
         let mut nc = signal_node::Config::dev(&id);
         nc.central = Some(format!("http://{}", self.grpc));
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
+        nc.room_store = Some(self.rooms.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

@@ -6,10 +6,11 @@ pub mod grpc_auth;
 pub mod grpc_tls;
 pub mod ids;
 pub mod roap;
+pub mod rooms;
 pub mod ticket;
 
 pub use chat::{Accepted, ChatMessage, Delivered, MessageId};
-pub use ids::{IdError, NodeId, SessionId, UserId};
+pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use roap::{ErrorType, Message, ParseError};
 
 /// Node-to-node relay service (generated).

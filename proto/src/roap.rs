@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{Accepted, ChatMessage, Delivered};
 use crate::ids::{NodeId, SessionId, UserId};
+use crate::rooms::{Join, Joined, Leave, Left, MemberJoined, MemberLeft};
 
 /// Extra, unknown fields of a message, relayed untouched.
 pub type Extra = Map<String, Value>;
@@ -293,10 +294,18 @@ pub enum Message {
     Message(ChatMessage),
     Accepted(Accepted),
     Delivered(Delivered),
+    /// Rooms (contract section 8).
+    Join(Join),
+    Leave(Leave),
+    Joined(Joined),
+    Left(Left),
+    MemberJoined(MemberJoined),
+    MemberLeft(MemberLeft),
 }
 
 /// Names of the types a client may send, for error messages.
-const CLIENT_TYPES: &str = "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message";
+const CLIENT_TYPES: &str =
+    "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message, Join, Leave";
 
 /// Why a frame is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,6 +389,12 @@ impl Message {
                 "Message" => "Message",
                 "Accepted" => "Accepted",
                 "Delivered" => "Delivered",
+                "Join" => "Join",
+                "Leave" => "Leave",
+                "Joined" => "Joined",
+                "Left" => "Left",
+                "MemberJoined" => "MemberJoined",
+                "MemberLeft" => "MemberLeft",
                 other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
             },
             Some(_) => return Err(reject(ParseError::TypeNotString)),
@@ -398,7 +413,14 @@ impl Message {
     pub fn parse_client(text: &str) -> Result<Message, Rejected> {
         let mut msg = Message::parse(text)?;
         match &mut msg {
-            Message::Welcome(_) | Message::Pong | Message::Accepted(_) | Message::Delivered(_) => {
+            Message::Welcome(_)
+            | Message::Pong
+            | Message::Accepted(_)
+            | Message::Delivered(_)
+            | Message::Joined(_)
+            | Message::Left(_)
+            | Message::MemberJoined(_)
+            | Message::MemberLeft(_) => {
                 return Err(Rejected {
                     error: ParseError::ServerOnly { ty: msg.kind() },
                     to: None,
@@ -469,6 +491,12 @@ impl Message {
             Message::Message(_) => "Message",
             Message::Accepted(_) => "Accepted",
             Message::Delivered(_) => "Delivered",
+            Message::Join(_) => "Join",
+            Message::Leave(_) => "Leave",
+            Message::Joined(_) => "Joined",
+            Message::Left(_) => "Left",
+            Message::MemberJoined(_) => "MemberJoined",
+            Message::MemberLeft(_) => "MemberLeft",
         }
     }
 
@@ -597,6 +625,16 @@ impl Message {
             origin: Some(ORIGIN_SERVER.to_owned()),
             extra,
         })
+    }
+
+    /// An error the node sends back to `to` about its Join or Leave of `room` (no `sessionID`).
+    pub fn room_error(
+        to: UserId,
+        room: &crate::ids::RoomId,
+        error_type: ErrorType,
+        description: impl Into<String>,
+    ) -> Message {
+        Message::chat_error(to, None, None, Some(room.as_str()), error_type, description)
     }
 
     /// The JSON text of this message.
@@ -816,6 +854,8 @@ mod tests {
             r#"{"type":"Message","to":"bob","id":"a b","body":"hi"}"#,
             r#"{"type":"Message","to":"bob","id":"m","body":5}"#,
             r#"{"type":"Message","to":"bob","room":"r","id":"m","body":"x"}"#,
+            r#"{"type":"Message","room":"a b","id":"m","body":"x"}"#,
+            r#"{"type":"Message","room":"","id":"m","body":"x"}"#,
             r#"{"type":"Message","id":"m","body":"x"}"#,
             r#"{"type":"Message","to":"a b","id":"m","body":"x"}"#,
         ] {
@@ -842,6 +882,72 @@ mod tests {
         assert_eq!(
             v,
             json!({"type":"Error","to":"alice","from":"bob","id":"m-1","errorType":"MAILBOXFULL","description":"full","origin":"server"})
+        );
+    }
+
+    #[test]
+    fn room_frames() {
+        let Message::Join(j) = Message::parse_client(r#"{"type":"Join","room":"r1"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(j.room.as_str(), "r1");
+        assert!(matches!(
+            Message::parse_client(r#"{"type":"Leave","room":"r1"}"#).unwrap(),
+            Message::Leave(_)
+        ));
+        for text in [
+            r#"{"type":"Join"}"#,
+            r#"{"type":"Join","room":""}"#,
+            r#"{"type":"Join","room":"a b"}"#,
+            r#"{"type":"Join","room":7}"#,
+            r#"{"type":"Leave","room":"a\u0001"}"#,
+        ] {
+            assert!(matches!(bad(text), ParseError::BadField { .. }), "{text}");
+        }
+        let long = json!({"type":"Join","room":"x".repeat(129)}).to_string();
+        assert!(matches!(bad(&long), ParseError::BadField { .. }));
+        for server_only in [
+            r#"{"type":"Joined","room":"r","members":["a"]}"#,
+            r#"{"type":"Left","room":"r"}"#,
+            r#"{"type":"MemberJoined","room":"r","user":"a"}"#,
+            r#"{"type":"MemberLeft","room":"r","user":"a"}"#,
+        ] {
+            assert!(
+                matches!(bad(server_only), ParseError::ServerOnly { .. }),
+                "{server_only}"
+            );
+            let m = Message::parse(server_only).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&m.to_json()).unwrap(),
+                serde_json::from_str::<Value>(server_only).unwrap()
+            );
+        }
+        let m = Message::parse_client(r#"{"type":"Message","room":"r1","id":"m-2","body":"hi"}"#)
+            .unwrap();
+        let Message::Message(c) = m else { panic!() };
+        assert_eq!(c.room.unwrap().as_str(), "r1");
+        let a = Message::Accepted(Accepted {
+            id: crate::chat::MessageId::new("m-2").unwrap(),
+            to: None,
+            room: Some(crate::ids::RoomId::new("r1").unwrap()),
+            ts: 5,
+            stored: None,
+            recipients: Some(3),
+        });
+        assert_eq!(
+            serde_json::from_str::<Value>(&a.to_json()).unwrap(),
+            json!({"type":"Accepted","id":"m-2","room":"r1","ts":5,"recipients":3})
+        );
+        let e = Message::room_error(
+            UserId::new("alice").unwrap(),
+            &crate::ids::RoomId::new("r1").unwrap(),
+            ErrorType::RoomFull,
+            "full",
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&e.to_json()).unwrap(),
+            json!({"type":"Error","to":"alice","room":"r1","errorType":"ROOMFULL","description":"full","origin":"server"})
         );
     }
 }

@@ -116,6 +116,12 @@ pub struct Args {
     /// Largest chat message `body`, in bytes; larger ones get TOOLARGE.
     #[arg(long, env = "SIGNAL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(16 * 1024 * 1024)))]
     pub max_body_bytes: u64,
+    /// Members one room may have; a Join past it gets ROOMFULL.
+    #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = crate::rooms::DEFAULT_MAX_ROOM_MEMBERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_room_members: u64,
+    /// Rooms one session may join; a Join past it gets TOOMANY.
+    #[arg(long, env = "SIGNAL_MAX_ROOMS", default_value_t = crate::rooms::DEFAULT_MAX_ROOMS as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_rooms: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -234,6 +240,12 @@ impl Args {
             },
             max_body_bytes: usize::try_from(self.max_body_bytes)
                 .map_err(|_| invalid("max-body-bytes", "too large"))?,
+        };
+        c.rooms = crate::rooms::RoomLimits {
+            max_members: usize::try_from(self.max_room_members)
+                .map_err(|_| invalid("max-room-members", "too large"))?,
+            max_rooms: usize::try_from(self.max_rooms)
+                .map_err(|_| invalid("max-rooms", "too large"))?,
         };
         Ok(c)
     }

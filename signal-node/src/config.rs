@@ -10,6 +10,7 @@ use signal_proto::NodeId;
 use crate::directory::Directory;
 use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
+use crate::rooms::{RoomLimits, RoomStore};
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -91,6 +92,11 @@ pub struct Config {
     /// The mailbox store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes sharing a memory directory share one store here).
     pub mailbox_store: Option<MailboxStore>,
+    /// `--max-room-members`, `--max-rooms`.
+    pub rooms: RoomLimits,
+    /// The room membership store; `None`: Redis at the directory's URL, or memory with a
+    /// memory directory (in-process nodes of one cluster share one store here).
+    pub room_store: Option<RoomStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -119,6 +125,7 @@ impl std::fmt::Debug for Config {
             .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .field("allowed_origins", &self.allowed_origins.to_string())
             .field("mailbox", &self.mailbox)
+            .field("rooms", &self.rooms)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +166,8 @@ impl Config {
             grpc_tls: None,
             mailbox: MailboxLimits::default(),
             mailbox_store: None,
+            rooms: RoomLimits::default(),
+            room_store: None,
         }
     }
 

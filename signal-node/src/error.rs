@@ -18,6 +18,8 @@ pub enum NodeError {
     Directory(#[from] DirectoryError),
     #[error("mailbox: {0}")]
     Mailbox(#[from] crate::mailbox::MailboxError),
+    #[error("rooms: {0}")]
+    Rooms(#[from] crate::rooms::RoomStoreError),
     #[error("{server} server failed: {reason}")]
     Serve {
         server: &'static str,

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod redis_link;
 pub mod registration;
 pub mod relay;
+pub mod rooms;
 pub mod router;
 pub mod session;
 pub mod telemetry;
@@ -99,7 +100,13 @@ pub async fn run(
         (None, DirectoryConfig::Memory(_)) => mailbox::MailboxStore::memory(),
     };
     let mailbox = mailbox::Mailbox::new(store, config.mailbox);
-    let node = Node::new(config, directory, mailbox, ws_url, grpc_url);
+    let room_store = match (&config.room_store, &config.directory) {
+        (Some(s), _) => s.clone(),
+        (None, DirectoryConfig::Redis(url)) => rooms::RoomStore::redis(url.as_str())?,
+        (None, DirectoryConfig::Memory(_)) => rooms::RoomStore::memory(),
+    };
+    let rooms = rooms::Rooms::new(room_store, config.rooms);
+    let node = Node::new(config, directory, mailbox, rooms, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();

@@ -116,9 +116,11 @@ impl Mailbox {
                 metrics::counter!("signal_mail_duplicates_total").increment(1);
                 Ok(Accepted {
                     id,
-                    to,
+                    to: Some(to),
+                    room: None,
                     ts,
-                    stored: true,
+                    stored: Some(true),
+                    recipients: None,
                 })
             }
             Ok(Appended::Stored) => {
@@ -128,9 +130,11 @@ impl Mailbox {
                     .increment(1);
                 Ok(Accepted {
                     id,
-                    to,
+                    to: Some(to),
+                    room: None,
                     ts,
-                    stored: !pushed,
+                    stored: Some(!pushed),
+                    recipients: None,
                 })
             }
             Err(MailboxError::Full) => {

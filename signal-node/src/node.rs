@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::mailbox::Mailbox;
 use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
+use crate::rooms::Rooms;
 use crate::session::expiry::Expiry;
 use crate::session::{Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
@@ -48,6 +49,7 @@ struct Inner {
     hub: Hub,
     directory: Directory,
     mailbox: Mailbox,
+    rooms: Rooms,
     peers: Peers,
     tickets: Option<TicketKey>,
     used_tickets: UsedTickets,
@@ -77,6 +79,7 @@ impl Node {
         config: Config,
         directory: Directory,
         mailbox: Mailbox,
+        rooms: Rooms,
         ws_url: String,
         grpc_url: String,
     ) -> Node {
@@ -94,6 +97,7 @@ impl Node {
                 hub: Hub::default(),
                 directory,
                 mailbox,
+                rooms,
                 peers,
                 tickets,
                 used_tickets,
@@ -137,6 +141,9 @@ impl Node {
     }
     pub fn mailbox(&self) -> &Mailbox {
         &self.inner.mailbox
+    }
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers

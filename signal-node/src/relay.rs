@@ -4,7 +4,8 @@
 use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
     DeliverRequest, DeliverResponse, DeliverStatus, KickRequest, KickResponse, ProbeRequest,
-    ProbeResponse, TakeSessionRequest, TakeSessionResponse,
+    ProbeResponse, RoomEventRequest, RoomEventResponse, RoomMessageRequest, RoomMessageResponse,
+    TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::UserId;
 use tonic::{Request, Response, Status};
@@ -65,6 +66,26 @@ impl Relay for RelayService {
         let req = request.into_inner();
         let user = UserId::new(req.user.as_str()).map_err(RelayError::from)?;
         Ok(Response::new(self.node.hand_over(&req, &user)))
+    }
+
+    async fn room_message(
+        &self,
+        request: Request<RoomMessageRequest>,
+    ) -> Result<Response<RoomMessageResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node.rooms().on_room_message(&self.node, &req),
+        ))
+    }
+
+    async fn room_event(
+        &self,
+        request: Request<RoomEventRequest>,
+    ) -> Result<Response<RoomEventResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node.rooms().on_room_event(&self.node, &req),
+        ))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

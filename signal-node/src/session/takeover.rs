@@ -142,10 +142,14 @@ impl Node {
             self.end_session(&old, "replaced");
         }
         let mut handover = None;
+        let mut handed_rooms = Vec::new();
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {
-                    Ok(h) => handover = Some((h, r.last, r.token.clone())),
+                    Ok((h, rooms)) => {
+                        handover = Some((h, r.last, r.token.clone()));
+                        handed_rooms = rooms;
+                    }
                     Err(why) => refusal = refusal.or(Some(why)),
                 }
             }
@@ -159,6 +163,8 @@ impl Node {
                 .as_ref()
                 .map_or(0, |r| if resumed { r.last } else { 0 });
             if resumed {
+                // The memberships move here before the Welcome (no leave/join events).
+                self.rooms().adopt(self, &session, handed_rooms).await;
                 metrics::counter!("signal_sessions_resumed_total", "where" => "other_node")
                     .increment(1);
                 metrics::counter!("signal_frames_replayed_total").increment(replay);
@@ -210,7 +216,7 @@ impl Node {
         user: &UserId,
         prev: Location,
         r: &Resume,
-    ) -> Result<Handover, Refusal> {
+    ) -> Result<(Handover, Vec<String>), Refusal> {
         let req = TakeSessionRequest {
             user: user.to_string(),
             expect: Some(prev.clone()),
@@ -219,7 +225,9 @@ impl Node {
         };
         match self.peers().take_session(&prev, req).await {
             Ok(resp) => match TakeStatus::try_from(resp.status) {
-                Ok(TakeStatus::Taken) => Ok(Handover::from_wire(resp.next_n, resp.frames)),
+                Ok(TakeStatus::Taken) => {
+                    Ok((Handover::from_wire(resp.next_n, resp.frames), resp.rooms))
+                }
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
             Err(e) => {
@@ -244,12 +252,14 @@ impl Node {
                 reason: Refusal::NotFound.as_str().to_owned(),
                 next_n: 0,
                 frames: Vec::new(),
+                rooms: Vec::new(),
             };
         };
         match session.hand_over(&req.session, req.last) {
             Ok(h) => {
                 self.hub().remove_if(user, session.id());
                 let (next_n, frames) = h.into_wire();
+                let rooms = self.rooms().handed_over(&session);
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
                 tracing::info!(%user, session = session.id(), frames = frames.len(), "session handed over");
                 TakeSessionResponse {
@@ -257,6 +267,7 @@ impl Node {
                     reason: String::new(),
                     next_n,
                     frames,
+                    rooms,
                 }
             }
             Err(why) => {
@@ -267,6 +278,7 @@ impl Node {
                     reason: why.as_str().to_owned(),
                     next_n: 0,
                     frames: Vec::new(),
+                    rooms: Vec::new(),
                 }
             }
         }
@@ -304,6 +316,7 @@ impl Node {
     pub fn end_session(&self, session: &Session, reason: &'static str) {
         let owed = session.end();
         let user = session.user().clone();
+        self.rooms().session_ended(self, session);
         if self.hub().remove_if(&user, session.id()) {
             let dir = self.directory().clone();
             let loc = self.location(session.id());

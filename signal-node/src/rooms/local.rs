@@ -1,0 +1,314 @@
+//! The node's local room index: room -> the sessions of this node that are members (and the
+//! room's membership version applied here), and user -> the rooms its session joined. Also
+//! orders membership events: each carries the room's version from Redis and is applied to the
+//! local members in version order; a gap waits at most [`GAP_WAIT`] (its event may have been
+//! lost with a dead node), then is skipped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use signal_proto::rooms::{MemberJoined, MemberLeft};
+use signal_proto::{Message, RoomId, UserId};
+
+use crate::session::{Origin, Session};
+
+/// Longest wait for a missing membership event before the ones after it are applied.
+pub const GAP_WAIT: Duration = Duration::from_millis(1000);
+
+/// A membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Joined,
+    Left,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    members: HashMap<UserId, Session>,
+    /// The highest version applied here (`None`: no event seen yet).
+    applied: Option<u64>,
+    /// Events that arrived ahead of a missing one, by version.
+    pending: BTreeMap<u64, (EventKind, UserId)>,
+    gap_since: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rooms: HashMap<RoomId, Room>,
+    /// user -> (its session's id, the rooms it joined).
+    sessions: HashMap<UserId, (u64, BTreeSet<RoomId>)>,
+}
+
+/// The local index. Shared behind the `Rooms` handle.
+#[derive(Debug, Default)]
+pub struct LocalRooms {
+    state: Mutex<State>,
+}
+
+fn event_frame(room: &RoomId, kind: EventKind, user: &UserId) -> String {
+    match kind {
+        EventKind::Joined => Message::MemberJoined(MemberJoined {
+            room: room.clone(),
+            user: user.clone(),
+        }),
+        EventKind::Left => Message::MemberLeft(MemberLeft {
+            room: room.clone(),
+            user: user.clone(),
+        }),
+    }
+    .to_json()
+}
+
+impl Room {
+    /// Pushes one event to every local member but its subject.
+    fn deliver(&self, room: &RoomId, kind: EventKind, user: &UserId) {
+        let frame = event_frame(room, kind, user);
+        for (u, s) in &self.members {
+            if u != user {
+                let _ = s.push(&frame, Origin::Node);
+            }
+        }
+        metrics::counter!("signal_room_events_delivered_total").increment(1);
+    }
+
+    /// Applies the pending events that follow on.
+    fn drain(&mut self, room: &RoomId) {
+        while let Some((&v, _)) = self.pending.first_key_value() {
+            let applied = self.applied.unwrap_or(0);
+            if v <= applied {
+                self.pending.pop_first();
+                continue;
+            }
+            if v != applied + 1 {
+                break;
+            }
+            if let Some((_, (kind, user))) = self.pending.pop_first() {
+                self.deliver(room, kind, &user);
+                self.applied = Some(v);
+            }
+        }
+        self.gap_since = if self.pending.is_empty() {
+            None
+        } else {
+            self.gap_since.or(Some(Instant::now()))
+        };
+    }
+}
+
+impl LocalRooms {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The rooms session `session_id` of `user` joined.
+    pub fn rooms_of(&self, user: &UserId, session_id: u64) -> Vec<RoomId> {
+        match self.lock().sessions.get(user) {
+            Some((id, rooms)) if *id == session_id => rooms.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn is_member(&self, user: &UserId, session_id: u64, room: &RoomId) -> bool {
+        matches!(self.lock().sessions.get(user), Some((id, rooms)) if *id == session_id && rooms.contains(room))
+    }
+
+    /// How many rooms the session joined.
+    pub fn count(&self, user: &UserId, session_id: u64) -> usize {
+        match self.lock().sessions.get(user) {
+            Some((id, rooms)) if *id == session_id => rooms.len(),
+            _ => 0,
+        }
+    }
+
+    /// Rooms with local members (gauge).
+    pub fn len(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every room with local members.
+    pub fn room_ids(&self) -> Vec<RoomId> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Makes `session` a local member of `room` and pushes `first` (its Joined) to it under
+    /// the index lock, so that no room frame reaches it before the Joined.
+    pub fn add(&self, room: &RoomId, session: &Session, first: Option<&str>) {
+        let mut st = self.lock();
+        let user = session.user().clone();
+        let entry = st
+            .sessions
+            .entry(user.clone())
+            .or_insert_with(|| (session.id(), BTreeSet::new()));
+        if entry.0 != session.id() {
+            // A newer session of the same user: the old one's memberships are gone here.
+            *entry = (session.id(), BTreeSet::new());
+        }
+        entry.1.insert(room.clone());
+        st.rooms
+            .entry(room.clone())
+            .or_default()
+            .members
+            .insert(user, session.clone());
+        if let Some(f) = first {
+            let _ = session.push(f, Origin::Node);
+        }
+        metrics::gauge!("signal_rooms_local").set(st.rooms.len() as f64);
+    }
+
+    /// Removes the session from `room` here. Returns whether it was a member.
+    pub fn remove(&self, room: &RoomId, user: &UserId, session_id: u64) -> bool {
+        let mut st = self.lock();
+        let was = match st.sessions.get_mut(user) {
+            Some((id, rooms)) if *id == session_id => {
+                let was = rooms.remove(room);
+                if rooms.is_empty() {
+                    st.sessions.remove(user);
+                }
+                was
+            }
+            _ => false,
+        };
+        if was {
+            Self::drop_member(&mut st, room, user, session_id);
+        }
+        metrics::gauge!("signal_rooms_local").set(st.rooms.len() as f64);
+        was
+    }
+
+    fn drop_member(st: &mut State, room: &RoomId, user: &UserId, session_id: u64) {
+        if let Some(r) = st.rooms.get_mut(room) {
+            if r.members.get(user).is_some_and(|s| s.id() == session_id) {
+                r.members.remove(user);
+            }
+            if r.members.is_empty() {
+                st.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Removes the session from every room here; returns those rooms.
+    pub fn remove_session(&self, user: &UserId, session_id: u64) -> Vec<RoomId> {
+        let mut st = self.lock();
+        let rooms = match st.sessions.get(user) {
+            Some((id, _)) if *id == session_id => st
+                .sessions
+                .remove(user)
+                .map(|(_, r)| r.into_iter().collect::<Vec<_>>())
+                .unwrap_or_default(),
+            _ => return Vec::new(),
+        };
+        for room in &rooms {
+            Self::drop_member(&mut st, room, user, session_id);
+        }
+        metrics::gauge!("signal_rooms_local").set(st.rooms.len() as f64);
+        rooms
+    }
+
+    /// The local members of `room` but `except`.
+    pub fn recipients(&self, room: &RoomId, except: &UserId) -> Vec<Session> {
+        self.lock()
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter(|(u, _)| *u != except)
+                    .map(|(_, s)| s.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Applies membership event `version` of `room` to the local members, in version order.
+    /// `bound`: most events kept waiting for a gap. Returns whether a gap is now open (the
+    /// caller arms [`LocalRooms::flush_gap`] after [`GAP_WAIT`]).
+    pub fn apply(
+        &self,
+        room: &RoomId,
+        version: u64,
+        kind: EventKind,
+        user: &UserId,
+        bound: usize,
+    ) -> bool {
+        let mut st = self.lock();
+        let r = st.rooms.entry(room.clone()).or_default();
+        if r.members.is_empty() && r.applied.is_none() {
+            // No local member yet: a join on this node may be under way (its Joined reflects
+            // the events before it, this one may come after it). Wait for it; the gap timer
+            // drops the entry if nobody joins.
+            if r.pending.len() < bound {
+                r.pending.insert(version, (kind, user.clone()));
+            }
+            let new_gap = r.gap_since.is_none();
+            r.gap_since.get_or_insert_with(Instant::now);
+            return new_gap;
+        }
+        match r.applied {
+            Some(a) if version <= a => return false,
+            Some(a) if version == a + 1 => {
+                r.deliver(room, kind, user);
+                r.applied = Some(version);
+            }
+            None if r.pending.is_empty() => {
+                // The first event seen here: its predecessors are already reflected in the
+                // Joined of the member that brought the room to this node.
+                r.deliver(room, kind, user);
+                r.applied = Some(version);
+            }
+            _ => {
+                if r.pending.len() >= bound {
+                    // Bounded: give up on the gap.
+                    if let Some((&first, _)) = r.pending.first_key_value() {
+                        r.applied = Some(first - 1);
+                    }
+                }
+                r.pending.insert(version, (kind, user.clone()));
+            }
+        }
+        let had_gap = r.gap_since.is_some();
+        r.drain(room);
+        r.gap_since.is_some() && !had_gap
+    }
+
+    /// After [`GAP_WAIT`]: if events still wait for a missing one, skip it.
+    pub fn flush_gap(&self, room: &RoomId) -> bool {
+        let mut st = self.lock();
+        let Some(r) = st.rooms.get_mut(room) else {
+            return false;
+        };
+        if r.members.is_empty() {
+            st.rooms.remove(room);
+            return false;
+        }
+        let Some(since) = r.gap_since else {
+            return false;
+        };
+        if since.elapsed() + Duration::from_millis(5) < GAP_WAIT {
+            return true;
+        }
+        if let Some((&first, _)) = r.pending.first_key_value() {
+            tracing::info!(%room, missing_from = r.applied.unwrap_or(0) + 1, next = first, "room event gap skipped");
+            metrics::counter!("signal_room_event_gaps_total").increment(1);
+            r.applied = Some(first - 1);
+        }
+        r.gap_since = None;
+        r.drain(room);
+        r.gap_since.is_some()
+    }
+
+    /// The version the local index starts from when this node's own join `version` brings
+    /// the room here: earlier events are reflected in the Joined.
+    pub fn seen_join(&self, room: &RoomId, version: u64) {
+        let mut st = self.lock();
+        if let Some(r) = st.rooms.get_mut(room) {
+            if r.applied.is_none() && version > 0 {
+                r.applied = Some(version - 1);
+            }
+        }
+    }
+}

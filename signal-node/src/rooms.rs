@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 100;
 /// Default `--max-rooms` (per session).
 pub const DEFAULT_MAX_ROOMS: usize = 32;
 
+/// Stripes of the per-room lock that serialises the joins of one room on this node.
+const JOIN_STRIPES: usize = 64;
+
 /// Bounds of rooms (from the node's flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomLimits {
@@ -84,6 +87,9 @@ struct Inner {
     store: RoomStore,
     local: LocalRooms,
     limits: RoomLimits,
+    /// Joins of one room on this node run one at a time (script, then local index), so local
+    /// members are added in version order (see `LocalRooms::add`).
+    join_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Rooms {
@@ -93,6 +99,9 @@ impl Rooms {
                 store,
                 local: LocalRooms::default(),
                 limits,
+                join_locks: (0..JOIN_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         }
     }
@@ -145,6 +154,13 @@ impl Rooms {
                 ),
             ));
         }
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            room.hash(&mut h);
+            (h.finish() as usize) % JOIN_STRIPES
+        };
+        let guard = self.inner.join_locks[stripe].lock().await;
         let entry = Self::entry(node, session);
         let outcome = self
             .inner
@@ -174,13 +190,13 @@ impl Rooms {
             members,
         })
         .to_json();
-        local.add(&room, session, Some(&joined));
+        local.add(&room, session, Some(&joined), version);
+        drop(guard);
         if version == 0 {
             return Ok(());
         }
         metrics::counter!("signal_room_joins_total").increment(1);
         tracing::debug!(%user, %room, version, "joined room");
-        local.seen_join(&room, version);
         self.fan_out_event(node, &room, version, EventKind::Joined, &user, nodes)
             .await;
         Ok(())
@@ -496,7 +512,7 @@ impl Rooms {
                 .move_member(&room, session.user(), &entry)
                 .await
             {
-                Ok(true) => self.inner.local.add(&room, session, None),
+                Ok(true) => self.inner.local.add(&room, session, None, 0),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(user = %session.user(), %room, error = %e, "cannot move room membership on takeover")

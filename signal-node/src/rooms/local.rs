@@ -23,9 +23,18 @@ pub enum EventKind {
     Left,
 }
 
+/// A local member: its session and the room version it joined at (it is told only the
+/// events after that; earlier ones are in its Joined).
+#[derive(Debug, Clone)]
+struct Member {
+    session: Session,
+    since: u64,
+}
+
 #[derive(Debug, Default)]
 struct Room {
-    members: HashMap<UserId, Session>,
+    members: HashMap<UserId, Member>,
+
     /// The highest version applied here (`None`: no event seen yet).
     applied: Option<u64>,
     /// Events that arrived ahead of a missing one, by version.
@@ -61,12 +70,12 @@ fn event_frame(room: &RoomId, kind: EventKind, user: &UserId) -> String {
 }
 
 impl Room {
-    /// Pushes one event to every local member but its subject.
-    fn deliver(&self, room: &RoomId, kind: EventKind, user: &UserId) {
+    /// Pushes event `version` to every local member but its subject that joined before it.
+    fn deliver(&self, room: &RoomId, version: u64, kind: EventKind, user: &UserId) {
         let frame = event_frame(room, kind, user);
-        for (u, s) in &self.members {
-            if u != user {
-                let _ = s.push(&frame, Origin::Node);
+        for (u, m) in &self.members {
+            if u != user && m.since < version {
+                let _ = m.session.push(&frame, Origin::Node);
             }
         }
         metrics::counter!("signal_room_events_delivered_total").increment(1);
@@ -84,7 +93,7 @@ impl Room {
                 break;
             }
             if let Some((_, (kind, user))) = self.pending.pop_first() {
-                self.deliver(room, kind, &user);
+                self.deliver(room, v, kind, &user);
                 self.applied = Some(v);
             }
         }
@@ -137,7 +146,9 @@ impl LocalRooms {
 
     /// Makes `session` a local member of `room` and pushes `first` (its Joined) to it under
     /// the index lock, so that no room frame reaches it before the Joined.
-    pub fn add(&self, room: &RoomId, session: &Session, first: Option<&str>) {
+    /// `version`: the join's number in the room (0: none); the events before it are reflected
+    /// in the Joined, so they are not applied here any more.
+    pub fn add(&self, room: &RoomId, session: &Session, first: Option<&str>, version: u64) {
         let mut st = self.lock();
         let user = session.user().clone();
         let entry = st
@@ -149,14 +160,22 @@ impl LocalRooms {
             *entry = (session.id(), BTreeSet::new());
         }
         entry.1.insert(room.clone());
-        st.rooms
-            .entry(room.clone())
-            .or_default()
-            .members
-            .insert(user, session.clone());
+        let r = st.rooms.entry(room.clone()).or_default();
         if let Some(f) = first {
             let _ = session.push(f, Origin::Node);
         }
+        // Joins of one room on this node are serialised (`Rooms::join`), so no later local
+        // member joined before this one: the events before its join concern nobody here.
+        if r.applied.is_none() && version > 0 {
+            r.applied = Some(version - 1);
+        }
+        r.members.insert(
+            user,
+            Member {
+                session: session.clone(),
+                since: version,
+            },
+        );
         metrics::gauge!("signal_rooms_local").set(st.rooms.len() as f64);
     }
 
@@ -182,7 +201,10 @@ impl LocalRooms {
 
     fn drop_member(st: &mut State, room: &RoomId, user: &UserId, session_id: u64) {
         if let Some(r) = st.rooms.get_mut(room) {
-            if r.members.get(user).is_some_and(|s| s.id() == session_id) {
+            if r.members
+                .get(user)
+                .is_some_and(|m| m.session.id() == session_id)
+            {
                 r.members.remove(user);
             }
             if r.members.is_empty() {
@@ -218,7 +240,7 @@ impl LocalRooms {
                 r.members
                     .iter()
                     .filter(|(u, _)| *u != except)
-                    .map(|(_, s)| s.clone())
+                    .map(|(_, m)| m.session.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -251,13 +273,13 @@ impl LocalRooms {
         match r.applied {
             Some(a) if version <= a => return false,
             Some(a) if version == a + 1 => {
-                r.deliver(room, kind, user);
+                r.deliver(room, version, kind, user);
                 r.applied = Some(version);
             }
             None if r.pending.is_empty() => {
                 // The first event seen here: its predecessors are already reflected in the
                 // Joined of the member that brought the room to this node.
-                r.deliver(room, kind, user);
+                r.deliver(room, version, kind, user);
                 r.applied = Some(version);
             }
             _ => {
@@ -299,16 +321,5 @@ impl LocalRooms {
         r.gap_since = None;
         r.drain(room);
         r.gap_since.is_some()
-    }
-
-    /// The version the local index starts from when this node's own join `version` brings
-    /// the room here: earlier events are reflected in the Joined.
-    pub fn seen_join(&self, room: &RoomId, version: u64) {
-        let mut st = self.lock();
-        if let Some(r) = st.rooms.get_mut(room) {
-            if r.applied.is_none() && version > 0 {
-                r.applied = Some(version - 1);
-            }
-        }
     }
 }

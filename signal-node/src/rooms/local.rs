@@ -323,3 +323,94 @@ impl LocalRooms {
         r.gap_since.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::outbound::Closer;
+    use crate::session::{Next, RingLimits, SessionLimits};
+
+    fn session(id: u64, name: &str) -> Session {
+        let limits = SessionLimits {
+            ring: RingLimits {
+                frames: 100,
+                bytes: 1 << 20,
+            },
+            unwritten_frames: 100,
+            unwritten_bytes: 1 << 20,
+            window: Duration::from_secs(30),
+        };
+        let s = Session::new(id, UserId::new(name).unwrap(), limits, false);
+        s.attach_fresh(id, Closer::default());
+        s
+    }
+
+    /// The frames queued on `s` so far: (type, user).
+    fn frames(s: &Session) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut written = 0;
+        while let Next::Frame(n, f) = s.try_next_frame(s.id(), written) {
+            written = n;
+            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+            out.push((
+                v["type"].as_str().unwrap().to_owned(),
+                v["user"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+        out
+    }
+
+    fn u(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    #[test]
+    fn events_apply_in_version_order_and_skip_the_joiners_past() {
+        let rooms = LocalRooms::default();
+        let r = RoomId::new("r").unwrap();
+        let alice = session(1, "alice");
+        // An event that arrives before the local join it follows waits for it.
+        assert!(rooms.apply(&r, 6, EventKind::Joined, &u("carol"), 16));
+        rooms.add(&r, &alice, Some(r#"{"type":"Joined","room":"r"}"#), 5);
+        // Events before the join (in its Joined) are not told.
+        rooms.apply(&r, 4, EventKind::Joined, &u("old"), 16);
+        rooms.apply(&r, 5, EventKind::Joined, &u("alice"), 16);
+        // 8 before 7: held until 7 arrives.
+        assert!(rooms.apply(&r, 8, EventKind::Left, &u("carol"), 16));
+        rooms.apply(&r, 7, EventKind::Joined, &u("dave"), 16);
+        // A duplicate is dropped.
+        rooms.apply(&r, 7, EventKind::Joined, &u("dave"), 16);
+        assert_eq!(
+            frames(&alice),
+            vec![
+                ("Joined".into(), "".into()),
+                ("MemberJoined".into(), "carol".into()),
+                ("MemberJoined".into(), "dave".into()),
+                ("MemberLeft".into(), "carol".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gap_is_skipped_after_the_wait() {
+        let rooms = LocalRooms::default();
+        let r = RoomId::new("r").unwrap();
+        let alice = session(1, "alice");
+        rooms.add(&r, &alice, None, 1);
+        rooms.apply(&r, 1, EventKind::Joined, &u("alice"), 16);
+        assert!(rooms.apply(&r, 3, EventKind::Joined, &u("bob"), 16));
+        assert!(frames(&alice).is_empty());
+        // Not yet: the wait is not over.
+        assert!(rooms.flush_gap(&r));
+        // Pretend the wait passed.
+        rooms.lock().rooms.get_mut(&r).unwrap().gap_since = Some(Instant::now() - GAP_WAIT);
+        assert!(!rooms.flush_gap(&r));
+        assert_eq!(frames(&alice), vec![("MemberJoined".into(), "bob".into())]);
+        // Membership bookkeeping: rooms of a session, removal.
+        assert_eq!(rooms.rooms_of(&u("alice"), 1), vec![r.clone()]);
+        assert_eq!(rooms.count(&u("alice"), 2), 0);
+        assert_eq!(rooms.remove_session(&u("alice"), 1), vec![r.clone()]);
+        assert!(rooms.is_empty());
+    }
+}

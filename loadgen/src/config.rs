@@ -33,6 +33,9 @@ pub enum Scenario {
     /// --embedded loadgen restarts them; with --central the restarts come from outside, e.g.
     /// loadgen/bench/rolling.sh): users resume their sessions, no setup may fail.
     Rolling,
+    /// Rooms (no calls): `--rooms` rooms of `--room-members` members, `--room-rate` messages
+    /// per second per room; reports send -> last member latency, deliveries/s, lost/reordered.
+    Rooms,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -157,6 +160,10 @@ pub struct Config {
     pub drain_window: Duration,
     /// Rolling scenario: pause after a node is back before the next one is drained.
     pub roll_pause: Duration,
+    /// Rooms scenario: rooms, members per room, messages per second per room.
+    pub rooms: usize,
+    pub room_members: usize,
+    pub room_rate: f64,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
     pub json: Option<PathBuf>,
@@ -189,6 +196,9 @@ impl Config {
             drain_node: 0,
             drain_window: Duration::from_secs(2),
             roll_pause: Duration::from_secs(1),
+            rooms: 10,
+            room_members: 10,
+            room_rate: 1.0,
             user_prefix: "lg".to_owned(),
             json: None,
             plot: None,
@@ -310,6 +320,18 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_ROLL_PAUSE", value_name = "SECONDS", default_value = "1", value_parser = parse_secs)]
     pub roll_pause: Duration,
 
+    /// Rooms scenario: number of rooms.
+    #[arg(long, env = "LOADGEN_ROOMS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rooms: u32,
+
+    /// Rooms scenario: members per room (each its own connection).
+    #[arg(long, env = "LOADGEN_ROOM_MEMBERS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub room_members: u32,
+
+    /// Rooms scenario: messages per second per room (senders take turns).
+    #[arg(long, env = "LOADGEN_ROOM_RATE", value_name = "PER_S", default_value_t = 1.0, value_parser = parse_rate)]
+    pub room_rate: f64,
+
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
     pub user_prefix: String,
@@ -402,6 +424,9 @@ impl Args {
             drain_node: self.drain_node,
             drain_window: self.drain_window,
             roll_pause: self.roll_pause,
+            rooms: self.rooms as usize,
+            room_members: self.room_members as usize,
+            room_rate: self.room_rate,
             user_prefix: self.user_prefix,
             json: self.json,
             plot: self.plot,

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod rooms;
 pub mod scenario;
 pub mod schedule;
 pub mod sdp;
@@ -84,6 +85,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 /// and (where allowed) the hard one too when it is below what the run needs. Refuses to start
 /// a run that cannot have its connections.
 fn raise_open_files(config: &Config) -> anyhow::Result<()> {
+    raise_open_files_for(config, config.pairs * 2)
+}
+
+/// [`raise_open_files`] for `users` connections.
+pub(crate) fn raise_open_files_for(config: &Config, users: usize) -> anyhow::Result<()> {
     use rlimit::Resource;
     // An embedded cluster holds the server side of every connection in this process too.
     let per_user = if config.target == Target::Embedded {
@@ -91,7 +97,7 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
     } else {
         1
     };
-    let needed = (config.pairs as u64) * 2 * per_user + 256;
+    let needed = (users as u64) * per_user + 256;
     if let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) {
         if hard < needed {
             let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -112,14 +118,13 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
             ""
         };
         bail!(
-            "--pairs {}: needs about {needed} open files but the limit is {limit} (raise it with ulimit -Hn){hint}",
-            config.pairs
+            "{users} users: needs about {needed} open files but the limit is {limit} (raise it with ulimit -Hn){hint}"
         );
     }
     Ok(())
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let mut rng = rand::rng();
     (0..6)
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))

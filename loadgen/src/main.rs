@@ -49,6 +49,25 @@ fn main() -> ExitCode {
         }
     };
     let fail_on_errors = config.fail_on_errors;
+    if config.scenario == loadgen::Scenario::Rooms {
+        return match runtime.block_on(loadgen::rooms::run(&config)) {
+            Ok(report) => {
+                println!("{report}");
+                if fail_on_errors && report.failed() > 0 {
+                    eprintln!(
+                        "error: {} room deliveries lost, reordered, duplicated or refused (--fail-on-errors)",
+                        report.failed()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(loadgen::run(config)) {
         Ok(report) => {
             println!("{report}");

@@ -414,5 +414,6 @@ impl Node {
                 tracing::warn!(node = %self.id(), error = %e, "cannot reassert directory entries")
             }
         }
+        self.inner.rooms.reassert(self).await;
     }
 }

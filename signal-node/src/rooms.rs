@@ -521,6 +521,46 @@ impl Rooms {
         }
     }
 
+    /// Puts this node's memberships back into the store (after Redis came back: it may have
+    /// lost them). An entry still there is left as it is; no events are sent.
+    /// The store has its own connection, which may notice the outage's end a moment after the
+    /// directory's: retried with backoff for a few seconds.
+    pub async fn reassert(&self, node: &Node) {
+        let mut backoff = std::time::Duration::from_millis(100);
+        for _ in 0..8 {
+            match self.try_reassert(node).await {
+                Ok(restored) => {
+                    if restored > 0 {
+                        tracing::info!(node = %node.id(), restored, "room memberships reasserted");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(node = %node.id(), error = %e, "cannot reassert room memberships yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::warn!(node = %node.id(), "room memberships not reasserted");
+    }
+
+    async fn try_reassert(&self, node: &Node) -> Result<u64, RoomStoreError> {
+        let mut restored = 0u64;
+        for (room, sessions) in self.inner.local.memberships() {
+            for s in sessions {
+                let entry = Self::entry(node, &s);
+                let max = self.inner.limits.max_members;
+                if let JoinOutcome::Joined { version, .. } =
+                    self.inner.store.join(&room, s.user(), &entry, max).await?
+                {
+                    restored += u64::from(version > 0);
+                }
+            }
+        }
+        Ok(restored)
+    }
+
     /// Central's live set lost these node instances: their members leave every room this node
     /// has members in (compare-and-delete, so only one node announces each MemberLeft).
     pub fn nodes_departed(&self, node: &Node, gone: Vec<(String, String)>) {

@@ -478,3 +478,56 @@ async fn resume_on_another_node_keeps_the_membership_without_events() {
     assert_eq!(join_ok(&mut bob, "r").await, vec!["alice", "bob"]);
     expect_silence(&mut alice, Duration::from_millis(200)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_unavailable_and_a_restart_without_data_is_healed() {
+    let mut redis = Redis::start().await;
+    let a = NodeProc::start("a", &redis, None, &[]).await;
+    let b = NodeProc::start("b", &redis, None, &[]).await;
+    let (mut alice, _) = a.connect("alice").await;
+    let (mut bob, _) = b.connect("bob").await;
+    join_ok(&mut alice, "r").await;
+    join_ok(&mut bob, "r").await;
+    until_type(&mut alice, "MemberJoined").await;
+
+    redis.kill();
+    alice.send_json(&room_msg("r", "m-1", "down")).await;
+    let e = next_error(&mut alice).await;
+    assert_eq!(
+        (
+            e["errorType"].as_str(),
+            e["room"].as_str(),
+            e["id"].as_str()
+        ),
+        (Some("UNAVAILABLE"), Some("r"), Some("m-1")),
+        "{e}"
+    );
+    alice.send_json(&join("r2")).await;
+    let e = next_error(&mut alice).await;
+    assert_eq!(
+        (e["errorType"].as_str(), e["room"].as_str()),
+        (Some("UNAVAILABLE"), Some("r2")),
+        "{e}"
+    );
+    roundtrip(&mut alice).await;
+
+    // Redis comes back empty: the nodes put their memberships back, messages flow again.
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "the room did not recover");
+        alice.send_json(&room_msg("r", "m-2", "up")).await;
+        let v = loop {
+            let v = alice.next_json().await;
+            if v["type"] == "Accepted" || v["type"] == "Error" {
+                break v;
+            }
+        };
+        if v["type"] == "Accepted" && v["recipients"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = until_type(&mut bob, "Message").await.0;
+    assert_eq!(v["id"], "m-2", "{v}");
+}

@@ -231,6 +231,20 @@ impl LocalRooms {
         rooms
     }
 
+    /// Every local membership: (room, member sessions).
+    pub fn memberships(&self) -> Vec<(RoomId, Vec<Session>)> {
+        self.lock()
+            .rooms
+            .iter()
+            .map(|(r, room)| {
+                (
+                    r.clone(),
+                    room.members.values().map(|m| m.session.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
     /// The local members of `room` but `except`.
     pub fn recipients(&self, room: &RoomId, except: &UserId) -> Vec<Session> {
         self.lock()

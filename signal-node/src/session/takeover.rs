@@ -169,6 +169,11 @@ impl Node {
                     .increment(1);
                 metrics::counter!("signal_frames_replayed_total").increment(replay);
                 tracing::info!(%user, session = id, start, replay, "session taken over from another node");
+            } else if !handed_rooms.is_empty() {
+                // Handed over but not continued (a fresh session): the old session's rooms
+                // are left (the others get MemberLeft), as at any session end.
+                self.rooms().adopt(self, &session, handed_rooms).await;
+                self.rooms().session_ended(self, &session);
             }
             (resumed, start)
         } else {

@@ -170,10 +170,9 @@ async fn hundred_member_room_over_three_nodes_costs_one_forward_per_node_and_kee
     let local = r#"signal_room_forwards_total{route="local"}"#;
     let (remote0, local0) = (nodes[0].metric(remote).await, nodes[0].metric(local).await);
     for i in 0..PER_SENDER {
-        for s in 0..3 {
+        for (s, c) in clients.iter_mut().take(3).enumerate() {
             let body = format!("{s}:{i}");
-            clients[s]
-                .send_json(&room_msg("big", &format!("m-{s}-{i}"), &body))
+            c.send_json(&room_msg("big", &format!("m-{s}-{i}"), &body))
                 .await;
         }
     }
@@ -388,7 +387,7 @@ async fn sigkill_of_a_members_node_means_member_left_within_the_bound() {
     let redis = Redis::start().await;
     let central = Central::start(node_timeout).await;
     let a = NodeProc::start("a", &redis, Some(&central.url()), &[]).await;
-    let mut b = NodeProc::start("b", &redis, Some(&central.url()), &[]).await;
+    let b = NodeProc::start("b", &redis, Some(&central.url()), &[]).await;
     wait_until(
         "both nodes see each other",
         Duration::from_secs(10),

@@ -530,3 +530,66 @@ async fn redis_down_means_unavailable_and_a_restart_without_data_is_healed() {
     let v = until_type(&mut bob, "Message").await.0;
     assert_eq!(v["id"], "m-2", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_member_is_closed_1013_and_does_not_slow_the_room() {
+    const N: usize = 600;
+    let redis = Redis::start().await;
+    let extra = ["--outbound-queue", "32", "--max-body-bytes", "32768"];
+    let a = NodeProc::start("a", &redis, None, &extra).await;
+    let b = NodeProc::start("b", &redis, None, &extra).await;
+    let (mut alice, _) = a.connect("alice").await;
+    let (mut stuck, _) = b.connect("stuck").await;
+    let (mut carol, _) = b.connect("carol").await;
+    let (mut dave, _) = a.connect("dave").await;
+    for c in [&mut alice, &mut stuck, &mut carol, &mut dave] {
+        join_ok(c, "r").await;
+    }
+    for c in [&mut alice, &mut carol, &mut dave] {
+        c.send_json(&json!({"type":"Ping"})).await;
+        until_type(c, "Pong").await;
+    }
+    // `stuck` stops reading; alice sends 600 messages of 30 KB (18 MB): far more than its
+    // socket buffers and its 32-frame outbound bound.
+    let body = "x".repeat(30_000);
+    let started = Instant::now();
+    let reader = |mut c: WsClient| {
+        tokio::spawn(async move {
+            let mut next = 0;
+            while next < N {
+                let v = c.next_json().await;
+                if v["type"] == "Message" {
+                    assert_eq!(v["id"], format!("m-{next}"), "in order");
+                    next += 1;
+                }
+            }
+            c
+        })
+    };
+    let (carol_t, dave_t) = (reader(carol), reader(dave));
+    let mut accepted = 0;
+    for i in 0..N {
+        alice
+            .send_json(&room_msg("r", &format!("m-{i}"), &body))
+            .await;
+        // Keep at most 64 in flight so that alice's own queue stays small.
+        if i >= 64 {
+            let v = until_type(&mut alice, "Accepted").await.0;
+            assert!(v["recipients"].as_u64().unwrap() >= 2, "{v}");
+            accepted += 1;
+        }
+    }
+    while accepted < N {
+        until_type(&mut alice, "Accepted").await;
+        accepted += 1;
+    }
+    let (_carol, _dave) = (carol_t.await.unwrap(), dave_t.await.unwrap());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    // The stuck member was closed as a slow consumer (1013; the close frame itself may not
+    // fit in its full socket, then the client sees the connection end), its session kept.
+    let code = stuck.expect_close().await;
+    assert!(code == 1013 || code == 1006, "{code}");
+    assert_eq!(b.metric("signal_slow_consumer_closes_total").await, 1.0);
+    assert!(b.metric("signal_sessions_kept_total").await >= 1.0);
+}

@@ -257,6 +257,7 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
                 me: m as u32,
                 user,
                 slot: r * members + m,
+                room_size: members,
             };
             tasks.spawn(member.run(
                 connector.clone(),
@@ -363,6 +364,7 @@ struct Member {
     me: u32,
     user: UserId,
     slot: usize,
+    room_size: usize,
 }
 
 impl Member {
@@ -394,13 +396,20 @@ impl Member {
         }
         let mut last_n = 0u64;
         let mut acked = 0u64;
-        // Wait for the Joined (MemberJoined of the others may come before and after).
+        // Wait for the Joined, then for a MemberJoined of every member not in it: the run
+        // starts on quiet connections (no backlog of join events in the measured window).
+        let mut joined: Option<usize> = None;
+        let mut member_joined = 0usize;
         loop {
+            if joined.is_some_and(|k| k + member_joined >= self.room_size) {
+                break;
+            }
             match tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
                 Ok(Frame::Msg(m, _)) => {
                     last_n = frame_number(&m).unwrap_or(last_n).max(last_n);
                     match m {
-                        Message::Joined(_) => break,
+                        Message::Joined(j) => joined = Some(j.members.len()),
+                        Message::MemberJoined(_) if joined.is_some() => member_joined += 1,
                         Message::Error(e) => {
                             let _ = ready
                                 .send(Err(anyhow::anyhow!(
@@ -423,7 +432,10 @@ impl Member {
                 }
                 Err(_) => {
                     let _ = ready
-                        .send(Err(anyhow::anyhow!("no Joined within 30 s")))
+                        .send(Err(anyhow::anyhow!(
+                            "no Joined and member list within 30 s ({joined:?} + {member_joined} of {})",
+                            self.room_size
+                        )))
                         .await;
                     return;
                 }

@@ -284,6 +284,7 @@ impl LocalRooms {
             r.gap_since.get_or_insert_with(Instant::now);
             return new_gap;
         }
+        let before = r.applied;
         match r.applied {
             Some(a) if version <= a => return false,
             Some(a) if version == a + 1 => {
@@ -308,6 +309,10 @@ impl LocalRooms {
         }
         let had_gap = r.gap_since.is_some();
         r.drain(room);
+        if r.applied != before && r.gap_since.is_some() {
+            // Progress: the wait for the gap now open starts now.
+            r.gap_since = Some(Instant::now());
+        }
         r.gap_since.is_some() && !had_gap
     }
 

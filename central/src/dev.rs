@@ -142,6 +142,8 @@ struct NodeBase {
     mailbox: signal_node::mailbox::MailboxStore,
     /// One presence store for every node of the dev cluster.
     presence: signal_node::presence::store::PresenceStore,
+    /// Room membership shared by the in-process nodes.
+    rooms: signal_node::rooms::RoomStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -192,6 +194,7 @@ impl DevCluster {
             directory,
             mailbox: signal_node::mailbox::MailboxStore::memory(),
             presence: signal_node::presence::store::PresenceStore::memory(),
+            rooms: signal_node::rooms::RoomStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -372,6 +375,7 @@ impl NodeBase {
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
         nc.mailbox_store = Some(self.mailbox.clone());
         nc.presence_store = Some(self.presence.clone());
+        nc.room_store = Some(self.rooms.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

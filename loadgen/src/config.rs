@@ -44,6 +44,9 @@ pub enum Scenario {
     /// notifications per change, and wrong or missing states at the end. With --central,
     /// nodes may be restarted from outside meanwhile (loadgen/bench/presence.sh).
     Presence,
+    /// Rooms (no calls): `--rooms` rooms of `--room-members` members, `--room-rate` messages
+    /// per second per room; reports send -> last member latency, deliveries/s, lost/reordered.
+    Rooms,
 }
 
 /// A set of IPv4 source addresses to spread client sockets over.
@@ -172,6 +175,10 @@ pub struct Config {
     pub users: usize,
     pub watch: usize,
     pub reconnect_share: f64,
+    /// Rooms scenario: rooms, members per room, messages per second per room.
+    pub rooms: usize,
+    pub room_members: usize,
+    pub room_rate: f64,
     /// Prefix of the generated user ids (a random run id is appended).
     pub user_prefix: String,
     /// Messages scenario: the chat settings.
@@ -235,6 +242,9 @@ impl Config {
             users: 100,
             watch: 10,
             reconnect_share: 0.1,
+            rooms: 10,
+            room_members: 10,
+            room_rate: 1.0,
             user_prefix: "lg".to_owned(),
             chat: ChatConfig::default(),
             json: None,
@@ -385,6 +395,17 @@ pub struct Args {
     /// a state change, 0 to 1.
     #[arg(long, env = "LOADGEN_RECONNECT_SHARE", default_value_t = 0.1, value_parser = parse_share)]
     pub reconnect_share: f64,
+    /// Rooms scenario: number of rooms.
+    #[arg(long, env = "LOADGEN_ROOMS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rooms: u32,
+
+    /// Rooms scenario: members per room (each its own connection).
+    #[arg(long, env = "LOADGEN_ROOM_MEMBERS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub room_members: u32,
+
+    /// Rooms scenario: messages per second per room (senders take turns).
+    #[arg(long, env = "LOADGEN_ROOM_RATE", value_name = "PER_S", default_value_t = 1.0, value_parser = parse_rate)]
+    pub room_rate: f64,
 
     /// Prefix of the generated user ids.
     #[arg(long, env = "LOADGEN_USER_PREFIX", default_value = "lg", value_parser = parse_prefix)]
@@ -484,6 +505,9 @@ impl Args {
             users: self.users as usize,
             watch: self.watch as usize,
             reconnect_share: self.reconnect_share,
+            rooms: self.rooms as usize,
+            room_members: self.room_members as usize,
+            room_rate: self.room_rate,
             user_prefix: self.user_prefix,
             chat: ChatConfig {
                 users: self.users as usize,

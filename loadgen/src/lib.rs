@@ -10,6 +10,7 @@ pub mod plot;
 pub mod presence;
 pub mod progress;
 pub mod report;
+pub mod rooms;
 pub mod scenario;
 pub mod schedule;
 pub mod sdp;
@@ -95,6 +96,16 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 /// and (where allowed) the hard one too when it is below what the run needs. Refuses to start
 /// a run that cannot have its connections.
 fn raise_open_files(config: &Config) -> anyhow::Result<()> {
+    let users = if config.scenario == Scenario::Messages {
+        config.chat.users
+    } else {
+        config.pairs * 2
+    };
+    raise_open_files_for(config, users)
+}
+
+/// [`raise_open_files`] for `users` connections.
+pub(crate) fn raise_open_files_for(config: &Config, users: usize) -> anyhow::Result<()> {
     use rlimit::Resource;
     // An embedded cluster holds the server side of every connection in this process too.
     let per_user = if config.target == Target::Embedded {
@@ -102,12 +113,7 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
     } else {
         1
     };
-    let users = if config.scenario == Scenario::Messages {
-        config.chat.users as u64
-    } else {
-        (config.pairs as u64) * 2
-    };
-    let needed = users * per_user + 256;
+    let needed = (users as u64) * per_user + 256;
     if let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) {
         if hard < needed {
             let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -128,8 +134,7 @@ fn raise_open_files(config: &Config) -> anyhow::Result<()> {
             ""
         };
         bail!(
-            "--pairs {}: needs about {needed} open files but the limit is {limit} (raise it with ulimit -Hn){hint}",
-            config.pairs
+            "{users} users: needs about {needed} open files but the limit is {limit} (raise it with ulimit -Hn){hint}"
         );
     }
     Ok(())
@@ -189,7 +194,7 @@ pub async fn run_presence(config: Config) -> anyhow::Result<presence::PresenceRe
     Ok(report)
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let mut rng = rand::rng();
     (0..6)
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))

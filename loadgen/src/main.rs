@@ -65,6 +65,25 @@ fn main() -> ExitCode {
             }
         };
     }
+    if config.scenario == loadgen::Scenario::Rooms {
+        return match runtime.block_on(loadgen::rooms::run(&config)) {
+            Ok(report) => {
+                println!("{report}");
+                if fail_on_errors && report.failed() > 0 {
+                    eprintln!(
+                        "error: {} room deliveries lost, reordered, duplicated or refused (--fail-on-errors)",
+                        report.failed()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(loadgen::run(config)) {
         Ok(report) => {
             println!("{report}");

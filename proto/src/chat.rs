@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::UserId;
+use crate::ids::{RoomId, UserId};
 use crate::roap::Extra;
 
 /// Longest message id, in bytes.
@@ -68,7 +68,7 @@ pub struct ChatMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<UserId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
+    pub room: Option<RoomId>,
     pub id: MessageId,
     pub body: String,
     #[serde(
@@ -85,13 +85,21 @@ pub struct ChatMessage {
     pub extra: Extra,
 }
 
-/// The node's answer to the sender: the message is stored (and maybe pushed at once).
+/// The node's answer to the sender: a message to a user is stored (and maybe pushed at once:
+/// `to`, `stored`), a room message was handed to the room's members (`room`, `recipients`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     pub id: MessageId,
-    pub to: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
     pub ts: u64,
-    pub stored: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<bool>,
+    /// Room messages: how many other members' sessions it was queued on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u64>,
     /// Fields added on the way (the session's frame number `n`), kept when a client parses it.
     #[serde(flatten, default)]
     pub extra: Extra,

@@ -1,4 +1,4 @@
-//! Validated identifier newtypes: user ids, node ids and session ids.
+//! Validated identifier newtypes: user ids, node ids, room ids and session ids.
 
 use std::fmt;
 
@@ -94,6 +94,12 @@ id_type!(
 id_type!(
     /// A signal node id, same rules as a user id.
     NodeId,
+    MAX_ID_BYTES,
+    check_id
+);
+id_type!(
+    /// A room id (contract section 8), same rules as a user id.
+    RoomId,
     MAX_ID_BYTES,
     check_id
 );

@@ -7,10 +7,11 @@ pub mod grpc_tls;
 pub mod ids;
 pub mod presence;
 pub mod roap;
+pub mod rooms;
 pub mod ticket;
 
 pub use chat::{Accepted, ChatMessage, Delivered, MessageId};
-pub use ids::{IdError, NodeId, SessionId, UserId};
+pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use presence::{Availability, Note, Presence, SetPresence, Shown, Watch};
 pub use roap::{ErrorType, Message, ParseError};
 

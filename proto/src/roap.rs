@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::chat::{Accepted, ChatMessage, Delivered};
 use crate::ids::{NodeId, SessionId, UserId};
 use crate::presence::{Presence, SetPresence, Watch};
+use crate::rooms::{Join, Joined, Leave, Left, MemberJoined, MemberLeft};
 
 /// Extra, unknown fields of a message, relayed untouched.
 pub type Extra = Map<String, Value>;
@@ -302,11 +303,18 @@ pub enum Message {
     Unsubscribe(Watch),
     /// Presence: a watched user's state (sent by the node).
     Presence(Presence),
+    /// Rooms (contract section 8).
+    Join(Join),
+    Leave(Leave),
+    Joined(Joined),
+    Left(Left),
+    MemberJoined(MemberJoined),
+    MemberLeft(MemberLeft),
 }
 
 /// Names of the types a client may send, for error messages.
 const CLIENT_TYPES: &str =
-    "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message, SetPresence, Subscribe, Unsubscribe";
+    "Offer, Answer, Ok, Candidate, Shutdown, Error, Ack, Ping, Message, SetPresence, Subscribe, Unsubscribe, Join, Leave";
 
 /// Why a frame is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -394,6 +402,12 @@ impl Message {
                 "Subscribe" => "Subscribe",
                 "Unsubscribe" => "Unsubscribe",
                 "Presence" => "Presence",
+                "Join" => "Join",
+                "Leave" => "Leave",
+                "Joined" => "Joined",
+                "Left" => "Left",
+                "MemberJoined" => "MemberJoined",
+                "MemberLeft" => "MemberLeft",
                 other => return Err(reject(ParseError::UnknownType(other.to_owned()))),
             },
             Some(_) => return Err(reject(ParseError::TypeNotString)),
@@ -416,7 +430,11 @@ impl Message {
             | Message::Pong
             | Message::Accepted(_)
             | Message::Delivered(_)
-            | Message::Presence(_) => {
+            | Message::Presence(_)
+            | Message::Joined(_)
+            | Message::Left(_)
+            | Message::MemberJoined(_)
+            | Message::MemberLeft(_) => {
                 return Err(Rejected {
                     error: ParseError::ServerOnly { ty: msg.kind() },
                     to: None,
@@ -491,6 +509,12 @@ impl Message {
             Message::Subscribe(_) => "Subscribe",
             Message::Unsubscribe(_) => "Unsubscribe",
             Message::Presence(_) => "Presence",
+            Message::Join(_) => "Join",
+            Message::Leave(_) => "Leave",
+            Message::Joined(_) => "Joined",
+            Message::Left(_) => "Left",
+            Message::MemberJoined(_) => "MemberJoined",
+            Message::MemberLeft(_) => "MemberLeft",
         }
     }
 
@@ -621,6 +645,16 @@ impl Message {
             origin: Some(ORIGIN_SERVER.to_owned()),
             extra,
         })
+    }
+
+    /// An error the node sends back to `to` about its Join or Leave of `room` (no `sessionID`).
+    pub fn room_error(
+        to: UserId,
+        room: &crate::ids::RoomId,
+        error_type: ErrorType,
+        description: impl Into<String>,
+    ) -> Message {
+        Message::chat_error(to, None, None, Some(room.as_str()), error_type, description)
     }
 
     /// The JSON text of this message.
@@ -840,6 +874,8 @@ mod tests {
             r#"{"type":"Message","to":"bob","id":"a b","body":"hi"}"#,
             r#"{"type":"Message","to":"bob","id":"m","body":5}"#,
             r#"{"type":"Message","to":"bob","room":"r","id":"m","body":"x"}"#,
+            r#"{"type":"Message","room":"a b","id":"m","body":"x"}"#,
+            r#"{"type":"Message","room":"","id":"m","body":"x"}"#,
             r#"{"type":"Message","id":"m","body":"x"}"#,
             r#"{"type":"Message","to":"a b","id":"m","body":"x"}"#,
         ] {
@@ -866,6 +902,73 @@ mod tests {
         assert_eq!(
             v,
             json!({"type":"Error","to":"alice","from":"bob","id":"m-1","errorType":"MAILBOXFULL","description":"full","origin":"server"})
+        );
+    }
+
+    #[test]
+    fn room_frames() {
+        let Message::Join(j) = Message::parse_client(r#"{"type":"Join","room":"r1"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(j.room.as_str(), "r1");
+        assert!(matches!(
+            Message::parse_client(r#"{"type":"Leave","room":"r1"}"#).unwrap(),
+            Message::Leave(_)
+        ));
+        for text in [
+            r#"{"type":"Join"}"#,
+            r#"{"type":"Join","room":""}"#,
+            r#"{"type":"Join","room":"a b"}"#,
+            r#"{"type":"Join","room":7}"#,
+            r#"{"type":"Leave","room":"a\u0001"}"#,
+        ] {
+            assert!(matches!(bad(text), ParseError::BadField { .. }), "{text}");
+        }
+        let long = json!({"type":"Join","room":"x".repeat(129)}).to_string();
+        assert!(matches!(bad(&long), ParseError::BadField { .. }));
+        for server_only in [
+            r#"{"type":"Joined","room":"r","members":["a"]}"#,
+            r#"{"type":"Left","room":"r"}"#,
+            r#"{"type":"MemberJoined","room":"r","user":"a"}"#,
+            r#"{"type":"MemberLeft","room":"r","user":"a"}"#,
+        ] {
+            assert!(
+                matches!(bad(server_only), ParseError::ServerOnly { .. }),
+                "{server_only}"
+            );
+            let m = Message::parse(server_only).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&m.to_json()).unwrap(),
+                serde_json::from_str::<Value>(server_only).unwrap()
+            );
+        }
+        let m = Message::parse_client(r#"{"type":"Message","room":"r1","id":"m-2","body":"hi"}"#)
+            .unwrap();
+        let Message::Message(c) = m else { panic!() };
+        assert_eq!(c.room.unwrap().as_str(), "r1");
+        let a = Message::Accepted(Accepted {
+            id: crate::chat::MessageId::new("m-2").unwrap(),
+            to: None,
+            room: Some(crate::ids::RoomId::new("r1").unwrap()),
+            ts: 5,
+            stored: None,
+            recipients: Some(3),
+            extra: Default::default(),
+        });
+        assert_eq!(
+            serde_json::from_str::<Value>(&a.to_json()).unwrap(),
+            json!({"type":"Accepted","id":"m-2","room":"r1","ts":5,"recipients":3})
+        );
+        let e = Message::room_error(
+            UserId::new("alice").unwrap(),
+            &crate::ids::RoomId::new("r1").unwrap(),
+            ErrorType::RoomFull,
+            "full",
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&e.to_json()).unwrap(),
+            json!({"type":"Error","to":"alice","room":"r1","errorType":"ROOMFULL","description":"full","origin":"server"})
         );
     }
 }

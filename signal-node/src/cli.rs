@@ -143,6 +143,12 @@ pub struct Args {
     /// back; beyond it they are counted and logged, and their records wait for the owner check.
     #[arg(long, env = "SIGNAL_PRESENCE_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub presence_max_pending: u64,
+    /// Members one room may have; a Join past it gets ROOMFULL.
+    #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = crate::rooms::DEFAULT_MAX_ROOM_MEMBERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_room_members: u64,
+    /// Rooms one session may join; a Join past it gets TOOMANY.
+    #[arg(long, env = "SIGNAL_MAX_ROOMS", default_value_t = crate::rooms::DEFAULT_MAX_ROOMS as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_rooms: u64,
     /// Interval of server WebSocket pings, in milliseconds.
     #[arg(long, env = "SIGNAL_PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
@@ -330,6 +336,12 @@ impl Args {
             offline_ttl: Duration::from_secs(self.presence_offline_ttl_secs),
             max_pending: usize::try_from(self.presence_max_pending)
                 .map_err(|_| invalid("presence-max-pending", "too large"))?,
+        };
+        c.rooms = crate::rooms::RoomLimits {
+            max_members: usize::try_from(self.max_room_members)
+                .map_err(|_| invalid("max-room-members", "too large"))?,
+            max_rooms: usize::try_from(self.max_rooms)
+                .map_err(|_| invalid("max-rooms", "too large"))?,
         };
         Ok(c)
     }

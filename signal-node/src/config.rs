@@ -12,6 +12,7 @@ use crate::mailbox::{MailboxLimits, MailboxStore};
 use crate::origin::AllowedOrigins;
 use crate::presence::store::PresenceStore;
 use crate::presence::PresenceLimits;
+use crate::rooms::{RoomLimits, RoomStore};
 
 /// Default `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -102,6 +103,11 @@ pub struct Config {
     /// The presence store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes of one cluster must share one: set it).
     pub presence_store: Option<PresenceStore>,
+    /// `--max-room-members`, `--max-rooms`.
+    pub rooms: RoomLimits,
+    /// The room membership store; `None`: Redis at the directory's URL, or memory with a
+    /// memory directory (in-process nodes of one cluster share one store here).
+    pub room_store: Option<RoomStore>,
 }
 
 impl std::fmt::Debug for Config {
@@ -132,6 +138,7 @@ impl std::fmt::Debug for Config {
             .field("mailbox", &self.mailbox)
             .field("webhooks", &self.webhooks)
             .field("presence", &self.presence)
+            .field("rooms", &self.rooms)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +182,8 @@ impl Config {
             webhooks: None,
             presence: PresenceLimits::default(),
             presence_store: None,
+            rooms: RoomLimits::default(),
+            room_store: None,
         }
     }
 

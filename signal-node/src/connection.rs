@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use signal_proto::{ChatMessage, ErrorType, Message, ParseError, SessionId, UserId};
+use signal_proto::{ChatMessage, ErrorType, Message, ParseError, RoomId, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
 use tokio::sync::Notify;
@@ -287,7 +287,7 @@ impl Reader {
                     self.reply_chat_error(
                         c.to.clone(),
                         Some(c.id.as_str()),
-                        c.room.as_deref(),
+                        c.room.as_ref().map(RoomId::as_str),
                         ErrorType::TooLarge,
                         format!(
                             "frame of {} bytes exceeds the limit of {max} bytes",
@@ -367,6 +367,24 @@ impl Reader {
             Message::Unsubscribe(w) => {
                 let presence = self.node.presence();
                 presence.unsubscribe(&self.node, &self.session, w.users.as_slice());
+                return;
+            }
+            Message::Join(j) => {
+                let r = self
+                    .node
+                    .rooms()
+                    .join(&self.node, &self.session, j.room.clone())
+                    .await;
+                self.room_result(&j.room, r);
+                return;
+            }
+            Message::Leave(l) => {
+                let r = self
+                    .node
+                    .rooms()
+                    .leave(&self.node, &self.session, l.room.clone())
+                    .await;
+                self.room_result(&l.room, r);
                 return;
             }
             Message::Ack(a) => {
@@ -453,15 +471,30 @@ impl Reader {
                 return;
             }
         }
-        if let Some(room) = &msg.room {
-            // Rooms (contract section 8) are not implemented yet: nobody is a member of any.
-            self.reply_chat_error(
-                None,
-                Some(msg.id.as_str()),
-                Some(room.as_str()),
-                ErrorType::NotMember,
-                format!("you have not joined room {room:?}"),
-            );
+        if let Some(room) = msg.room.clone() {
+            let id = msg.id.clone();
+            match self
+                .node
+                .rooms()
+                .message(&self.node, &self.session, msg)
+                .await
+            {
+                Ok(a) => {
+                    let _ = self
+                        .session
+                        .push(&Message::Accepted(a).to_json(), Origin::Node);
+                }
+                Err(r) => {
+                    tracing::debug!(user = %self.user, %room, %id, error = %r.error, "{}", r.description);
+                    self.reply_chat_error(
+                        None,
+                        Some(id.as_str()),
+                        Some(room.as_str()),
+                        r.error,
+                        r.description,
+                    );
+                }
+            }
             return;
         }
         let to = msg.to.clone();
@@ -477,6 +510,16 @@ impl Reader {
                 tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
                 self.reply_chat_error(to, Some(id.as_str()), None, r.error, r.description);
             }
+        }
+    }
+
+    /// Answers a Join or Leave that was refused (the reply itself was pushed on success).
+    fn room_result(&self, room: &RoomId, r: Result<(), crate::rooms::RoomRefusal>) {
+        if let Err(r) = r {
+            tracing::debug!(user = %self.user, %room, error = %r.error, "{}", r.description);
+            metrics::counter!("signal_errors_total", "error_type" => r.error.as_str()).increment(1);
+            let m = Message::room_error(self.user.clone(), room, r.error, r.description);
+            let _ = self.session.push(&m.to_json(), Origin::Node);
         }
     }
 

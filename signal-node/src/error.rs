@@ -20,6 +20,8 @@ pub enum NodeError {
     Mailbox(#[from] crate::mailbox::MailboxError),
     #[error("presence: {0}")]
     Presence(#[from] crate::presence::store::StoreError),
+    #[error("rooms: {0}")]
+    Rooms(#[from] crate::rooms::RoomStoreError),
     #[error("{server} server failed: {reason}")]
     Serve {
         server: &'static str,

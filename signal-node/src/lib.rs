@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod redis_link;
 pub mod registration;
 pub mod relay;
+pub mod rooms;
 pub mod router;
 pub mod session;
 pub mod telemetry;
@@ -118,9 +119,20 @@ pub async fn run(
         (None, DirectoryConfig::Memory(_)) => presence::store::PresenceStore::memory(),
     };
     let presence = presence::Presence::new(presence_store, config.presence);
-    let node = Node::new(
-        config, directory, mailbox, hooks, presence, ws_url, grpc_url,
-    );
+    let room_store = match (&config.room_store, &config.directory) {
+        (Some(s), _) => s.clone(),
+        (None, DirectoryConfig::Redis(redis)) => rooms::RoomStore::redis(redis.clone())?,
+        (None, DirectoryConfig::Memory(_)) => rooms::RoomStore::memory(),
+    };
+    let rooms = rooms::Rooms::new(room_store, config.rooms);
+    let features = node::Features {
+        directory,
+        mailbox,
+        webhooks: hooks,
+        presence,
+        rooms,
+    };
+    let node = Node::new(config, features, ws_url, grpc_url);
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();

@@ -117,9 +117,11 @@ impl Mailbox {
                 metrics::counter!("signal_mail_duplicates_total").increment(1);
                 Ok(Accepted {
                     id,
-                    to,
+                    to: Some(to),
+                    room: None,
                     ts,
-                    stored: true,
+                    stored: Some(true),
+                    recipients: None,
                     extra: Default::default(),
                 })
             }
@@ -139,9 +141,11 @@ impl Mailbox {
                     .increment(1);
                 Ok(Accepted {
                     id,
-                    to,
+                    to: Some(to),
+                    room: None,
                     ts,
-                    stored: !pushed,
+                    stored: Some(!pushed),
+                    recipients: None,
                     extra: Default::default(),
                 })
             }

@@ -20,6 +20,7 @@ use crate::mailbox::Mailbox;
 use crate::outbound::{PushError, CLOSE_DRAINING};
 use crate::peers::Peers;
 use crate::presence::Presence;
+use crate::rooms::Rooms;
 use crate::session::expiry::Expiry;
 use crate::session::{Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
@@ -52,6 +53,7 @@ struct Inner {
     mailbox: Mailbox,
     webhooks: Webhooks,
     presence: Presence,
+    rooms: Rooms,
     peers: Peers,
     tickets: Option<TicketKey>,
     used_tickets: UsedTickets,
@@ -76,16 +78,24 @@ pub struct Authenticated {
     pub by_ticket: bool,
 }
 
+/// The feature modules a node is composed of, each owning its state and its store.
+pub struct Features {
+    pub directory: Directory,
+    pub mailbox: Mailbox,
+    pub webhooks: Webhooks,
+    pub presence: Presence,
+    pub rooms: Rooms,
+}
+
 impl Node {
-    pub fn new(
-        config: Config,
-        directory: Directory,
-        mailbox: Mailbox,
-        webhooks: Webhooks,
-        presence: Presence,
-        ws_url: String,
-        grpc_url: String,
-    ) -> Node {
+    pub fn new(config: Config, features: Features, ws_url: String, grpc_url: String) -> Node {
+        let Features {
+            directory,
+            mailbox,
+            webhooks,
+            presence,
+            rooms,
+        } = features;
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
@@ -102,6 +112,7 @@ impl Node {
                 mailbox,
                 webhooks,
                 presence,
+                rooms,
                 peers,
                 tickets,
                 used_tickets,
@@ -153,6 +164,9 @@ impl Node {
 
     pub fn presence(&self) -> &Presence {
         &self.inner.presence
+    }
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
     }
     pub fn peers(&self) -> &Peers {
         &self.inner.peers
@@ -426,5 +440,6 @@ impl Node {
         // The same moments may have cost presence records (Redis lost them, or other nodes
         // announced this node's users offline while central did not list it).
         self.presence().resync(self).await;
+        self.inner.rooms.reassert(self).await;
     }
 }

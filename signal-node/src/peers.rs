@@ -12,7 +12,8 @@ use signal_proto::registry::NodeInfo;
 use signal_proto::relay::relay_client::RelayClient;
 use signal_proto::relay::{
     DeliverRequest, DeliverStatus, DisconnectRequest, KickRequest, Location, NotifyRequest,
-    NotifyResponse, ProbeRequest, ProbeResponse, SubmitRequest, SubmitResponse, TakeSessionRequest,
+    NotifyResponse, ProbeRequest, ProbeResponse, RoomEventRequest, RoomEventResponse,
+    RoomMessageRequest, RoomMessageResponse, SubmitRequest, SubmitResponse, TakeSessionRequest,
     TakeSessionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -139,16 +140,19 @@ impl Peers {
     }
 
     /// Records central's list of live nodes, considered fresh for `fresh_for`. Instances that
-    /// were in the previous list and are not in this one are remembered as departed.
-    pub fn set_live(&self, peers: &[NodeInfo], fresh_for: Duration) {
+    /// were in the previous list and are not in this one are remembered as departed; those
+    /// that departed with this list are returned (node id, instance).
+    pub fn set_live(&self, peers: &[NodeInfo], fresh_for: Duration) -> Vec<(String, String)> {
         let nodes: HashMap<String, String> = peers
             .iter()
             .map(|p| (p.node_id.clone(), p.instance.clone()))
             .collect();
         let mut st = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut gone = Vec::new();
         if let Some(prev) = st.current.take() {
             for (id, instance) in prev.nodes {
                 if nodes.get(&id) != Some(&instance) {
+                    gone.push((id.clone(), instance.clone()));
                     st.departed.push_back((id, instance));
                 }
             }
@@ -164,6 +168,7 @@ impl Peers {
             fresh_for,
             nodes,
         });
+        gone
     }
 
     /// What central's recent lists say about the node instance of `loc`.
@@ -269,6 +274,32 @@ impl Peers {
         let mut client = self.client(grpc_url)?;
         let res = tokio::time::timeout(REQUEST_TIMEOUT, client.notify(req)).await;
         classify(res, REQUEST_TIMEOUT)
+    }
+
+    /// Hands one room message to the node at `grpc_url` (rooms: once per node).
+    pub async fn room_message(
+        &self,
+        grpc_url: &str,
+        req: RoomMessageRequest,
+        timeout: Duration,
+    ) -> Result<RoomMessageResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let start = Instant::now();
+        let res = tokio::time::timeout(timeout, client.room_message(req)).await;
+        metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
+        classify(res, timeout)
+    }
+
+    /// Hands one room membership event to the node at `grpc_url`.
+    pub async fn room_event(
+        &self,
+        grpc_url: &str,
+        req: RoomEventRequest,
+        timeout: Duration,
+    ) -> Result<RoomEventResponse, ForwardError> {
+        let mut client = self.client(grpc_url)?;
+        let res = tokio::time::timeout(timeout, client.room_event(req)).await;
+        classify(res, timeout)
     }
 
     /// Probes the node at `grpc_url`.

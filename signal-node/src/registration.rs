@@ -82,9 +82,11 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     acked_accepted = accepted_now;
                     let interval = interval_of(resp.heartbeat_interval_ms);
                     let node_timeout = Duration::from_millis(resp.node_timeout_ms);
-                    node.peers()
+                    let gone = node
+                        .peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
                     node.presence().live_changed(&node);
+                    node.rooms().nodes_departed(&node, gone);
                     node.set_central_status(true, None);
                     metrics::gauge!("signal_central_registered").set(1.0);
                     if std::mem::take(&mut evicted) {
@@ -131,9 +133,11 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     if resp.heartbeat_interval_ms > 0 {
                         interval = interval_of(resp.heartbeat_interval_ms);
                     }
-                    node.peers()
+                    let gone = node
+                        .peers()
                         .set_live(&resp.peers, freshness(interval, node_timeout));
                     node.presence().live_changed(&node);
+                    node.rooms().nodes_departed(&node, gone);
                     // Central leaves a node it cannot probe out of the live set; other nodes
                     // may then remove our users' entries as stale. Once listed again, put the
                     // missing ones back.

@@ -6,7 +6,8 @@ use signal_proto::relay::relay_server::Relay;
 use signal_proto::relay::{
     DeliverRequest, DeliverResponse, DeliverStatus, DisconnectRequest, DisconnectResponse,
     KickRequest, KickResponse, NotifyRequest, NotifyResponse, ProbeRequest, ProbeResponse,
-    SubmitRequest, SubmitResponse, SubmitStatus, TakeSessionRequest, TakeSessionResponse,
+    RoomEventRequest, RoomEventResponse, RoomMessageRequest, RoomMessageResponse, SubmitRequest,
+    SubmitResponse, SubmitStatus, TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::{ChatMessage, ErrorType, MessageId, UserId};
 use tonic::{Request, Response, Status};
@@ -111,7 +112,7 @@ impl Relay for RelayService {
             Ok(a) => SubmitResponse {
                 status: SubmitStatus::Accepted as i32,
                 ts: a.ts,
-                stored: a.stored,
+                stored: a.stored.unwrap_or(true),
                 error_type: String::new(),
                 description: String::new(),
             },
@@ -138,6 +139,26 @@ impl Relay for RelayService {
         let req = request.into_inner();
         let unwatched = self.node.presence().notified(req.updates);
         Ok(Response::new(NotifyResponse { unwatched }))
+    }
+
+    async fn room_message(
+        &self,
+        request: Request<RoomMessageRequest>,
+    ) -> Result<Response<RoomMessageResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node.rooms().on_room_message(&self.node, &req),
+        ))
+    }
+
+    async fn room_event(
+        &self,
+        request: Request<RoomEventRequest>,
+    ) -> Result<Response<RoomEventResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.node.rooms().on_room_event(&self.node, &req),
+        ))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

@@ -206,6 +206,7 @@ impl Handover {
             mail_upto: self.mail_upto.map(|e| e.to_string()).unwrap_or_default(),
             mail_complete: self.mail_complete,
             presence: None,
+            rooms: Vec::new(),
         }
     }
 

@@ -176,6 +176,10 @@ fn bad_flags_exit_non_zero_with_one_line_naming_the_flag() {
         "SIGNAL_MAILBOX_MAX_MESSAGES",
         "SIGNAL_MAILBOX_TTL_SECS",
         "SIGNAL_MAX_BODY_BYTES",
+        "--max-room-members",
+        "--max-rooms",
+        "SIGNAL_MAX_ROOM_MEMBERS",
+        "SIGNAL_MAX_ROOMS",
         "SIGNAL_REDIS_URL",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");

@@ -159,12 +159,14 @@ impl Node {
         }
         let mut handover = None;
         let mut carried: Option<SessionPresence> = None;
+        let mut handed_rooms = Vec::new();
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {
-                    Ok((h, carry)) => {
+                    Ok((h, carry, rooms)) => {
                         handover = Some((h, r.last, r.token.clone()));
                         carried = carry;
+                        handed_rooms = rooms;
                     }
                     Err(why) => refusal = refusal.or(Some(why)),
                 }
@@ -183,10 +185,17 @@ impl Node {
                 _ => self.presence().started(self, &session).await,
             }
             if resumed {
+                // The memberships move here before the Welcome (no leave/join events).
+                self.rooms().adopt(self, &session, handed_rooms).await;
                 metrics::counter!("signal_sessions_resumed_total", "where" => "other_node")
                     .increment(1);
                 metrics::counter!("signal_frames_replayed_total").increment(replay);
                 tracing::info!(%user, session = id, start, replay, "session taken over from another node");
+            } else if !handed_rooms.is_empty() {
+                // Handed over but not continued (a fresh session): the old session's rooms
+                // are left (the others get MemberLeft), as at any session end.
+                self.rooms().adopt(self, &session, handed_rooms).await;
+                self.rooms().session_ended(self, &session);
             }
             (resumed, start)
         } else {
@@ -235,7 +244,7 @@ impl Node {
         user: &UserId,
         prev: Location,
         r: &Resume,
-    ) -> Result<(Handover, Option<SessionPresence>), Refusal> {
+    ) -> Result<(Handover, Option<SessionPresence>, Vec<String>), Refusal> {
         let req = TakeSessionRequest {
             user: user.to_string(),
             expect: Some(prev.clone()),
@@ -247,7 +256,8 @@ impl Node {
                 Ok(TakeStatus::Taken) => {
                     let mut resp = resp;
                     let presence = resp.presence.take();
-                    Ok((Handover::from_wire(resp), presence))
+                    let rooms = std::mem::take(&mut resp.rooms);
+                    Ok((Handover::from_wire(resp), presence, rooms))
                 }
                 _ => Err(Refusal::from_label(&resp.reason)),
             },
@@ -294,6 +304,7 @@ impl Node {
                 self.acknowledged_by_resume(user, acked_mail);
                 let mut resp = handover.into_wire();
                 resp.presence = self.presence().handed_over(self, &session);
+                resp.rooms = self.rooms().handed_over(&session);
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
                 tracing::info!(%user, session = session.id(), frames = resp.frames.len(), "session handed over");
                 resp
@@ -362,6 +373,7 @@ impl Node {
         if !already_ended && reason != REASON_REPLACED {
             self.webhooks().user_offline(&user);
         }
+        self.rooms().session_ended(self, session);
         if self.hub().remove_if(&user, session.id()) {
             let dir = self.directory().clone();
             let loc = self.location(session.id());

@@ -1,0 +1,34 @@
+//! `--scenario rooms` against an embedded cluster (central + 2 real nodes, real gRPC, one
+//! shared membership store): every message reaches every other member, in order.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use loadgen::{Config, Scenario};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_scenario_delivers_everything_in_order_over_both_nodes() {
+    let mut c = Config::embedded();
+    c.scenario = Scenario::Rooms;
+    c.rooms = 8;
+    c.room_members = 6;
+    c.room_rate = 5.0;
+    c.warmup = Duration::from_millis(500);
+    c.duration = Duration::from_secs(2);
+    let r = loadgen::rooms::run(&c).await.unwrap();
+    println!("{r}");
+    assert_eq!(r.nodes.values().sum::<usize>(), 48, "{r}");
+    assert_eq!(r.nodes.len(), 2, "members on both nodes: {r}");
+    assert!(r.sent >= 8 * 10, "{r}");
+    assert_eq!(r.accepted, r.sent, "{r}");
+    assert_eq!(r.delivered, r.sent * 5, "{r}");
+    assert_eq!(
+        (r.lost, r.reordered, r.duplicates, r.refused, r.stray),
+        (0, 0, 0, 0, 0),
+        "{r}"
+    );
+    assert!(
+        r.deliveries_per_s > 0.0 && r.last_member_p99_ms >= r.last_member_p50_ms,
+        "{r}"
+    );
+}

@@ -340,7 +340,8 @@ test('hanging up ends the call on both sides', { skip }, async () => {
   await bob.waitForSelector('#conv-notice:has-text("alice hung up.")');
   await bob.waitForSelector('#contacts li[data-contact="alice"][data-state="ended"]');
   await alice.waitForSelector('#contacts li[data-contact="bob"][data-state="ended"]');
-  assert.equal(await bob.isDisabled('#chat-input'), true, 'no chatting without a call');
+  assert.equal(await bob.isDisabled('#file-input'), true, 'no files without a call');
+  assert.equal(await bob.isDisabled('#chat-input'), false, 'chat goes through the cluster, call or not');
   assert.equal(await alice.isVisible('#recall'), true, 'alice can call again');
   // History stays: the messages are still shown from IndexedDB.
   await alice.waitForFunction(() => document.querySelectorAll('#message-list .msg').length === 4);

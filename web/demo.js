@@ -150,7 +150,10 @@ Object.assign(window, { demo: app });
 
 /** @param {string} text @param {'error'|'info'} [kind] */
 function toast(text, kind = 'error') {
-  if (kind === 'error') app.errors.push(text);
+  if (kind === 'error') {
+    app.errors.push(text);
+    if (app.errors.length > 200) app.errors.shift();
+  }
   for (const shown of el.toasts.children) {
     if (shown.textContent === text) return; // already on screen
   }
@@ -317,12 +320,19 @@ async function signIn(user) {
   client.addEventListener('disconnected', () => {
     toast('You were disconnected by the application.');
   });
-  await client.connect();
+  // The history first: messages stored for us are pushed right after the Welcome.
   try {
     app.store = await ChatStore.open(user);
   } catch {
     app.store = null;
     toast('Chat history is not available in this browser (IndexedDB failed); messages will not be kept.');
+  }
+  try {
+    await client.connect();
+  } catch (e) {
+    app.store?.close();
+    app.store = null;
+    throw e;
   }
   // Every call uses the ICE servers of the client's latest login (TURN credentials renewed at
   // each reconnect), see RoapPeer.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use signal_node::origin::AllowedOrigins;
+use signal_node::mailbox::MailboxStore;
 use signal_node::{Directory, DirectoryConfig, NodeError};
 use signal_proto::NodeId;
 use tokio::net::TcpListener;
@@ -137,6 +138,9 @@ struct NodeBase {
     secret: String,
     metrics: Option<PrometheusHandle>,
     directory: Directory,
+    /// One mailbox for all the nodes, like the one Redis of a real cluster: a message stored
+    /// through one node is pushed when its recipient connects to another.
+    mailbox: MailboxStore,
     allowed_origins: AllowedOrigins,
     handover_stop: CancellationToken,
 }
@@ -183,6 +187,7 @@ impl DevCluster {
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
             directory: Directory::memory(),
+            mailbox: MailboxStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),
         };
@@ -361,6 +366,7 @@ impl NodeBase {
         let mut nc = signal_node::Config::dev(&id);
         nc.central = Some(format!("http://{}", self.grpc));
         nc.directory = DirectoryConfig::Memory(self.directory.clone());
+        nc.mailbox_store = Some(self.mailbox.clone());
         nc.secret = Some(self.secret.clone());
         nc.dev_auth = true;
         nc.weight = opts.weights.get(i).copied().unwrap_or(1).max(1);

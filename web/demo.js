@@ -386,6 +386,8 @@ function signOut() {
   app.rooms.clear();
   app.selectedRoom = null;
   app.presence.clear();
+  app.outgoing.clear();
+  app.seen.clear();
   app.manager?.closeAll();
   app.client?.close();
   app.store?.close();
@@ -675,8 +677,10 @@ async function sendChat(target, text) {
       : { id, room: target.room, dir: 'out', text, ts: Date.now(), status: 'sending' };
   const stored = app.store ? await app.store.add(rec) : recordOf(rec);
   remember(stored);
+  // Hand it to the client first (synchronously, so it is pending), then show it.
+  const sent = deliver(target, stored);
   showRecord(target, stored);
-  await deliver(target, stored);
+  await sent;
 }
 
 /** Keeps a sent record in memory (bounded) for retries. @param {ChatRecord} r */
@@ -705,9 +709,15 @@ async function deliver(target, r) {
 /** Sends a failed message again, with the same id (safe: the node deduplicates). @param {Target} target @param {string} id */
 async function retry(target, id) {
   const r = app.store ? await app.store.get(target, app.user, id) : (app.outgoing.get(msgKey(target, app.user, id)) ?? null);
-  if (!r || r.status !== 'failed') return;
-  const next = await setStatus(target, id, { status: 'sending' });
-  if (next) await deliver(target, next);
+  if (!r || !(r.status === 'failed' || (r.status === 'sending' && !inFlight(r)))) return;
+  const sent = deliver(target, r);
+  await setStatus(target, id, { status: 'sending' });
+  await sent;
+}
+
+/** Whether a sent message is waiting for the node's answer in this page. @param {ChatRecord} r */
+function inFlight(r) {
+  return app.client?.pendingChat.has(r.msgId) ?? false;
 }
 
 /**
@@ -773,6 +783,10 @@ function statusWords(r, recipients) {
 
 /** @param {ChatRecord} r @param {number} [recipients] @returns {HTMLLIElement} */
 function messageItem(r, recipients) {
+  if (r.dir === 'out' && r.status === 'sending' && !inFlight(r)) {
+    // From an earlier page (closed before the node answered): not known to be sent.
+    r = { ...r, status: 'failed', error: 'Not sent: the page was closed before the server answered.' };
+  }
   const li = document.createElement('li');
   li.className = `msg ${r.dir}`;
   li.dataset.msgId = r.msgId;

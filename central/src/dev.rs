@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use signal_node::origin::AllowedOrigins;
 use signal_node::mailbox::MailboxStore;
+use signal_node::origin::AllowedOrigins;
 use signal_node::{Directory, DirectoryConfig, NodeError};
 use signal_proto::NodeId;
 use tokio::net::TcpListener;

@@ -633,6 +633,7 @@ async function received(rec) {
   if (typeof target === 'string') {
     const c = contact(target);
     if (app.selected === c.name) appendMessage(stored);
+    else if (app.selected === null && app.selectedRoom === null) select(c.name); // shows it from the history
     else {
       c.unread += 1;
       renderContacts();

@@ -3,6 +3,8 @@
 //! the session's numbered frames to the socket, with pings. Ends with one log line; the
 //! session is then kept for a resume or ended.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -11,8 +13,7 @@ use futures::{SinkExt, StreamExt};
 use signal_proto::{ChatMessage, ErrorType, Message, ParseError, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::node::Node;
 use crate::outbound::{
@@ -27,8 +28,45 @@ use crate::session::{Next, Origin, Session};
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Pongs waiting to be written (they carry no number and are not kept for a resume).
-const CONTROL_QUEUE: usize = 8;
+/// Pongs owed at most (they carry no number and are not kept for a resume): a client pinging
+/// faster than its socket drains loses pongs, nothing else.
+const MAX_OWED_PONGS: u8 = 8;
+
+/// Pongs the writer owes the client: a count, not a queue, since a Pong carries nothing (an
+/// mpsc channel here cost a kilobyte per idle connection).
+#[derive(Default)]
+struct Pongs {
+    owed: AtomicU8,
+    wake: Notify,
+}
+
+impl Pongs {
+    fn owe(&self) {
+        let more = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OWED_PONGS).then_some(n + 1)
+            })
+            .is_ok();
+        if more {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Completes when a pong is owed, taking it.
+    async fn next(&self) {
+        loop {
+            let took = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            if took {
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
 
 /// Serves an upgraded socket until it closes.
 pub async fn serve(socket: WebSocket, pending: Pending) {
@@ -42,7 +80,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
     metrics::gauge!("signal_connections").increment(1.0);
     node.connection_count(1);
     let (sink, stream) = socket.split();
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let pongs = Arc::new(Pongs::default());
     let writer = tokio::spawn(write_loop(
         sink,
         Writer {
@@ -51,7 +89,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
             closer: closer.clone(),
             welcome: pending.welcome.clone(),
             start: pending.start,
-            control: control_rx,
+            pongs: pongs.clone(),
         },
         node.config().ping_interval,
     ));
@@ -66,7 +104,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         user: user.clone(),
         session: session.clone(),
         closer: closer.clone(),
-        control,
+        pongs,
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
     };
@@ -99,7 +137,7 @@ struct Reader {
     user: UserId,
     session: Session,
     closer: Closer,
-    control: mpsc::Sender<Utf8Bytes>,
+    pongs: Arc<Pongs>,
     bucket: TokenBucket,
     router: Router,
 }
@@ -131,7 +169,7 @@ impl Reader {
             if grace.is_some() {
                 match next {
                     Ok(Some(Ok(WsMessage::Text(t)))) => {
-                        self.on_text(t.as_str()).await;
+                        Box::pin(self.on_text(t.as_str())).await;
                         continue;
                     }
                     Ok(Some(Ok(
@@ -182,7 +220,9 @@ impl Reader {
                     return;
                 }
                 Ok(Some(Ok(msg))) => match msg {
-                    WsMessage::Text(t) => self.on_text(t.as_str()).await,
+                    // Boxed: the handler's future (relay, mailbox) is most of this task's size
+                    // and lives only while one frame is processed, not while the socket idles.
+                    WsMessage::Text(t) => Box::pin(self.on_text(t.as_str())).await,
                     WsMessage::Binary(_) => {
                         if self.allowed(&None, &None) {
                             self.reply_error(
@@ -309,8 +349,7 @@ impl Reader {
         };
         match msg {
             Message::Ping => {
-                // A client pinging faster than its socket drains loses pongs, nothing else.
-                let _ = self.control.try_send(Message::Pong.to_json().into());
+                self.pongs.owe();
                 return;
             }
             Message::Message(c) => {
@@ -465,7 +504,7 @@ struct Writer {
     welcome: String,
     /// The last frame number the client already has.
     start: u64,
-    control: mpsc::Receiver<Utf8Bytes>,
+    pongs: Arc<Pongs>,
 }
 
 /// Writes the Welcome, then the session's frames after `start` in order, pongs and pings,
@@ -489,7 +528,7 @@ async fn write_loop(
         let (msg, n) = tokio::select! {
             biased;
             _ = w.closer.closed() => break,
-            Some(p) = w.control.recv() => (WsMessage::Text(p), None),
+            _ = w.pongs.next() => (WsMessage::Text(Message::Pong.to_json().into()), None),
             next = w.session.next_frame(w.conn, written) => match next {
                 Some((n, text)) => (WsMessage::Text(text), Some(n)),
                 None => {
@@ -536,4 +575,31 @@ async fn write_loop(
     })
     .await;
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pongs_are_counted_and_bounded() {
+        let pongs = Pongs::default();
+        for _ in 0..(MAX_OWED_PONGS as usize + 5) {
+            pongs.owe();
+        }
+        for _ in 0..MAX_OWED_PONGS {
+            tokio::time::timeout(Duration::from_secs(1), pongs.next())
+                .await
+                .expect("an owed pong");
+        }
+        let more = tokio::time::timeout(Duration::from_millis(20), pongs.next()).await;
+        assert!(
+            more.is_err(),
+            "only {MAX_OWED_PONGS} pongs are owed at most"
+        );
+        pongs.owe();
+        tokio::time::timeout(Duration::from_secs(1), pongs.next())
+            .await
+            .expect("a pong owed after the writer waited");
+    }
 }

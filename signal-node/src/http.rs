@@ -118,8 +118,11 @@ async fn ws(
         .on_upgrade(move |socket| tasks.track_future(connection::serve(socket, pending)))
 }
 
-/// Initial read buffer per WebSocket connection.
-const WS_BUFFER_BYTES: usize = 8 * 1024;
+/// Read buffer per WebSocket connection: allocated at the upgrade and kept while the socket
+/// idles, so it is most of an idle connection's memory. tungstenite reads at most this much per
+/// syscall and grows the buffer to the size of a larger frame, so a 3 KB SDP offer costs two
+/// reads instead of one (see docs/benchmarks.md, memory per idle connection).
+const WS_BUFFER_BYTES: usize = 2 * 1024;
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))

@@ -335,7 +335,12 @@ export class RoapPeer extends EventTarget {
 export class PeerManager extends EventTarget {
   /**
    * @param {SignalClient} client
-   * @param {{rtcConfig?:RTCConfiguration, accept?:(remote:string) => boolean, answerTimeoutMs?:number}} [opts]
+   * @param {{rtcConfig?:RTCConfiguration, accept?:(remote:string) => boolean, answerTimeoutMs?:number,
+   *   owns?:(sessionID:string) => boolean, reportSessionless?:boolean, newSessionID?:() => string}} [opts]
+   *   `owns`: the sessions this manager handles (default all); several managers on one client
+   *   (1:1 calls, a room's group call) split the sessions between them by their ids, and the
+   *   one with `reportSessionless` reports server errors that name no session.
+   *   `newSessionID`: ids of the calls it starts.
    */
   constructor(client, opts = {}) {
     super();
@@ -362,7 +367,7 @@ export class PeerManager extends EventTarget {
   call(remote) {
     const existing = this.peers.get(remote);
     if (existing && existing.state !== 'closed') return existing;
-    const peer = this.#newPeer(remote, newSessionID(), false);
+    const peer = this.#newPeer(remote, (this.opts.newSessionID ?? newSessionID)(), false);
     void peer.offer();
     return peer;
   }
@@ -402,9 +407,14 @@ export class PeerManager extends EventTarget {
   /** @param {RoapMessage} msg */
   #route(msg) {
     if (!('to' in msg)) return;
+    // Errors answering a chat message (`id`) or a room request (`room`) are not about calls.
+    if (msg.type === 'Error' && ('id' in msg || 'room' in msg)) return;
     const remote = msg.from;
     if (!remote) return;
     const sessionID = msg.sessionID;
+    // Several managers on one client: each handles its own sessions; errors without a session
+    // are reported by the one with `reportSessionless`.
+    if (this.opts.owns && (sessionID === undefined ? !this.opts.reportSessionless : !this.opts.owns(sessionID))) return;
     const peer = this.peers.get(remote);
     if (sessionID === undefined) {
       // Only a server error about an unreadable frame lacks a session: not about a call.

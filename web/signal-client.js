@@ -5,9 +5,11 @@
  * batched acks, duplicates dropped), typed ROAP events and send helpers, Ping keepalive, and
  * plain-words text for every error type.
  *
- * Contract: /work/shared/CONTRACT.md sections 2 (login), 3 (WebSocket protocol), 5 (sessions)
- * and 9 (ICE servers: every login answer carries fresh STUN/TURN servers, kept in
- * `client.iceServers`).
+ * Contract: /work/shared/CONTRACT.md sections 2 (login), 3 (WebSocket protocol), 5 (sessions),
+ * 6 (chat messages through the cluster: `sendMessage`, answered by Accepted or an Error with
+ * the message's id), 7 (presence: `setPresence`, `subscribe`, `unsubscribe`), 8 (rooms: `join`,
+ * `leave`, `sendRoomMessage`) and 9 (ICE servers: every login answer carries fresh STUN/TURN
+ * servers, kept in `client.iceServers`).
  */
 
 /**
@@ -22,7 +24,38 @@
 
 /**
  * @typedef {'NOMATCH'|'TIMEOUT'|'REFUSED'|'CONFLICT'|'DOUBLECONFLICT'|'FAILED'|'OFFLINE'|
- *   'BADMESSAGE'|'FORBIDDEN'|'TOOLARGE'|'RATELIMITED'|'UNAVAILABLE'} ErrorType
+ *   'BADMESSAGE'|'FORBIDDEN'|'TOOLARGE'|'RATELIMITED'|'UNAVAILABLE'|'MAILBOXFULL'|'TOOMANY'|
+ *   'ROOMFULL'|'NOTMEMBER'} ErrorType
+ */
+
+/**
+ * A chat message as the node delivers it (contract sections 6 and 8): `to` for a message to
+ * this user, `room` for a room message; `delayed` when it was stored while we were offline.
+ * @typedef {{type:'Message', from:string, to?:string, room?:string, id:string, body:string,
+ *   contentType?:string, ts:number, delayed?:boolean, n?:number}} ChatFrame
+ */
+
+/**
+ * The node's answer to a sent message: stored (`to`, `stored`) or passed to a room's members
+ * (`room`, `recipients`).
+ * @typedef {{type:'Accepted', id:string, to?:string, room?:string, ts:number, stored?:boolean,
+ *   recipients?:number}} Accepted
+ */
+
+/** @typedef {{type:'Delivered', id:string, from:string}} Delivered */
+
+/** @typedef {'online'|'away'|'busy'|'offline'} PresenceState */
+
+/** @typedef {RoapMessage | ChatFrame | Accepted | Delivered | PresenceFrame | RoomFrame} ServerFrame */
+
+/** @typedef {{type:'Presence', user:string, state:PresenceState, note?:string, since?:number}} PresenceFrame */
+
+/**
+ * Room frames (contract section 8).
+ * @typedef {{type:'Joined', room:string, members:string[]}
+ *   | {type:'MemberJoined', room:string, user:string}
+ *   | {type:'MemberLeft', room:string, user:string}
+ *   | {type:'Left', room:string}} RoomFrame
  */
 
 /**
@@ -63,7 +96,9 @@ export const CLOSE = Object.freeze({
 });
 
 /** Error types a node sends itself (with `origin: "server"`). */
-export const SERVER_ERROR_TYPES = Object.freeze(['OFFLINE', 'BADMESSAGE', 'FORBIDDEN', 'TOOLARGE', 'RATELIMITED', 'UNAVAILABLE']);
+export const SERVER_ERROR_TYPES = Object.freeze([
+  'OFFLINE', 'BADMESSAGE', 'FORBIDDEN', 'TOOLARGE', 'RATELIMITED', 'UNAVAILABLE', 'MAILBOXFULL', 'TOOMANY', 'ROOMFULL', 'NOTMEMBER',
+]);
 /** Error types peers send each other (ROAP). */
 export const PEER_ERROR_TYPES = Object.freeze(['NOMATCH', 'TIMEOUT', 'REFUSED', 'CONFLICT', 'DOUBLECONFLICT', 'FAILED']);
 
@@ -101,8 +136,64 @@ export function describeError(errorType, ctx = {}) {
       return `You and ${ctx.peer || 'the other person'} called each other at the same moment again; retrying.`;
     case 'FAILED':
       return `${whose.charAt(0).toUpperCase()}${whose.slice(1)} side could not set up the connection.`;
+    case 'MAILBOXFULL':
+      return `${whose.charAt(0).toUpperCase()}${whose.slice(1)} mailbox is full: they have too many messages waiting.`;
+    case 'TOOMANY':
+      return 'You are already following or in as many as the server allows.';
+    case 'ROOMFULL':
+      return 'That room is full.';
+    case 'NOTMEMBER':
+      return 'You are not in that room (any more).';
     default:
-      return `Something went wrong (${errorType}).`;
+      return `Something went wrong (${errorType.toLowerCase()}).`;
+  }
+}
+
+/**
+ * Plain-words text for an Error answering a chat message (contract section 6 and 8).
+ * @param {string} errorType
+ * @param {{peer?:string, room?:string, description?:string}} [ctx]
+ * @returns {string}
+ */
+export function describeChatError(errorType, ctx = {}) {
+  const to = ctx.room ? `room ${ctx.room}` : ctx.peer || 'the other person';
+  switch (errorType) {
+    case 'MAILBOXFULL':
+      return `Not sent: ${ctx.peer ? `${ctx.peer}'s` : 'their'} mailbox is full (too many messages waiting for them).`;
+    case 'TOOLARGE':
+      return 'Not sent: the message is too long.';
+    case 'UNAVAILABLE':
+      return `Not sent: the server could not store the message for ${to} just now. Try again in a moment.`;
+    case 'RATELIMITED':
+      return 'Not sent: too many messages too quickly. Wait a moment and try again.';
+    case 'NOTMEMBER':
+      return `Not sent: you are not in ${to}.`;
+    case 'BADMESSAGE':
+      return `Not sent: the server refused the message${ctx.description ? ` (${ctx.description})` : ''}.`;
+    case 'TIMEOUT':
+      return `Not sent: no answer from the server for the message to ${to}.`;
+    default:
+      return `Not sent: ${describeError(errorType, { peer: ctx.peer, description: ctx.description })}`;
+  }
+}
+
+/** What this client says when a node does not know a frame type of sections 7-8. */
+const UNSUPPORTED_TEXT = Object.freeze({
+  SetPresence: 'This server does not support presence yet.',
+  Subscribe: 'This server does not support presence yet.',
+  Unsubscribe: 'This server does not support presence yet.',
+  Join: 'This server does not support rooms yet.',
+  Leave: 'This server does not support rooms yet.',
+});
+
+/** A chat message could not be sent: `errorType` from the node (or TIMEOUT / CLOSED here). */
+export class ChatError extends Error {
+  /** @param {string} message @param {string} errorType @param {string} id */
+  constructor(message, errorType, id) {
+    super(message);
+    this.name = 'ChatError';
+    this.errorType = errorType;
+    this.id = id;
   }
 }
 
@@ -243,13 +334,25 @@ export function shouldReconnect(/** @type {number} */ code) {
 export class SignalEvent extends Event {
   /**
    * @param {string} type
-   * @param {RoapMessage} message
+   * @param {ServerFrame} message
    * @param {string} [text] plain-words text (errors)
    */
   constructor(type, message, text) {
     super(type);
     this.message = message;
     this.text = text;
+    /** @type {Promise<unknown>[]} */
+    this.holds = [];
+  }
+
+  /**
+   * Holds back the acknowledgement of this frame (and of every later one) until `p` settles,
+   * e.g. until a chat message is written to IndexedDB: the node keeps a message in the mailbox
+   * until it is acknowledged, so nothing is lost if the page dies before `p` is done.
+   * @param {Promise<unknown>} p
+   */
+  waitUntil(p) {
+    this.holds.push(p);
   }
 }
 
@@ -283,7 +386,9 @@ export class SignalClient extends EventTarget {
   /**
    * @param {{central:string, user:string, bearer?:string, WebSocket?:typeof WebSocket,
    *   fetch?:typeof fetch, pingIntervalMs?:number, pingTimeoutMs?:number, baseBackoffMs?:number,
-   *   maxBackoffMs?:number, maxQueue?:number, ackIntervalMs?:number, ackEvery?:number}} opts
+   *   maxBackoffMs?:number, maxQueue?:number, ackIntervalMs?:number, ackEvery?:number,
+   *   messageTimeoutMs?:number, maxPendingMessages?:number, maxSubscriptions?:number,
+   *   maxRooms?:number}} opts
    */
   constructor(opts) {
     super();
@@ -297,6 +402,38 @@ export class SignalClient extends EventTarget {
     this.baseBackoffMs = opts.baseBackoffMs ?? 250;
     this.maxBackoffMs = opts.maxBackoffMs ?? 15000;
     this.maxQueue = opts.maxQueue ?? 256;
+    /** how long a sent chat message waits for its Accepted (counted from the write to an open socket) */
+    this.messageTimeoutMs = opts.messageTimeoutMs ?? 15000;
+    /** chat messages waiting for their Accepted, at most */
+    this.maxPendingMessages = opts.maxPendingMessages ?? 256;
+    /** subscriptions and rooms this client remembers (to renew after a session reset), at most */
+    this.maxSubscriptions = opts.maxSubscriptions ?? 1000;
+    this.maxRooms = opts.maxRooms ?? 64;
+    /**
+     * Chat messages sent and not yet answered, by id. `sentOn` is the socket the frame was
+     * written to (null while it waits in the send queue): after a reconnect every one written
+     * to an earlier socket is sent again, with the same id (the node deduplicates).
+     * @type {Map<string, {id:string, text:string, to?:string, room?:string, sentOn:WebSocket|null,
+     *   timer:ReturnType<typeof setTimeout>|undefined, resolve:(a:Accepted) => void, reject:(e:ChatError) => void}>}
+     */
+    this.pendingChat = new Map();
+    /** Joins and Leaves waiting for Joined / Left, by room. @type {Map<string, {resolve:(m:any) => void, reject:(e:SignalError) => void, timer:ReturnType<typeof setTimeout>}>} */
+    this.pendingRooms = new Map();
+    /** the presence this session should have (renewed after a session reset) */
+    /** @type {{state:'online'|'away'|'busy'|'invisible', note?:string}} */
+    this.presence = { state: 'online' };
+    /** users this session watches (renewed after a session reset) @type {Set<string>} */
+    this.subscriptions = new Set();
+    /** rooms this session is in or joining (joined again after a session reset) @type {Set<string>} */
+    this.rooms = new Set();
+    /** frame numbers whose handling is not finished (SignalEvent.waitUntil): not acknowledged yet @type {Set<number>} */
+    this.unsettled = new Set();
+    /**
+     * Frame types of sections 7-8 the node answered with BADMESSAGE "unknown message type" (a
+     * node without presence or rooms): not sent again to it, reported once as `unsupported`.
+     * @type {Set<string>}
+     */
+    this.unsupported = new Set();
     /** longest an unacknowledged frame waits for its Ack */
     this.ackIntervalMs = opts.ackIntervalMs ?? 100;
     /** frames after which an Ack goes out at once */
@@ -369,6 +506,9 @@ export class SignalClient extends EventTarget {
     this.everConnected = false;
     this.attempt = 0;
     this.#endSession();
+    this.presence = { state: 'online' };
+    this.subscriptions.clear();
+    this.rooms.clear();
     this.#setState('connecting');
     return new Promise((resolve, reject) => {
       this.firstConnect = { resolve, reject };
@@ -412,15 +552,22 @@ export class SignalClient extends EventTarget {
    * @param {Record<string, unknown>} msg
    */
   send(msg) {
-    const text = JSON.stringify(msg);
+    this.#sendText(JSON.stringify(msg));
+  }
+
+  /**
+   * @param {string} text
+   * @returns {'sent'|'queued'}
+   */
+  #sendText(text) {
     if (this.state === 'open' && this.ws && this.ws.readyState === 1) {
       this.ws.send(text);
-      return;
+      return 'sent';
     }
     if (this.state === 'connecting' || this.state === 'reconnecting' || (this.state === 'open' && this.ws)) {
       if (this.queue.length >= this.maxQueue) throw new SignalError('Not connected to the signaling server (send queue full).');
       this.queue.push(text);
-      return;
+      return 'queued';
     }
     throw new SignalError(
       this.state === 'replaced'
@@ -468,9 +615,192 @@ export class SignalClient extends EventTarget {
     this.send({ type: 'Error', to, sessionID, errorType, ...defined({ seq: o.seq, description: o.description }) });
   }
 
+  /**
+   * Sends a chat message to `to` through the cluster (contract section 6). Resolves with the
+   * node's Accepted (`stored:true`: kept until `to` connects; `stored:false`: pushed to their
+   * session at once); rejects with a ChatError (`errorType` MAILBOXFULL, TOOLARGE, UNAVAILABLE,
+   * RATELIMITED, BADMESSAGE from the node; TIMEOUT without an answer within `messageTimeoutMs`;
+   * CLOSED when this client closes). Retrying with the same `id` is safe: the node answers a
+   * duplicate with the first Accepted and delivers it once. After a reconnect the client sends
+   * every unanswered message again by itself.
+   * @param {string} to @param {string} id 1 to 64 bytes, no whitespace, unique per sender
+   * @param {string} body
+   * @param {{contentType?:string, extra?:Record<string, unknown>}} [opts]
+   * @returns {Promise<Accepted>}
+   */
+  sendMessage(to, id, body, opts = {}) {
+    return this.#sendChat({ ...opts.extra, type: 'Message', to, id, body, ...defined({ contentType: opts.contentType }) }, { to });
+  }
+
+  /**
+   * Sends a message to every other member of `room` (contract section 8); resolves with the
+   * Accepted (`recipients`), rejects like `sendMessage` (NOTMEMBER when not in the room).
+   * @param {string} room @param {string} id @param {string} body
+   * @param {{contentType?:string, extra?:Record<string, unknown>}} [opts]
+   * @returns {Promise<Accepted>}
+   */
+  sendRoomMessage(room, id, body, opts = {}) {
+    return this.#sendChat({ ...opts.extra, type: 'Message', room, id, body, ...defined({ contentType: opts.contentType }) }, { room });
+  }
+
+  /**
+   * @param {Record<string, unknown>} frame @param {{to?:string, room?:string}} target
+   * @returns {Promise<Accepted>}
+   */
+  #sendChat(frame, target) {
+    const id = String(frame.id);
+    const ctx = { peer: target.to, room: target.room };
+    if (this.pendingChat.has(id)) {
+      return Promise.reject(new ChatError('Not sent: a message with this id is already on its way.', 'BADMESSAGE', id));
+    }
+    if (this.pendingChat.size >= this.maxPendingMessages) {
+      return Promise.reject(new ChatError('Not sent: too many messages are waiting for the server. Try again in a moment.', 'TOOMANY', id));
+    }
+    const text = JSON.stringify(frame);
+    return new Promise((resolve, reject) => {
+      let how;
+      try {
+        how = this.#sendText(text);
+      } catch (e) {
+        reject(new ChatError(`Not sent: ${e instanceof Error ? e.message : e}`, 'CLOSED', id));
+        return;
+      }
+      const entry = { id, text, ...target, sentOn: how === 'sent' ? this.ws : null, timer: undefined, resolve, reject };
+      this.pendingChat.set(id, entry);
+      if (how === 'sent') this.#armChat(entry, ctx);
+    });
+  }
+
+  /** @param {{id:string, timer:ReturnType<typeof setTimeout>|undefined}} entry @param {{peer?:string, room?:string}} ctx */
+  #armChat(entry, ctx) {
+    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => {
+      const e = this.pendingChat.get(entry.id);
+      if (e !== entry) return;
+      this.pendingChat.delete(entry.id);
+      e.reject(new ChatError(describeChatError('TIMEOUT', ctx), 'TIMEOUT', entry.id));
+    }, this.messageTimeoutMs);
+  }
+
+  /** Rejects every unanswered chat message and room request (the client is closed for good). @param {string} why */
+  #failPending(why) {
+    const chat = [...this.pendingChat.values()];
+    this.pendingChat.clear();
+    for (const e of chat) {
+      if (e.timer !== undefined) clearTimeout(e.timer);
+      e.reject(new ChatError(`Not sent: ${why}`, 'CLOSED', e.id));
+    }
+    const rooms = [...this.pendingRooms.values()];
+    this.pendingRooms.clear();
+    for (const r of rooms) {
+      clearTimeout(r.timer);
+      r.reject(new SignalError(why));
+    }
+  }
+
+  /**
+   * Sets this user's presence (contract section 7): `invisible` shows as offline to watchers.
+   * Kept across reconnects and set again after a session reset.
+   * @param {'online'|'away'|'busy'|'invisible'} state @param {string} [note] at most 256 bytes
+   */
+  setPresence(state, note) {
+    if (note !== undefined && new TextEncoder().encode(note).length > 256) throw new SignalError('The note is at most 256 bytes long.');
+    if (this.unsupported.has('SetPresence')) throw new SignalError(UNSUPPORTED_TEXT.SetPresence);
+    this.send({ type: 'SetPresence', state, ...defined({ note: note || undefined }) });
+    this.presence = { state, ...defined({ note: note || undefined }) };
+  }
+
+  /**
+   * Watches `users` (contract section 7): one Presence event per user with the current state,
+   * then one per change. Remembered and renewed after a session reset.
+   * @param {string[]} users
+   */
+  subscribe(users) {
+    const fresh = [...new Set(users)].filter((u) => !this.subscriptions.has(u));
+    if (fresh.length === 0 || this.unsupported.has('Subscribe')) return;
+    if (this.subscriptions.size + fresh.length > this.maxSubscriptions) {
+      throw new SignalError(`You can follow at most ${this.maxSubscriptions} people.`);
+    }
+    for (let i = 0; i < fresh.length; i += 1000) this.send({ type: 'Subscribe', users: fresh.slice(i, i + 1000) });
+    for (const u of fresh) this.subscriptions.add(u);
+  }
+
+  /** Stops watching `users`. @param {string[]} users */
+  unsubscribe(users) {
+    const known = [...new Set(users)].filter((u) => this.subscriptions.has(u));
+    if (known.length === 0) return;
+    if (!this.unsupported.has('Subscribe')) {
+      for (let i = 0; i < known.length; i += 1000) this.send({ type: 'Unsubscribe', users: known.slice(i, i + 1000) });
+    }
+    for (const u of known) this.subscriptions.delete(u);
+  }
+
+  /**
+   * Joins `room` (contract section 8); resolves with the Joined frame (`members` include us),
+   * rejects with a SignalError (ROOMFULL, TOOMANY, ...) in plain words. Rooms are joined again
+   * after a session reset.
+   * @param {string} room
+   * @returns {Promise<{type:'Joined', room:string, members:string[]}>}
+   */
+  join(room) {
+    if (this.unsupported.has('Join')) return Promise.reject(new SignalError(UNSUPPORTED_TEXT.Join));
+    if (!this.rooms.has(room) && this.rooms.size >= this.maxRooms) {
+      return Promise.reject(new SignalError(`You can be in at most ${this.maxRooms} rooms.`));
+    }
+    const p = this.#awaitRoom(room);
+    try {
+      this.send({ type: 'Join', room });
+    } catch (e) {
+      this.#settleRoom(room, null, e instanceof SignalError ? e : new SignalError(String(e)));
+      return p;
+    }
+    this.rooms.add(room);
+    return p;
+  }
+
+  /**
+   * Leaves `room`; resolves with the Left frame.
+   * @param {string} room
+   * @returns {Promise<{type:'Left', room:string}>}
+   */
+  leave(room) {
+    this.rooms.delete(room);
+    const p = this.#awaitRoom(room);
+    try {
+      this.send({ type: 'Leave', room });
+    } catch (e) {
+      this.#settleRoom(room, null, e instanceof SignalError ? e : new SignalError(String(e)));
+    }
+    return p;
+  }
+
+  /** @param {string} room @returns {Promise<any>} */
+  #awaitRoom(room) {
+    return new Promise((resolve, reject) => {
+      this.#settleRoom(room, null, new SignalError('superseded by a newer request for the same room'));
+      const timer = setTimeout(() => this.#settleRoom(room, null, new SignalError(`No answer from the server about room ${room}.`)), this.messageTimeoutMs);
+      this.pendingRooms.set(room, { resolve, reject, timer });
+    });
+  }
+
+  /** @param {string} room @param {any} value @param {SignalError | null} [err] */
+  #settleRoom(room, value, err = null) {
+    const r = this.pendingRooms.get(room);
+    if (!r) return;
+    this.pendingRooms.delete(room);
+    clearTimeout(r.timer);
+    if (err) r.reject(err);
+    else r.resolve(value);
+  }
+
   /** @param {ClientState} state @param {Record<string, unknown>} [extra] */
   #setState(state, extra = {}) {
     this.state = state;
+    if (state === 'closed' || state === 'replaced' || state === 'disconnected') {
+      this.#failPending(
+        state === 'replaced' ? 'signed in elsewhere.' : state === 'disconnected' ? 'disconnected by the application.' : 'not connected to the signaling server.',
+      );
+    }
     this.dispatchEvent(new CustomEvent('state', { detail: { state, node: this.node, ...extra } }));
   }
 
@@ -511,14 +841,22 @@ export class SignalClient extends EventTarget {
     if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
     const ws = this.ws;
-    if (this.state !== 'open' || !ws || ws.readyState !== 1 || this.lastN <= this.ackedN) return;
-    ws.send(JSON.stringify({ type: 'Ack', n: this.lastN }));
-    this.ackedN = this.lastN;
+    const upTo = this.#ackable();
+    if (this.state !== 'open' || !ws || ws.readyState !== 1 || upTo <= this.ackedN) return;
+    ws.send(JSON.stringify({ type: 'Ack', n: upTo }));
+    this.ackedN = upTo;
+  }
+
+  /** The highest frame number that may be acknowledged: below the first one still being handled. */
+  #ackable() {
+    let upTo = this.lastN;
+    for (const n of this.unsettled) upTo = Math.min(upTo, n - 1);
+    return upTo;
   }
 
   /** A numbered frame arrived: ack at once after `ackEvery` frames, else within `ackIntervalMs`. */
   #scheduleAck() {
-    if (this.lastN - this.ackedN >= this.ackEvery) {
+    if (this.#ackable() - this.ackedN >= this.ackEvery) {
       this.#flushAck();
       return;
     }
@@ -573,7 +911,19 @@ export class SignalClient extends EventTarget {
           return;
         }
         this.lastN = msg.n;
+        const holds = this.#dispatch(msg);
+        if (holds.length > 0) {
+          // Acknowledge this frame only once the app has handled it (e.g. stored a message).
+          const n = msg.n;
+          const set = this.unsettled;
+          set.add(n);
+          void Promise.allSettled(holds).then(() => {
+            set.delete(n);
+            if (set === this.unsettled) this.#scheduleAck();
+          });
+        }
         this.#scheduleAck();
+        return;
       }
       this.#dispatch(msg);
     };
@@ -641,6 +991,7 @@ export class SignalClient extends EventTarget {
       // A new session: numbering starts again at 1.
       this.lastN = 0;
       this.ackedN = 0;
+      this.unsettled = new Set();
     } else {
       // The node knows `last` from the URL: everything up to it counts as acknowledged.
       this.ackedN = this.lastN;
@@ -650,9 +1001,26 @@ export class SignalClient extends EventTarget {
     this.resumeWindowMs = Number(msg.resumeWindowMs) || 0;
     this.#closeStale();
     this.#setState('open', { resumed, session: this.session });
+    const ws = this.ws;
+    if (resuming && !resumed) this.#renewSession();
+    // Chat messages written to an earlier socket and not answered may not have reached the
+    // node: send them again, before the queued frames (order), with the same id (deduplicated).
+    for (const e of this.pendingChat.values()) {
+      if (e.sentOn !== null && e.sentOn !== ws) {
+        ws?.send(e.text);
+        e.sentOn = ws;
+        this.#armChat(e, { peer: e.to, room: e.room });
+      }
+    }
     const queued = this.queue;
     this.queue = [];
-    for (const t of queued) this.ws?.send(t);
+    for (const t of queued) ws?.send(t);
+    for (const e of this.pendingChat.values()) {
+      if (e.sentOn === null) {
+        e.sentOn = ws;
+        this.#armChat(e, { peer: e.to, room: e.room });
+      }
+    }
     this.#startPing();
     if (this.firstConnect) {
       this.firstConnect.resolve(msg);
@@ -660,6 +1028,28 @@ export class SignalClient extends EventTarget {
     }
     if (reconnect) this.dispatchEvent(new CustomEvent('reconnected', { detail: { node: msg.node, resumed } }));
     if (resuming && !resumed) this.dispatchEvent(new CustomEvent('sessionreset', { detail: { node: msg.node, previous: resuming } }));
+  }
+
+  /**
+   * The frame type of sections 7-8 that an "unknown message type" BADMESSAGE names, or ''.
+   * @param {any} msg
+   */
+  #unsupportedType(msg) {
+    const m = /unknown message type "(\w+)"/.exec(typeof msg.description === 'string' ? msg.description : '');
+    return m && m[1] in UNSUPPORTED_TEXT ? m[1] : '';
+  }
+
+  /**
+   * A resume was refused: the new session starts online, watching nobody, in no room. Set the
+   * presence again, subscribe to everyone again and join every room again (contract section 5).
+   */
+  #renewSession() {
+    const ws = this.ws;
+    if (!ws) return;
+    if (this.presence.state !== 'online' || this.presence.note) ws.send(JSON.stringify({ type: 'SetPresence', ...this.presence }));
+    const users = [...this.subscriptions];
+    for (let i = 0; i < users.length; i += 1000) ws.send(JSON.stringify({ type: 'Subscribe', users: users.slice(i, i + 1000) }));
+    for (const room of this.rooms) ws.send(JSON.stringify({ type: 'Join', room }));
   }
 
   /** @param {SignalError} err */
@@ -717,19 +1107,73 @@ export class SignalClient extends EventTarget {
     }
   }
 
-  /** @param {RoapMessage} msg */
+  /**
+   * Settles what a frame answers, then dispatches it. Returns the promises the listeners asked
+   * to wait for (`SignalEvent.waitUntil`).
+   * @param {any} msg
+   * @returns {Promise<unknown>[]}
+   */
   #dispatch(msg) {
     this.#alive();
+    /** @type {SignalEvent[]} */
+    let events;
     if (msg.type === 'Error') {
-      const peer = 'from' in msg ? msg.from : undefined;
-      const text = describeError(msg.errorType, { peer, description: msg.description });
-      if (msg.origin === 'server') this.dispatchEvent(new SignalEvent('servererror', msg, text));
-      this.dispatchEvent(new SignalEvent('Error', msg, text));
-      this.dispatchEvent(new SignalEvent('message', msg, text));
-      return;
+      const peer = typeof msg.from === 'string' ? msg.from : undefined;
+      let text = describeError(msg.errorType, { peer, description: msg.description });
+      if (typeof msg.id === 'string') {
+        // An Error answering a chat message carries its id (and `room` for a room message).
+        const e = this.pendingChat.get(msg.id);
+        text = describeChatError(msg.errorType, { peer: e?.to ?? peer, room: e?.room ?? msg.room, description: msg.description });
+        if (e && (e.room !== undefined ? msg.room === e.room : msg.room === undefined)) {
+          this.pendingChat.delete(msg.id);
+          if (e.timer !== undefined) clearTimeout(e.timer);
+          e.reject(new ChatError(text, msg.errorType, msg.id));
+        }
+      } else if (msg.errorType === 'BADMESSAGE' && msg.sessionID === undefined && msg.room === undefined && this.#unsupportedType(msg)) {
+        // A node without presence or rooms: stop sending those frames, say it once.
+        const type = this.#unsupportedType(msg);
+        text = UNSUPPORTED_TEXT[/** @type {keyof typeof UNSUPPORTED_TEXT} */ (type)];
+        const first = !this.unsupported.has(type);
+        this.unsupported.add(type);
+        if (type === 'Join' || type === 'Leave') {
+          for (const room of [...this.pendingRooms.keys()]) this.#settleRoom(room, null, new SignalError(text));
+          this.rooms.clear();
+        }
+        if (type === 'Subscribe') this.subscriptions.clear();
+        if (first) this.dispatchEvent(new CustomEvent('unsupported', { detail: { type, text } }));
+        this.dispatchEvent(new SignalEvent('Error', msg, text));
+        this.dispatchEvent(new SignalEvent('message', msg, text));
+        return [];
+      } else if (typeof msg.room === 'string' && msg.sessionID === undefined) {
+        // An Error answering Join or Leave carries the room.
+        text = describeError(msg.errorType, { description: msg.description });
+        if (msg.errorType !== 'NOTMEMBER') this.rooms.delete(msg.room);
+        this.#settleRoom(msg.room, null, new SignalError(`Room ${msg.room}: ${text}`));
+      }
+      events = [new SignalEvent('Error', msg, text), new SignalEvent('message', msg, text)];
+      if (msg.origin === 'server') events.unshift(new SignalEvent('servererror', msg, text));
+    } else {
+      if (msg.type === 'Accepted' && typeof msg.id === 'string') {
+        const e = this.pendingChat.get(msg.id);
+        if (e && (e.room ?? null) === (typeof msg.room === 'string' ? msg.room : null)) {
+          this.pendingChat.delete(msg.id);
+          if (e.timer !== undefined) clearTimeout(e.timer);
+          e.resolve(msg);
+        }
+      } else if (msg.type === 'Joined' && typeof msg.room === 'string') {
+        this.#settleRoom(msg.room, msg);
+      } else if (msg.type === 'Left' && typeof msg.room === 'string') {
+        this.#settleRoom(msg.room, msg);
+      }
+      events = [new SignalEvent(msg.type, msg), new SignalEvent('message', msg)];
     }
-    this.dispatchEvent(new SignalEvent(msg.type, msg));
-    this.dispatchEvent(new SignalEvent('message', msg));
+    /** @type {Promise<unknown>[]} */
+    const holds = [];
+    for (const ev of events) {
+      this.dispatchEvent(ev);
+      holds.push(...ev.holds);
+    }
+    return holds;
   }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use signal_node::mailbox::MailboxStore;
 use signal_node::origin::AllowedOrigins;
 use signal_node::{Directory, DirectoryConfig, NodeError};
 use signal_proto::NodeId;
@@ -139,7 +140,7 @@ struct NodeBase {
     directory: Directory,
     /// One mailbox for every node (as Redis would be): a message stored through one node is
     /// pushed at connect by another.
-    mailbox: signal_node::mailbox::MailboxStore,
+    mailbox: MailboxStore,
     /// One presence store for every node of the dev cluster.
     presence: signal_node::presence::store::PresenceStore,
     /// Room membership shared by the in-process nodes.
@@ -192,7 +193,7 @@ impl DevCluster {
             secret: config.secret.clone(),
             metrics: config.metrics.clone(),
             directory,
-            mailbox: signal_node::mailbox::MailboxStore::memory(),
+            mailbox: MailboxStore::memory(),
             presence: signal_node::presence::store::PresenceStore::memory(),
             rooms: signal_node::rooms::RoomStore::memory(),
             allowed_origins: config.allowed_origins.clone(),

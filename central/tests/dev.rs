@@ -282,3 +282,30 @@ async fn dev_cluster_gives_its_allowed_origins_to_its_nodes() {
     assert!(upgrade("http://127.0.0.1:8080").await.is_ok());
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn dev_nodes_share_one_mailbox() {
+    let (mut proc, base) = dev_process(2, 500).await;
+    // Alice stores a message for carol, who is offline; carol then signs in on the other node
+    // and gets it pushed from the mailbox.
+    let (mut alice, alice_node) = connect(&base, "alice").await;
+    alice
+        .send_json(&json!({"type":"Message","to":"carol","id":"m-1","body":"while you were out"}))
+        .await;
+    let accepted = alice.next_json().await;
+    assert_eq!(accepted["type"], "Accepted", "{accepted}");
+    assert_eq!(accepted["stored"], true, "{accepted}");
+    let (mut carol, carol_node) = connect(&base, "carol").await;
+    assert_ne!(
+        alice_node, carol_node,
+        "the second login goes to the other node"
+    );
+    let got = carol.next_json().await;
+    assert_eq!(got["type"], "Message", "{got}");
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["id"], "m-1");
+    assert_eq!(got["body"], "while you were out");
+    assert_eq!(got["delayed"], true);
+    proc.signal(15);
+    let _ = proc.wait_exit(Duration::from_secs(20)).await;
+}

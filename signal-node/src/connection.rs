@@ -272,6 +272,26 @@ impl Reader {
         false
     }
 
+    /// Takes a token for a chat message; when there is none, answers RATELIMITED with the
+    /// message's `id` (and `to` / `room`), so that the sender knows which one to retry.
+    fn chat_allowed(&mut self, c: &ChatMessage) -> bool {
+        if self.bucket.take() {
+            return true;
+        }
+        self.reply_chat_error(
+            c.to.clone(),
+            Some(c.id.as_str()),
+            c.room.as_ref().map(RoomId::as_str),
+            ErrorType::RateLimited,
+            format!(
+                "more than {} messages per second (burst {}): message dropped",
+                self.node.config().rate_limit,
+                self.node.config().rate_burst
+            ),
+        );
+        false
+    }
+
     async fn on_text(&mut self, text: &str) {
         let start = Instant::now();
         let max = self.node.config().max_message_bytes;
@@ -282,7 +302,7 @@ impl Reader {
         };
         if text.len() > max {
             if let Ok(Message::Message(c)) = &parsed {
-                if self.allowed(&None, &None) {
+                if self.chat_allowed(c) {
                     tracing::info!(user = %self.user, bytes = text.len(), max, "chat frame too large");
                     self.reply_chat_error(
                         c.to.clone(),
@@ -311,7 +331,12 @@ impl Reader {
             }
             return;
         }
-        if !self.allowed(&peer, &session) {
+        let allowed = match &parsed {
+            // An Error answering a chat message carries its id (contract, part two).
+            Ok(Message::Message(c)) => self.chat_allowed(c),
+            _ => self.allowed(&peer, &session),
+        };
+        if !allowed {
             return;
         }
         let mut msg = match parsed {

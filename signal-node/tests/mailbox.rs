@@ -539,3 +539,36 @@ async fn a_resume_acknowledges_the_messages_up_to_last() {
     assert_eq!(m["id"], "marker", "nothing from the mailbox before it: {m}");
     stop(nodes).await;
 }
+
+#[tokio::test]
+async fn a_rate_limited_message_is_answered_with_its_id() {
+    let mut c = dev("n1");
+    c.rate_limit = 5;
+    c.rate_burst = 10;
+    let node = TestNode::start(c).await;
+    let mut alice = node.connect("alice").await;
+    for i in 0..30 {
+        alice.send_json(&chat("bob", &format!("r{i}"), "hi")).await;
+    }
+    // Every message is answered, Accepted or RATELIMITED, and each answer names its message.
+    let mut answered = HashSet::new();
+    let mut limited = 0;
+    while answered.len() < 30 {
+        let v = alice.next_json().await;
+        match v["type"].as_str() {
+            Some("Accepted") => {}
+            Some("Error") => {
+                assert_eq!(v["errorType"], "RATELIMITED", "{v}");
+                assert_eq!(v["origin"], "server", "{v}");
+                assert_eq!(v["from"], "bob", "{v}");
+                assert!(v.get("sessionID").is_none(), "{v}");
+                limited += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+        let id = v["id"].as_str().expect("an id").to_owned();
+        assert!(answered.insert(id), "one answer per message: {v}");
+    }
+    assert!(limited >= 15, "limited {limited}");
+    node.shutdown().await.unwrap();
+}

@@ -1,6 +1,6 @@
 // End-to-end test of the demo page in real headless Chromium against the real `central --dev`
 // binary (central + two in-process signal nodes on loopback): two users sign in and land on
-// different nodes, call each other over ROAP, chat both ways over the data channel (history in
+// different nodes, call each other over ROAP, chat both ways (through the cluster, history in
 // IndexedDB), send a 5 MiB and a 0-byte file (SHA-256 checked), cancel a transfer midway, see
 // an OFFLINE error in plain words, hang up, get replaced by a second sign-in (close 4409), set
 // up a call while the callee's node is drained (the callee resumes its session on the other
@@ -340,7 +340,8 @@ test('hanging up ends the call on both sides', { skip }, async () => {
   await bob.waitForSelector('#conv-notice:has-text("alice hung up.")');
   await bob.waitForSelector('#contacts li[data-contact="alice"][data-state="ended"]');
   await alice.waitForSelector('#contacts li[data-contact="bob"][data-state="ended"]');
-  assert.equal(await bob.isDisabled('#chat-input'), true, 'no chatting without a call');
+  assert.equal(await bob.isDisabled('#file-input'), true, 'no files without a call');
+  assert.equal(await bob.isDisabled('#chat-input'), false, 'chat goes through the cluster, call or not');
   assert.equal(await alice.isVisible('#recall'), true, 'alice can call again');
   // History stays: the messages are still shown from IndexedDB.
   await alice.waitForFunction(() => document.querySelectorAll('#message-list .msg').length === 4);

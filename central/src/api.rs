@@ -20,11 +20,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::json;
 use signal_node::peers::{ForwardError, Peers};
+use signal_node::presence::store::PresenceStore;
 use signal_node::Directory;
 use signal_proto::relay::{Location, SubmitRequest, SubmitStatus};
 use signal_proto::{ErrorType, MessageId, UserId};
@@ -37,8 +37,6 @@ use keys::ApiKeys;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `--api-max-presence-users`.
 pub const DEFAULT_MAX_PRESENCE_USERS: usize = 100;
-/// Directory lookups of one presence request in flight at once.
-const PRESENCE_LOOKUPS: usize = 16;
 /// Nodes tried for one message (a retry is safe: the node dedupes by (from, to, id)).
 const SUBMIT_ATTEMPTS: usize = 2;
 
@@ -50,9 +48,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most users of one `GET /v1/presence` (`--api-max-presence-users`): 400 beyond.
     pub max_presence_users: usize,
-    /// The nodes' directory (`--api-redis-url`, default `--redis-url`); `None` in `--dev`,
-    /// where the dev cluster passes its in-memory directory.
-    pub directory_url: Option<String>,
+    /// The nodes' Redis, for their directory and presence records (`--api-redis-url`, default
+    /// `--redis-url`, in central's `--redis-mode`); `None` in `--dev`, where the dev cluster
+    /// passes its in-memory stores.
+    pub redis: Option<signal_node::redis_link::RedisConfig>,
 }
 
 /// The API's shared state: cheap to clone.
@@ -61,16 +60,23 @@ pub struct ServerApi {
     keys: ApiKeys,
     max_presence_users: usize,
     directory: Directory,
+    presence: PresenceStore,
     peers: Peers,
     registry: Registry,
 }
 
 impl ServerApi {
-    pub fn new(config: &ApiConfig, directory: Directory, peers: Peers, registry: Registry) -> Self {
+    pub fn new(
+        config: &ApiConfig,
+        (directory, presence): (Directory, PresenceStore),
+        peers: Peers,
+        registry: Registry,
+    ) -> Self {
         ServerApi {
             keys: config.keys.clone(),
             max_presence_users: config.max_presence_users.max(1),
             directory,
+            presence,
             peers,
             registry,
         }
@@ -281,17 +287,8 @@ async fn get_presence(
             "at least one ?user= is required".into(),
         ));
     }
-    let nodes = std::sync::Arc::new(api.nodes().await?);
-    let views: Vec<_> = futures::stream::iter(users)
-        .map(|u| {
-            let directory = api.directory.clone();
-            let nodes = nodes.clone();
-            async move { presence::presence_of(&directory, &nodes, &u).await }
-        })
-        .buffered(PRESENCE_LOOKUPS)
-        .collect()
-        .await;
-    let views = views.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let nodes = api.nodes().await?;
+    let views = presence::presence_of(&api.presence, &nodes, &users).await?;
     Ok(Json(json!({ "presence": views })).into_response())
 }
 

@@ -390,8 +390,18 @@ impl Args {
         let api_redis_url = self.api_redis_url.clone().filter(|u| !u.is_empty());
         let redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         let directory_url = api_redis_url.clone().or(redis_url);
-        if let Some(url) = &api_redis_url {
-            if let Err(e) = redis::Client::open(url.as_str()) {
+        // The nodes' Redis is the same kind of deployment as central's (`--redis-mode`, the
+        // sentinel master, the TLS CA).
+        let redis = directory_url.as_deref().map(|url| {
+            RedisConfig::parse(
+                self.redis_mode,
+                url,
+                self.redis_sentinel_master.clone(),
+                self.redis_tls_ca.clone(),
+            )
+        });
+        if let (Some(url), Some(cfg)) = (&api_redis_url, &redis) {
+            if let Err(e) = cfg.check() {
                 return Err(bad(REDIS, format!("invalid URL {url:?}: {e}")));
             }
         }
@@ -407,7 +417,7 @@ impl Args {
                 .map_err(|_| bad("--api-max-body-bytes", "too large"))?,
             max_presence_users: usize::try_from(self.api_max_presence_users)
                 .map_err(|_| bad("--api-max-presence-users", "too large"))?,
-            directory_url: if self.dev { None } else { directory_url },
+            redis: if self.dev { None } else { redis },
         }))
     }
 }
@@ -507,10 +517,13 @@ mod tests {
         .unwrap();
         let api = c.api.unwrap();
         assert_eq!(api.keys.len(), 2);
-        assert_eq!(api.directory_url.as_deref(), Some("redis://127.0.0.1:1/"));
+        assert_eq!(
+            api.redis.map(|r| r.urls),
+            Some(vec!["redis://127.0.0.1:1/".to_owned()])
+        );
         assert_eq!(api.max_presence_users, 100);
         let c = parse(&["--dev", "--api-key", "k0123456789abcdef"]).unwrap();
-        assert!(c.api.unwrap().directory_url.is_none());
+        assert!(c.api.unwrap().redis.is_none());
     }
 
     #[test]

@@ -178,12 +178,13 @@ impl DevCluster {
         let stop = CancellationToken::new();
         let control = DevNodes::default();
         let directory = Directory::memory();
+        let presence = signal_node::presence::store::PresenceStore::memory();
         let central = tokio::spawn(crate::serve_dev(
             config.clone(),
             listeners,
             registry.clone(),
             control.clone(),
-            directory.clone(),
+            (directory.clone(), presence.clone()),
             stop.clone().cancelled_owned(),
         ));
         let handover_stop = CancellationToken::new();
@@ -194,7 +195,7 @@ impl DevCluster {
             metrics: config.metrics.clone(),
             directory,
             mailbox: MailboxStore::memory(),
-            presence: signal_node::presence::store::PresenceStore::memory(),
+            presence,
             rooms: signal_node::rooms::RoomStore::memory(),
             allowed_origins: config.allowed_origins.clone(),
             handover_stop: handover_stop.clone(),

@@ -102,7 +102,10 @@ pub async fn serve_dev(
     listeners: Listeners,
     registry: Registry,
     nodes: dev::DevNodes,
-    directory: signal_node::Directory,
+    stores: (
+        signal_node::Directory,
+        signal_node::presence::store::PresenceStore,
+    ),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     serve_with(
@@ -110,27 +113,34 @@ pub async fn serve_dev(
         listeners,
         registry,
         Some(nodes),
-        Some(directory),
+        Some(stores),
         shutdown,
     )
     .await
 }
 
 /// The server API, when `--api-key` enables it: its directory is the dev cluster's
-/// (`dev_directory`) or the Redis at `--api-redis-url` / `--redis-url`.
+/// (`dev_stores`) or the Redis at `--api-redis-url` / `--redis-url`.
 fn server_api(
     config: &Config,
     registry: &Registry,
     grpc_key: &GrpcKey,
-    dev_directory: Option<signal_node::Directory>,
+    dev_stores: Option<(
+        signal_node::Directory,
+        signal_node::presence::store::PresenceStore,
+    )>,
 ) -> Result<Option<api::ServerApi>, CentralError> {
     let Some(api_config) = &config.api else {
         return Ok(None);
     };
-    let directory = match (dev_directory, &api_config.directory_url) {
-        (Some(d), _) => d,
-        (None, Some(url)) => signal_node::Directory::redis(url)
-            .map_err(|e| CentralError::Config(format!("--api-redis-url: {e}")))?,
+    let stores = match (dev_stores, &api_config.redis) {
+        (Some(s), _) => s,
+        (None, Some(redis)) => (
+            signal_node::Directory::redis(redis.clone())
+                .map_err(|e| CentralError::Config(format!("--api-redis-url: {e}")))?,
+            signal_node::presence::store::PresenceStore::redis(redis.clone())
+                .map_err(|e| CentralError::Config(format!("--api-redis-url: {e}")))?,
+        ),
         (None, None) => {
             return Err(CentralError::Config(
                 "--api-key (CENTRAL_API_KEYS) needs the nodes' directory: --api-redis-url or --redis-url"
@@ -142,7 +152,7 @@ fn server_api(
     tracing::info!(keys = api_config.keys.len(), "server API enabled");
     Ok(Some(api::ServerApi::new(
         api_config,
-        directory,
+        stores,
         peers,
         registry.clone(),
     )))
@@ -183,7 +193,10 @@ async fn serve_with(
     listeners: Listeners,
     registry: Registry,
     dev_nodes: Option<dev::DevNodes>,
-    dev_directory: Option<signal_node::Directory>,
+    dev_stores: Option<(
+        signal_node::Directory,
+        signal_node::presence::store::PresenceStore,
+    )>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CentralError> {
     telemetry::describe();
@@ -194,7 +207,7 @@ async fn serve_with(
     // Internal gRPC credentials: the registry accepts only calls signed with the cluster
     // secret, and central's probes of the nodes are signed with it.
     let grpc_key = GrpcKey::new(config.secret.as_bytes());
-    let server_api = server_api(&config, &registry, &grpc_key, dev_directory)?;
+    let server_api = server_api(&config, &registry, &grpc_key, dev_stores)?;
     let probe_now = liveness::ProbeNow::default();
     let background = CancellationToken::new();
     let sweeper = tokio::spawn(liveness::sweep(

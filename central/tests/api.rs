@@ -200,14 +200,44 @@ async fn scenario(base: &str) {
     assert_eq!(v, json!({"user":"bob","online":true,"node":node}));
     let (s, v) = get(base, "/v1/users/a%20b").await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = get(base, "/v1/presence?user=bob&user=carol&user=bob").await;
+    let (s, v) = get(base, "/v1/presence?user=bob&user=nobody&user=bob").await;
     assert_eq!(s, 200, "{v}");
+    assert_eq!(v["presence"][0]["state"], "online", "{v}");
+    assert!(v["presence"][0]["since"].is_u64(), "{v}");
     assert_eq!(
-        v,
-        json!({"presence":[
-            {"user":"bob","state":"online","note":null,"since":null},
-            {"user":"carol","state":"offline","note":null,"since":null},
-        ]})
+        v["presence"][1],
+        json!({"user":"nobody","state":"offline","note":null,"since":null}),
+        "a user never seen"
+    );
+    assert_eq!(v["presence"].as_array().map(Vec::len), Some(2), "{v}");
+    // What bob sets is what the backend reads (the presence store, not the directory).
+    bob.send_json(&json!({"type":"SetPresence","state":"away","note":"in a meeting"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let bob_seen = loop {
+        let (s, v) = get(base, "/v1/presence?user=bob").await;
+        assert_eq!(s, 200, "{v}");
+        if v["presence"][0]["state"] == "away" || Instant::now() > deadline {
+            break v["presence"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(bob_seen["state"], "away", "{bob_seen}");
+    assert_eq!(bob_seen["note"], "in a meeting", "{bob_seen}");
+    bob.send_json(&json!({"type":"SetPresence","state":"invisible"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let bob_seen = loop {
+        let (_, v) = get(base, "/v1/presence?user=bob").await;
+        if v["presence"][0]["state"] == "offline" || Instant::now() > deadline {
+            break v["presence"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&bob_seen["state"], &bob_seen["note"]),
+        (&json!("offline"), &json!(null)),
+        "invisible shows as offline: {bob_seen}"
     );
     let (s, v) = get(base, "/v1/presence").await;
     assert_eq!(s, 400, "{v}");
@@ -249,14 +279,14 @@ async fn scenario(base: &str) {
     bob2.close().await;
 }
 
-fn api_config(directory_url: Option<String>) -> ApiConfig {
+fn api_config(redis: Option<String>) -> ApiConfig {
     ApiConfig {
         keys: ApiKeys::parse(&format!("{OLD_KEY},{NEW_KEY}"))
             .unwrap()
             .unwrap(),
         max_body_bytes: central::api::DEFAULT_MAX_BODY_BYTES,
         max_presence_users: 3,
-        directory_url,
+        redis: redis.map(|url| url.as_str().into()),
     }
 }
 

@@ -274,6 +274,49 @@ async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient, String) {
         .await;
     let acc = next_of(&mut alice, "Accepted").await;
     assert_eq!(acc["id"], "m1", "{acc}");
+    // Presence: a snapshot of 20 users (their keys spread over the slots of a cluster), then a
+    // change of bob's on the other node.
+    let watched: Vec<String> = std::iter::once("bob".to_owned())
+        .chain((0..19).map(|i| format!("w{i}")))
+        .collect();
+    alice
+        .send_json(&json!({"type":"Subscribe","users":watched}))
+        .await;
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < watched.len() {
+        let p = next_of(&mut alice, "Presence").await;
+        seen.insert(p["user"].as_str().unwrap().to_owned(), p["state"].clone());
+    }
+    assert_eq!(seen["bob"], "online");
+    assert!(
+        watched[1..].iter().all(|u| seen[u] == "offline"),
+        "{seen:?}"
+    );
+    bob.send_json(&json!({"type":"SetPresence","state":"away","note":"lunch"}))
+        .await;
+    let p = next_of(&mut alice, "Presence").await;
+    assert_eq!(
+        (p["user"].as_str(), p["state"].as_str()),
+        (Some("bob"), Some("away")),
+        "{p}"
+    );
+    // Rooms: one room over both nodes, a message from one member reaches the other.
+    alice.send_json(&json!({"type":"Join","room":"r1"})).await;
+    next_of(&mut alice, "Joined").await;
+    bob.send_json(&json!({"type":"Join","room":"r1"})).await;
+    let j = next_of(&mut bob, "Joined").await;
+    assert_eq!(j["members"].as_array().map(Vec::len), Some(2), "{j}");
+    next_of(&mut alice, "MemberJoined").await;
+    bob.send_json(&json!({"type":"Message","room":"r1","id":"g1","body":"hi all"}))
+        .await;
+    let acc = next_of(&mut bob, "Accepted").await;
+    assert_eq!(acc["recipients"], 1, "{acc}");
+    let m = next_of(&mut alice, "Message").await;
+    assert_eq!(
+        (m["room"].as_str(), m["body"].as_str()),
+        (Some("r1"), Some("hi all")),
+        "{m}"
+    );
     (alice, bob, na)
 }
 

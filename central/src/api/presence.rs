@@ -1,13 +1,13 @@
-//! What `GET /v1/presence` answers for one user. Until the presence store (contract section 7)
-//! is on this branch, presence is read from the directory: `online` when the user has a
-//! session on a live node, else `offline`; `note` and `since` are `null`. The integrator
-//! switches [`presence_of`] to the presence store; nothing else changes.
+//! What `GET /v1/presence` answers: the users' presence records, read (not watched) from the
+//! nodes' presence store (contract section 7). Invisible is shown as `offline`, without its
+//! note; a record owned by a node instance central no longer lists (a node that died before
+//! its watchers wrote the offline) is shown `offline` too, as watchers see it.
 
 use serde::Serialize;
-use signal_node::Directory;
+use signal_node::presence::store::{PresenceStore, Record};
 use signal_proto::UserId;
 
-use super::{live_location, ServerApiError};
+use super::ServerApiError;
 use crate::registry::NodeRecord;
 
 /// One entry of `{"presence":[...]}`.
@@ -16,22 +16,53 @@ pub struct PresenceView {
     pub user: String,
     /// `online`, `away`, `busy` or `offline` (invisible users show as `offline`).
     pub state: &'static str,
+    /// The user's note; `null` when none, or when shown offline.
     pub note: Option<String>,
-    /// When the state was set (ms since epoch); `null` when not known (directory-based).
+    /// When the state began (ms since epoch); `null` for a user never seen (or whose offline
+    /// record expired after `--presence-offline-ttl-secs`).
     pub since: Option<u64>,
 }
 
-/// The presence of `user`, given the live node list.
+/// The presence of `users` (in order), given the live node list.
 pub async fn presence_of(
-    directory: &Directory,
+    store: &PresenceStore,
     nodes: &[NodeRecord],
-    user: &UserId,
-) -> Result<PresenceView, ServerApiError> {
-    let online = live_location(directory, nodes, user).await?.is_some();
-    Ok(PresenceView {
+    users: &[UserId],
+) -> Result<Vec<PresenceView>, ServerApiError> {
+    let records = store
+        .read(users)
+        .await
+        .map_err(|e| ServerApiError::Unavailable(format!("{e}: retry later")))?;
+    Ok(users
+        .iter()
+        .zip(records)
+        .map(|(user, record)| view(user, record.as_ref(), nodes))
+        .collect())
+}
+
+fn view(user: &UserId, record: Option<&Record>, nodes: &[NodeRecord]) -> PresenceView {
+    let Some(r) = record else {
+        return PresenceView {
+            user: user.to_string(),
+            state: "offline",
+            note: None,
+            since: None,
+        };
+    };
+    let owner_live = !r.owner.is_none()
+        && nodes
+            .iter()
+            .any(|n| n.info.id.as_str() == r.owner.node && n.info.instance == r.owner.instance);
+    let state = match r.state.as_str() {
+        "online" if owner_live => "online",
+        "away" if owner_live => "away",
+        "busy" if owner_live => "busy",
+        _ => "offline",
+    };
+    PresenceView {
         user: user.to_string(),
-        state: if online { "online" } else { "offline" },
-        note: None,
-        since: None,
-    })
+        state,
+        note: (state != "offline" && !r.note.is_empty()).then(|| r.note.clone()),
+        since: Some(r.since),
+    }
 }

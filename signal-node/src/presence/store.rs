@@ -12,6 +12,9 @@ use signal_proto::UserId;
 
 use crate::redis_link::RedisConn;
 
+/// Single-slot commands in flight at once where a pipeline may not span slots (Redis Cluster).
+const CLUSTER_CONCURRENCY: usize = 64;
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -367,6 +370,33 @@ impl PresenceStore {
                     })
                     .collect())
             }
+            Backend::Redis { conn, .. } if conn.is_cluster() => {
+                // A pipeline may not span slots on a cluster: one pipeline per user (both keys
+                // under `{pr:<user>}`), sent concurrently and answered in order.
+                use futures::stream::{StreamExt as _, TryStreamExt as _};
+                let one = |user: &UserId| {
+                    let mut conn = conn.clone();
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("HSET")
+                        .arg(watchers_key(user))
+                        .arg(&me.node)
+                        .arg(me.value())
+                        .ignore();
+                    pipe.cmd("HMGET")
+                        .arg(state_key(user))
+                        .arg(&["st", "note", "since", "ver", "node", "inst", "sid"]);
+                    async move {
+                        let rows: Vec<Vec<Option<String>>> =
+                            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+                        Ok::<_, StoreError>(rows.first().and_then(|f| record_of(f)))
+                    }
+                };
+                futures::stream::iter(users)
+                    .map(one)
+                    .buffered(CLUSTER_CONCURRENCY)
+                    .try_collect()
+                    .await
+            }
             Backend::Redis { conn, .. } => {
                 let mut pipe = redis::pipe();
                 for user in users {
@@ -388,6 +418,47 @@ impl PresenceStore {
         }
     }
 
+    /// The records of `users`, in order, without watching them (the server API's
+    /// `GET /v1/presence`). One single-key `HMGET` per user, sent concurrently (valid on a
+    /// cluster).
+    pub async fn read(&self, users: &[UserId]) -> Result<Vec<Option<Record>>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                let m = m.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                Ok(users
+                    .iter()
+                    .map(|user| {
+                        m.users
+                            .get(user)
+                            .and_then(|u| u.record.as_ref())
+                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+                            .map(|(r, _)| r.clone())
+                    })
+                    .collect())
+            }
+            Backend::Redis { conn, .. } => {
+                use futures::stream::{StreamExt as _, TryStreamExt as _};
+                let one = |user: &UserId| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("HMGET");
+                    cmd.arg(state_key(user))
+                        .arg(&["st", "note", "since", "ver", "node", "inst", "sid"]);
+                    async move {
+                        let f: Vec<Option<String>> =
+                            cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                        Ok::<_, StoreError>(record_of(&f))
+                    }
+                };
+                futures::stream::iter(users)
+                    .map(one)
+                    .buffered(CLUSTER_CONCURRENCY)
+                    .try_collect()
+                    .await
+            }
+        }
+    }
+
     /// Removes `me` from the watcher sets of `users` (only entries naming its instance).
     pub async fn unwatch(&self, me: &WatcherNode, users: &[UserId]) -> Result<(), StoreError> {
         match &self.backend {
@@ -401,6 +472,26 @@ impl PresenceStore {
                         }
                     }
                 }
+                Ok(())
+            }
+            Backend::Redis { conn, .. } if conn.is_cluster() => {
+                use futures::stream::{StreamExt as _, TryStreamExt as _};
+                let value = me.value();
+                let one = |user: &UserId| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(UNWATCH_LUA)
+                        .arg(1)
+                        .arg(watchers_key(user))
+                        .arg(&me.node)
+                        .arg(&value);
+                    async move { cmd.query_async::<()>(&mut conn).await.map_err(unavailable) }
+                };
+                futures::stream::iter(users)
+                    .map(one)
+                    .buffer_unordered(CLUSTER_CONCURRENCY)
+                    .try_collect::<Vec<()>>()
+                    .await?;
                 Ok(())
             }
             Backend::Redis { conn, .. } => {

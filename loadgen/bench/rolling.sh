@@ -53,7 +53,7 @@ for _ in $(seq 100); do
     redis-cli -p "$REDIS_PORT" ping > /dev/null 2>&1 && break
     sleep 0.05
 done
-"$BIN/central" --http-listen "127.0.0.1:$CENTRAL_HTTP" --grpc-listen "127.0.0.1:$CENTRAL_GRPC" \
+"$BIN/central" --open-login --http-listen "127.0.0.1:$CENTRAL_HTTP" --grpc-listen "127.0.0.1:$CENTRAL_GRPC" \
     --secret "$SECRET" > "$OUT/rolling-central.log" 2>&1 &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$CENTRAL_HTTP/healthz" central

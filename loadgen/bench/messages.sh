@@ -31,36 +31,12 @@ if [ -z "${BIN:-}" ]; then
     BIN=target/release
 fi
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. loadgen/bench/lib.sh
 REDIS_PORT=$(free_port)
 CENTRAL_HTTP=$(free_port)
 CENTRAL_GRPC=$(free_port)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
 
-wait_ready() { # url, what
-    for _ in $(seq 200); do
-        curl -fs "$1" > /dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    echo "error: $2 not ready at $1" >&2
-    exit 1
-}
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    > "$OUT/$TAG-redis.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-    redis-cli -p "$REDIS_PORT" ping > /dev/null 2>&1 && break
-    sleep 0.05
-done
+start_redis "$REDIS_PORT" "$OUT/$TAG-redis.log"
 "$BIN/central" --http-listen "127.0.0.1:$CENTRAL_HTTP" --grpc-listen "127.0.0.1:$CENTRAL_GRPC" \
     --secret "$SECRET" --open-login > "$OUT/$TAG-central.log" 2>&1 &
 PIDS+=($!)

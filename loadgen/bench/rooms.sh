@@ -22,36 +22,12 @@ mkdir -p "$OUT"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p loadgen -p signal-node
 BIN=target/release
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. loadgen/bench/lib.sh
 REDIS_PORT=$(free_port)
 NODE_HTTP=("$(free_port)" "$(free_port)")
 NODE_GRPC=("$(free_port)" "$(free_port)")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
 
-wait_ready() { # url, what
-    for _ in $(seq 200); do
-        curl -fs "$1" > /dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    echo "error: $2 not ready at $1" >&2
-    exit 1
-}
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    > "$OUT/rooms-redis.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-    redis-cli -p "$REDIS_PORT" ping > /dev/null 2>&1 && break
-    sleep 0.05
-done
+start_redis "$REDIS_PORT" "$OUT/rooms-redis.log"
 for i in 0 1; do
     "$BIN/signal-node" --id "node-$((i + 1))" --dev-auth \
         --listen "127.0.0.1:${NODE_HTTP[$i]}" --grpc-listen "127.0.0.1:${NODE_GRPC[$i]}" \

@@ -247,6 +247,9 @@ test('a bad user id fails the first connect with the server\'s reason, without r
 });
 
 test('glare: both call each other at once and end up in one call with a working data channel', { skip }, async () => {
+  // Both offers are held by the fixture until both were sent, so they cross (glare) however
+  // the two pages are scheduled.
+  fx.holdOffers = 2;
   const result = await page.evaluate(async () => {
     const { SignalClient } = await import('/signal-client.js');
     const { PeerManager } = await import('/roap-peer.js');
@@ -262,7 +265,7 @@ test('glare: both call each other at once and end up in one call with a working 
         if (peer.chat.readyState === 'open' && peer.files.readyState === 'open') resolve(undefined);
         else peer.addEventListener('open', () => resolve(undefined));
       });
-    // Both offers leave before either arrives.
+    // Both offers leave before either arrives (the fixture holds them until both are sent).
     h.call('iris');
     i.call('hank');
     const until = async (/** @type {() => boolean} */ f) => {

@@ -84,6 +84,10 @@ export class Fixture {
     this.replayOverlap = 0;
     /** on a resume, give the session a new token (the client must present it next time) */
     this.rotateOnResume = false;
+    /** hold Offers until this many are held, then deliver them all (forces glare) */
+    this.holdOffers = 0;
+    /** @type {{to:string, m:any}[]} */
+    this.heldOffers = [];
     this.next = 0;
     this.base = '';
     /** @type {http.Server | null} */
@@ -304,6 +308,13 @@ export class Fixture {
           continue;
         }
         m.from = user;
+        if (m.type === 'Offer' && this.holdOffers > 0) {
+          this.heldOffers.push({ to: m.to, m });
+          if (this.heldOffers.length < this.holdOffers) continue;
+          this.holdOffers = 0;
+          for (const h of this.heldOffers.splice(0)) if (this.sessions.has(h.to)) this.#out(h.to, h.m);
+          continue;
+        }
         // Connected, or its session kept for a resume: numbered and delivered (later).
         if (this.sessions.has(m.to)) this.#out(m.to, m);
         else if (this.sessions.has(user)) {

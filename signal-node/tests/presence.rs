@@ -15,7 +15,6 @@ use common::*;
 use serde_json::{json, Value};
 use signal_node::DirectoryConfig;
 use testkit::{free_port, wait_for_port, wait_until, Proc, Received, Redis, WsClient};
-use tokio::sync::oneshot;
 
 async fn pair(redis: &Redis, max_subs: usize) -> Vec<TestNode> {
     let mut nodes = Vec::new();
@@ -285,42 +284,13 @@ async fn redis_restart_keeps_local_presence_and_resyncs() {
 const SECRET: &str = "presence-test-secret";
 const NODE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-struct Central {
-    grpc: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Central {
-    async fn start() -> Central {
-        let mut cfg = central::Config::dev();
-        cfg.dev = false;
-        cfg.open_login = true;
-        cfg.secret = SECRET.into();
-        cfg.heartbeat_interval = Duration::from_millis(250);
-        cfg.node_timeout = NODE_TIMEOUT;
-        cfg.probe_interval = Duration::from_millis(250);
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let g = grpc.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(central::run(
-            cfg,
-            central::Listeners { http, grpc },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Central { grpc: g, _stop: tx }
-    }
-}
-
 struct NodeProc {
     proc: Proc,
     http: SocketAddr,
 }
 
 impl NodeProc {
-    async fn start(id: &str, redis: &Redis, central: &Central) -> NodeProc {
+    async fn start(id: &str, redis: &Redis, central: &TestCentral) -> NodeProc {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let proc = Proc::spawn(
@@ -330,7 +300,7 @@ impl NodeProc {
                 .args(["--listen", &http.to_string()])
                 .args(["--grpc-listen", &grpc.to_string()])
                 .args(["--redis-url", &redis.url()])
-                .args(["--central", &format!("http://{}", central.grpc)])
+                .args(["--central", &central.grpc_url()])
                 .args(["--drain-ms", "100", "--resume-window-ms", "2000"])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),
@@ -367,7 +337,12 @@ async fn all_live(nodes: &[&NodeProc], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_presentity_node_announces_offline_within_the_bound() {
     let redis = Redis::start().await;
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(250),
+        NODE_TIMEOUT,
+    ))
+    .await;
     let a = NodeProc::start("a", &redis, &central).await;
     let b = NodeProc::start("b", &redis, &central).await;
     all_live(&[&a, &b], 2).await;
@@ -416,7 +391,12 @@ async fn sigkill_of_the_presentity_node_announces_offline_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_watcher_node_breaks_nothing_for_others() {
     let redis = Redis::start().await;
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(250),
+        NODE_TIMEOUT,
+    ))
+    .await;
     let a = NodeProc::start("a", &redis, &central).await;
     let b = NodeProc::start("b", &redis, &central).await;
     let c = NodeProc::start("c", &redis, &central).await;
@@ -453,7 +433,12 @@ fn libc_sigkill() -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_of_the_presentity_node_announces_nothing() {
     let redis = Redis::start().await;
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(250),
+        NODE_TIMEOUT,
+    ))
+    .await;
     let a = NodeProc::start("a", &redis, &central).await;
     let b = NodeProc::start("b", &redis, &central).await;
     all_live(&[&a, &b], 2).await;

@@ -23,7 +23,6 @@ use testkit::{
     free_port, wait_for_port, wait_until, Proc, Received, RedisCluster, RedisSentinel, RedisTls,
     WsClient,
 };
-use tokio::sync::oneshot;
 
 const SECRET: &str = "shared-cluster-secret";
 
@@ -62,72 +61,6 @@ impl Flags {
     }
 }
 
-struct Central {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Central {
-    async fn start(redis: RedisConfig) -> Central {
-        let mut cfg = central::Config::dev();
-        cfg.dev = false;
-        cfg.open_login = true;
-        cfg.secret = SECRET.into();
-        cfg.heartbeat_interval = Duration::from_millis(200);
-        cfg.node_timeout = Duration::from_millis(1500);
-        cfg.probe_interval = Duration::from_millis(200);
-        cfg.redis = Some(redis);
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(central::run(
-            cfg,
-            central::Listeners { http, grpc },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Central {
-            http: h,
-            grpc: g,
-            _stop: tx,
-        }
-    }
-
-    async fn reachable_nodes(&self) -> Vec<String> {
-        let (_, body) = get_json(&format!("http://{}/v1/nodes", self.http)).await;
-        let mut ids: Vec<String> = body["nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|n| n["reachable"] == true)
-                    .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        ids
-    }
-
-    /// Logs `user` in; `Ok((node, ws url with ticket))` or the HTTP status.
-    async fn login(&self, user: &str) -> Result<(String, String), u16> {
-        let (s, login) = get_json(&format!("http://{}/v1/endpoint?user={user}", self.http)).await;
-        if s != 200 {
-            return Err(s);
-        }
-        Ok((
-            login["node"].as_str().unwrap().to_owned(),
-            format!(
-                "{}?token={}",
-                login["url"].as_str().unwrap(),
-                login["token"].as_str().unwrap()
-            ),
-        ))
-    }
-}
-
 struct NodeProc {
     id: String,
     proc: Proc,
@@ -135,7 +68,7 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    async fn start(id: &str, flags: &Flags, central: &Central) -> NodeProc {
+    async fn start(id: &str, flags: &Flags, central: &TestCentral) -> NodeProc {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let proc = Proc::spawn(
@@ -144,7 +77,7 @@ impl NodeProc {
                 .args(["--id", id, "--secret", SECRET, "--dev-auth"])
                 .args(["--listen", &http.to_string()])
                 .args(["--grpc-listen", &grpc.to_string()])
-                .args(["--central", &format!("http://{}", central.grpc)])
+                .args(["--central", &central.grpc_url()])
                 .args(flags.args())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),
@@ -164,12 +97,20 @@ impl NodeProc {
 
 /// Two nodes behind central, both reachable.
 struct Setup {
-    central: Central,
+    central: TestCentral,
     nodes: Vec<NodeProc>,
 }
 
 async fn setup(flags: &Flags) -> Setup {
-    let central = Central::start(flags.config()).await;
+    let central = {
+        let mut cfg = central_config(
+            SECRET,
+            Duration::from_millis(200),
+            Duration::from_millis(1500),
+        );
+        cfg.redis = Some(flags.config());
+        TestCentral::start(cfg).await
+    };
     let a = NodeProc::start("a", flags, &central).await;
     let b = NodeProc::start("b", flags, &central).await;
     wait_until(

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use testkit::{free_port, wait_for_port, wait_until, Proc, Redis, WsClient};
-use tokio::sync::oneshot;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
 const SECRET: &str = "rooms-test-secret";
@@ -348,46 +347,18 @@ async fn joins_leaves_limits_and_bad_input() {
     expect_silence(&mut bob, Duration::from_millis(200)).await;
 }
 
-struct Central {
-    grpc: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Central {
-    async fn start(node_timeout: Duration) -> Central {
-        let mut cfg = central::Config::dev();
-        cfg.dev = false;
-        cfg.open_login = true;
-        cfg.secret = SECRET.into();
-        cfg.heartbeat_interval = Duration::from_millis(200);
-        cfg.node_timeout = node_timeout;
-        cfg.probe_interval = Duration::from_millis(200);
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let g = grpc.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(central::run(
-            cfg,
-            central::Listeners { http, grpc },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Central { grpc: g, _stop: tx }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_members_node_means_member_left_within_the_bound() {
     let node_timeout = Duration::from_millis(1000);
     let redis = Redis::start().await;
-    let central = Central::start(node_timeout).await;
-    let a = NodeProc::start("a", &redis, Some(&central.url()), &[]).await;
-    let b = NodeProc::start("b", &redis, Some(&central.url()), &[]).await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(200),
+        node_timeout,
+    ))
+    .await;
+    let a = NodeProc::start("a", &redis, Some(&central.grpc_url()), &[]).await;
+    let b = NodeProc::start("b", &redis, Some(&central.grpc_url()), &[]).await;
     wait_until(
         "both nodes see each other",
         Duration::from_secs(10),

@@ -13,65 +13,17 @@ use serde_json::Value;
 use signal_node::Directory;
 use signal_proto::UserId;
 use testkit::{free_port, wait_for_port, wait_until, Proc, Redis, WsClient};
-use tokio::sync::oneshot;
 
 const SECRET: &str = "shared-cluster-secret";
 
-struct Central {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Central {
-    async fn start() -> Central {
-        let mut cfg = central::Config::dev();
-        cfg.dev = false;
-        cfg.open_login = true;
-        cfg.secret = SECRET.into();
-        cfg.heartbeat_interval = Duration::from_millis(200);
-        cfg.node_timeout = Duration::from_millis(1000);
-        cfg.probe_interval = Duration::from_millis(200);
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(central::run(
-            cfg,
-            central::Listeners { http, grpc },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Central {
-            http: h,
-            grpc: g,
-            _stop: tx,
-        }
-    }
-
-    fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// The listed nodes that answered central's probe (only those are handed out).
-    async fn node_ids(&self) -> Vec<String> {
-        let (_, body) = get_json(&format!("http://{}/v1/nodes", self.http)).await;
-        body["nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|n| n["reachable"] == true)
-                    .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_serves_tickets_from_central_and_deregisters() {
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(200),
+        Duration::from_millis(1000),
+    ))
+    .await;
     let mut cfg = dev("node-1");
     cfg.central = Some(central.grpc_url());
     cfg.secret = Some(SECRET.into());
@@ -87,7 +39,10 @@ async fn registers_serves_tickets_from_central_and_deregisters() {
         Duration::from_secs(10),
         || async {
             let (_, body) = get_json(&node.url("/readyz")).await;
-            central.node_ids().await.contains(&"node-1".to_owned())
+            central
+                .reachable_nodes()
+                .await
+                .contains(&"node-1".to_owned())
                 && body["central"]["livePeers"] == serde_json::json!(["node-1"])
         },
     )
@@ -111,7 +66,10 @@ async fn registers_serves_tickets_from_central_and_deregisters() {
     node.shutdown().await.unwrap();
     assert_eq!(alice.expect_close().await, 1012);
     wait_until("node deregistered", Duration::from_secs(5), || async {
-        !central.node_ids().await.contains(&"node-1".to_owned())
+        !central
+            .reachable_nodes()
+            .await
+            .contains(&"node-1".to_owned())
     })
     .await;
 }
@@ -122,7 +80,7 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    async fn start(id: &str, redis: &Redis, central: &Central) -> NodeProc {
+    async fn start(id: &str, redis: &Redis, central: &TestCentral) -> NodeProc {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let proc = Proc::spawn(
@@ -166,7 +124,12 @@ impl NodeProc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_central_no_longer_lists_is_offline_then_reachable_again() {
     let redis = Redis::start().await;
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(200),
+        Duration::from_millis(1000),
+    ))
+    .await;
     let a = NodeProc::start("a", &redis, &central).await;
     let b = NodeProc::start("b", &redis, &central).await;
     wait_until(
@@ -223,7 +186,7 @@ async fn node_central_no_longer_lists_is_offline_then_reachable_again() {
 }
 
 /// Central's `/v1/nodes` entry of `id`: (connections, pending assignments).
-async fn load_of(central: &Central, id: &str) -> (u64, u64) {
+async fn load_of(central: &TestCentral, id: &str) -> (u64, u64) {
     let (_, body) = get_json(&format!("http://{}/v1/nodes", central.http)).await;
     let n = body["nodes"]
         .as_array()
@@ -237,14 +200,22 @@ async fn load_of(central: &Central, id: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_report_ticket_connections_as_accepted() {
-    let central = Central::start().await;
+    let central = TestCentral::start(central_config(
+        SECRET,
+        Duration::from_millis(200),
+        Duration::from_millis(1000),
+    ))
+    .await;
     let mut cfg = dev("node-1");
     cfg.central = Some(central.grpc_url());
     cfg.secret = Some(SECRET.into());
     cfg.dev_auth = true;
     let node = TestNode::start(cfg).await;
     wait_until("node registered", Duration::from_secs(10), || async {
-        central.node_ids().await.contains(&"node-1".to_owned())
+        central
+            .reachable_nodes()
+            .await
+            .contains(&"node-1".to_owned())
     })
     .await;
     let mut tickets = Vec::new();

@@ -194,3 +194,81 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
 }
+
+/// central served by `central::run` inside the test process (open login, cluster `secret`,
+/// heartbeats and probes every `tick`, nodes evicted after `node_timeout`).
+pub fn central_config(secret: &str, tick: Duration, node_timeout: Duration) -> central::Config {
+    let mut cfg = central::Config::dev();
+    cfg.dev = false;
+    cfg.open_login = true;
+    cfg.secret = secret.into();
+    cfg.heartbeat_interval = tick;
+    cfg.node_timeout = node_timeout;
+    cfg.probe_interval = tick;
+    cfg
+}
+
+/// A central served by `central::run` inside the test process; stops when dropped.
+pub struct TestCentral {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestCentral {
+    pub async fn start(cfg: central::Config) -> TestCentral {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(central::run(
+            cfg,
+            central::Listeners { http, grpc },
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestCentral {
+            http: h,
+            grpc: g,
+            _stop: tx,
+        }
+    }
+
+    /// What nodes pass as `--central`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The listed nodes that answered central's probe (only those are handed out), sorted.
+    pub async fn reachable_nodes(&self) -> Vec<String> {
+        let (_, body) = get_json(&format!("http://{}/v1/nodes", self.http)).await;
+        let mut ids: Vec<String> = body["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["reachable"] == true)
+                    .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Logs `user` in; `Ok((node, ws url with ticket))` or the HTTP status.
+    pub async fn login(&self, user: &str) -> Result<(String, String), u16> {
+        let (s, login) = get_json(&format!("http://{}/v1/endpoint?user={user}", self.http)).await;
+        if s != 200 {
+            return Err(s);
+        }
+        Ok((
+            login["node"].as_str().unwrap().to_owned(),
+            format!(
+                "{}?token={}",
+                login["url"].as_str().unwrap(),
+                login["token"].as_str().unwrap()
+            ),
+        ))
+    }
+}

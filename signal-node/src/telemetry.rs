@@ -82,3 +82,60 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// The ROAP types a node relays, in the order of [`RelayMetrics`]'s counters.
+const RELAYED_KINDS: [&str; 6] = ["Offer", "Answer", "Ok", "Candidate", "Shutdown", "Error"];
+/// The routes of a relayed frame (`router::Route::as_str`), in the same order.
+const ROUTES: [&str; 2] = ["local", "remote"];
+
+/// Handles of the per-frame relay metrics (`signal_messages_relayed_total{type,route}`,
+/// `signal_relay_seconds{route}`), resolved once: a labelled `counter!` hashes its key and
+/// looks it up in the registry on every call, which is measurable on the hot path.
+struct RelayMetrics {
+    relayed: Vec<metrics::Counter>,
+    seconds: Vec<metrics::Histogram>,
+}
+
+static RELAY: OnceLock<RelayMetrics> = OnceLock::new();
+
+fn relay_metrics() -> &'static RelayMetrics {
+    RELAY.get_or_init(|| RelayMetrics {
+        relayed: RELAYED_KINDS
+            .iter()
+            .flat_map(|kind| {
+                ROUTES.iter().map(move |route| {
+                    metrics::counter!("signal_messages_relayed_total", "type" => *kind, "route" => *route)
+                })
+            })
+            .collect(),
+        seconds: ROUTES
+            .iter()
+            .map(|route| metrics::histogram!("signal_relay_seconds", "route" => *route))
+            .collect(),
+    })
+}
+
+/// Resolves the relay metric handles. Called once the global recorder is installed (a handle
+/// taken before that would record into nothing).
+pub fn init_relay_metrics() {
+    let _ = relay_metrics();
+}
+
+/// Counts one relayed frame of type `kind` over `route` that took `seconds` to hand over.
+pub fn relayed(kind: &'static str, route: &'static str, seconds: f64) {
+    let m = relay_metrics();
+    let r = ROUTES.iter().position(|x| *x == route);
+    let k = RELAYED_KINDS.iter().position(|x| *x == kind);
+    match (k, r) {
+        (Some(k), Some(r)) => {
+            m.relayed[k * ROUTES.len() + r].increment(1);
+            m.seconds[r].record(seconds);
+        }
+        // A type or route added without a handle here: the slow path, still counted.
+        _ => {
+            metrics::counter!("signal_messages_relayed_total", "type" => kind, "route" => route)
+                .increment(1);
+            metrics::histogram!("signal_relay_seconds", "route" => route).record(seconds);
+        }
+    }
+}

@@ -468,7 +468,10 @@ impl Reader {
         };
         match self.router.relay(&origin, &to, &frame).await {
             Ok(route) => {
-                crate::telemetry::relayed(kind, route.as_str(), start.elapsed().as_secs_f64());
+                metrics::counter!("signal_messages_relayed_total", "type" => kind, "route" => route.as_str())
+                    .increment(1);
+                metrics::histogram!("signal_relay_seconds", "route" => route.as_str())
+                    .record(start.elapsed().as_secs_f64());
             }
             Err(u) => {
                 tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);

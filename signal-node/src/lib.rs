@@ -86,7 +86,6 @@ pub async fn run(
         .metrics
         .clone()
         .unwrap_or_else(telemetry::metrics_handle);
-    telemetry::init_relay_metrics();
     let central = config.central.clone();
     let drain = config.drain;
     let grpc_auth = AuthLayer::new(config.grpc_key(), telemetry::GRPC_AUTH_REFUSED);

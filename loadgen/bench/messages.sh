@@ -54,9 +54,11 @@ for i in $(seq 1 "$NODES"); do
     wait_ready "http://127.0.0.1:$http/readyz" "node-$i"
 done
 
+PERF_PID=
 if [ -n "$PERF" ]; then
     (sleep "$WARMUP"; perf record -g -F 499 -p "${NODE_PIDS[0]}" -o "$OUT/$TAG.perf.data" -- sleep "$DURATION" \
         > /dev/null 2>&1) &
+    PERF_PID=$!
 fi
 uptime | tee "$OUT/$TAG.uptime"
 "$BIN/loadgen" --central "http://127.0.0.1:$CENTRAL_HTTP" --scenario messages \
@@ -65,4 +67,5 @@ uptime | tee "$OUT/$TAG.uptime"
     --body-bytes "$BODY" --no-progress --json "$OUT/$TAG.json" | tee "$OUT/$TAG.txt"
 uptime | tee -a "$OUT/$TAG.uptime"
 redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'evalsha|xadd|xdel' > "$OUT/$TAG.redis-stats" || true
-wait
+# Only the profiler is waited for: redis, central and the nodes are stopped on exit.
+[ -z "$PERF_PID" ] || wait "$PERF_PID"

@@ -593,6 +593,41 @@ impl Message {
         }
     }
 
+    /// The frame to relay for the client text `text` that [`Message::parse_client`] parsed into
+    /// `self`, sent by the authenticated `from` (the caller has refused any other `from`).
+    ///
+    /// A relayed ROAP message (Offer, Answer, Ok, Candidate, Shutdown) keeps the client's own
+    /// text, with `"from"` spliced in after its `{` when it has none: one copy, no
+    /// serialisation. The splice is taken only where it is exactly what re-serialising would
+    /// give: no `"n"` (the node drops a client's frame number), no `\u` escape (an escaped key
+    /// could be `from` or `n`), and `"from"` in the text only if it parsed as the sender.
+    /// Everything else (Error, which drops `origin`) is serialised with `from` set.
+    pub fn into_relay_frame(mut self, text: &str, from: &UserId) -> String {
+        if let Some(h) = self.head() {
+            let body = text.trim_start();
+            let plain = !text.contains("\"n\"") && !text.contains("\\u");
+            if plain && body.starts_with('{') {
+                if h.from.is_some() {
+                    return text.to_owned();
+                }
+                // A user id has no control characters (ids::UserId); one without `"` and `\\`
+                // is its own JSON string body.
+                let id = from.as_str();
+                let bare = !id.contains(['"', '\\']);
+                if bare && !text.contains("\"from\"") {
+                    let mut out = String::with_capacity(text.len() + id.len() + 10);
+                    out.push_str("{\"from\":\"");
+                    out.push_str(id);
+                    out.push_str("\",");
+                    out.push_str(&body[1..]);
+                    return out;
+                }
+            }
+        }
+        self.set_from(from.clone());
+        self.to_json()
+    }
+
     /// Whether the message is relayed to a peer (everything but Welcome, Ack, Ping, Pong).
     pub fn is_relayed(&self) -> bool {
         self.to().is_some()
@@ -720,6 +755,42 @@ mod tests {
         let out: Value =
             serde_json::from_str(&Message::parse_client(cand).unwrap().to_json()).unwrap();
         assert_eq!(out["candidate"], json!({"candidate":"c","foo":1}));
+    }
+
+    #[test]
+    fn relay_frame_splices_from_or_serialises_the_same_json() {
+        let alice = UserId::new("alice").unwrap();
+        let odd = UserId::new(r#"al"ice\"#).unwrap();
+        let cases = [
+            // Spliced: the client's text with "from" in front.
+            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0\r\n","x":{"k":[1]}}"#, true),
+            (r#"  { "type" : "Candidate", "to":"b", "sessionID":"s", "candidate":{"candidate":"c"} } "#, true),
+            (r#"{"type":"Ok","to":"b","sessionID":"s","from":"alice"}"#, true),
+            // Serialised: a client `n`, an escape, `"from"` elsewhere, an Error.
+            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","n":5}"#, false),
+            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","\u006e":5}"#, false),
+            (r#"{"type":"Answer","to":"bob","sessionID":"s1","sdp":"v=0","from":null}"#, false),
+            (r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"\"from\""}"#, true),
+            (r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"from"}"#, false),
+            (r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"FAILED","origin":"x"}"#, false),
+        ];
+        for (text, spliced) in cases {
+            for user in [&alice, &odd] {
+                let mut want = Message::parse_client(text).unwrap();
+                if want.from().is_some_and(|f| f != user) {
+                    continue; // refused before relaying (FORBIDDEN)
+                }
+                want.set_from(user.clone());
+                let want: Value = serde_json::from_str(&want.to_json()).unwrap();
+                let out = Message::parse_client(text).unwrap().into_relay_frame(text, user);
+                let got: Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(got, want, "{text} as {user}");
+                let kept = out.contains(text.trim().trim_start_matches('{'));
+                assert_eq!(kept, spliced && user == &alice, "{text} as {user}: {out}");
+                // The frame number goes on after either.
+                assert!(stamp_frame_number(&out, 3).is_some());
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,10 @@ use crate::session::{Next, Origin, Session};
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Frames written to the socket with one flush at most (bounds the writer's buffer: 64 frames
+/// of at most `--max-message-bytes` each, past tungstenite's own write buffer it writes out).
+const WRITE_BATCH: usize = 64;
+
 /// How long a resumed connection waits for the old connection's reader to finish.
 const READER_HANDOFF: Duration = Duration::from_secs(3);
 
@@ -339,7 +343,7 @@ impl Reader {
         if !allowed {
             return;
         }
-        let mut msg = match parsed {
+        let msg = match parsed {
             Ok(m) => m,
             Err(r) => {
                 tracing::info!(user = %self.user, error = %r.error, "bad message");
@@ -459,9 +463,9 @@ impl Reader {
                 return;
             }
         }
-        msg.set_from(self.user.clone());
         let kind = msg.kind();
-        let frame = msg.to_json();
+        // The client's text with `from` spliced in (no second JSON pass), see proto.
+        let frame = msg.into_relay_frame(text, &self.user);
         let origin = Origin::Roap {
             sender: self.user.clone(),
             session_id: sid.as_str().to_owned(),
@@ -623,14 +627,15 @@ async fn write_loop(
         let sent = tokio::select! {
             biased;
             _ = w.closer.closed() => break,
-            r = sink.send(msg) => r,
+            r = write_batch(&mut sink, &w, msg, n, written) => r,
         };
-        if sent.is_err() {
-            w.closer.close(CLOSE_NORMAL, "socket write failed");
-            return written;
-        }
-        if let Some(n) = n {
-            written = n;
+        match sent {
+            Ok(Some(n)) => written = n,
+            Ok(None) => {}
+            Err(_) => {
+                w.closer.close(CLOSE_NORMAL, "socket write failed");
+                return written;
+            }
         }
     }
     let Some(reason) = w.closer.reason() else {
@@ -656,6 +661,31 @@ async fn write_loop(
     })
     .await;
     written
+}
+
+/// Writes `first` and, when it is a session frame, the frames already queued after it (at most
+/// [`WRITE_BATCH`]) with one flush: one `send` syscall for a burst (an Offer and its Candidates)
+/// instead of one per frame. Returns the last frame number written, if any.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    w: &Writer,
+    first: WsMessage,
+    n: Option<u64>,
+    written: u64,
+) -> Result<Option<u64>, axum::Error> {
+    sink.feed(first).await?;
+    let mut last = n;
+    if n.is_some() {
+        for _ in 1..WRITE_BATCH {
+            let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) else {
+                break;
+            };
+            sink.feed(WsMessage::Text(text)).await?;
+            last = Some(n);
+        }
+    }
+    sink.flush().await?;
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ async fn ws(
     // few KiB, and the buffers grow on demand up to the frame cap.
     upgrade
         .read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BATCH_BYTES)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| tasks.track_future(connection::serve(socket, pending)))
@@ -124,6 +124,11 @@ async fn ws(
 /// syscall and grows the buffer to the size of a larger frame, so a 3 KB SDP offer costs two
 /// reads instead of one (see docs/benchmarks.md, memory per idle connection).
 const WS_BUFFER_BYTES: usize = 2 * 1024;
+
+/// Bytes tungstenite gathers before it writes to the socket: the writer feeds a burst of queued
+/// frames and flushes once, so an Offer and its Candidates leave in one syscall. The write
+/// buffer grows only when a burst is written (an idle connection keeps the Welcome's size).
+const WS_WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))

@@ -23,7 +23,7 @@ use crate::outbound::{
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
 use crate::session::takeover::Pending;
-use crate::session::{Next, Origin, Session};
+use crate::session::{Next, Origin, RoapSender, Session};
 
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -114,6 +114,7 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         pongs,
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
+        roap: None,
     };
     // A resumed session: the old connection's reader (closed 4409) finishes the frames it
     // already read before this one reads its first.
@@ -154,6 +155,8 @@ struct Reader {
     pongs: Arc<Pongs>,
     bucket: TokenBucket,
     router: Router,
+    /// The sender of the last ROAP session this connection relayed for: its frames share one.
+    roap: Option<Arc<RoapSender>>,
 }
 
 impl Reader {
@@ -466,10 +469,18 @@ impl Reader {
         let kind = msg.kind();
         // The client's text with `from` spliced in (no second JSON pass), see proto.
         let frame = msg.into_relay_frame(text, &self.user);
-        let origin = Origin::Roap {
-            sender: self.user.clone(),
-            session_id: sid.as_str().to_owned(),
+        let sender = match &self.roap {
+            Some(r) if r.session_id == sid.as_str() => r.clone(),
+            _ => {
+                let r = Arc::new(RoapSender {
+                    sender: self.user.clone(),
+                    session_id: sid.as_str().to_owned(),
+                });
+                self.roap = Some(r.clone());
+                r
+            }
         };
+        let origin = Origin::Roap(sender);
         match self.router.relay(&origin, &to, &frame).await {
             Ok(route) => {
                 metrics::counter!("signal_messages_relayed_total", "type" => kind, "route" => route.as_str())

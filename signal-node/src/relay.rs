@@ -39,10 +39,7 @@ impl Relay for RelayService {
         let req = request.into_inner();
         let to = UserId::new(req.to).map_err(RelayError::from)?;
         let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
-            (Ok(sender), _) => Origin::Roap {
-                sender,
-                session_id: req.session_id,
-            },
+            (Ok(sender), _) => Origin::roap(sender, req.session_id),
             (Err(_), Some(e)) => Origin::Mail(e),
             (Err(_), None) => Origin::Node,
         };

@@ -228,9 +228,7 @@ impl Router {
         let liveness = self.node.peers().liveness(loc);
         let (from, session_id, mail_entry) = match origin {
             Origin::Node => (String::new(), String::new(), String::new()),
-            Origin::Roap { sender, session_id } => {
-                (sender.to_string(), session_id.clone(), String::new())
-            }
+            Origin::Roap(r) => (r.sender.to_string(), r.session_id.clone(), String::new()),
             Origin::Mail(e) => (String::new(), String::new(), e.to_string()),
         };
         let req = DeliverRequest {

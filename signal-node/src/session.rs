@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::mailbox::EntryId;
 use crate::outbound::{Closer, PushError, CLOSE_REPLACED, CLOSE_SLOW};
 use ring::Ring;
-pub use ring::{Entry, Origin, RingLimits};
+pub use ring::{Entry, Origin, RingLimits, RoapSender};
 
 /// Bounds of a session (from the node's flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +188,7 @@ impl Handover {
             .map(|e| {
                 let (origin_user, origin_session) = match e.origin {
                     Origin::Node | Origin::Mail(_) => (String::new(), String::new()),
-                    Origin::Roap { sender, session_id } => (sender.into_string(), session_id),
+                    Origin::Roap(r) => (r.sender.to_string(), r.session_id.clone()),
                 };
                 BufferedFrame {
                     n: e.n,
@@ -218,10 +218,7 @@ impl Handover {
                 n: f.n,
                 frame: f.frame.into(),
                 origin: match UserId::new(f.origin_user) {
-                    Ok(sender) => Origin::Roap {
-                        sender,
-                        session_id: f.origin_session,
-                    },
+                    Ok(sender) => Origin::roap(sender, f.origin_session),
                     Err(_) => Origin::Node,
                 },
             })

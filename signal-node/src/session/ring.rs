@@ -4,6 +4,7 @@
 //! a resume.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use signal_proto::UserId;
@@ -16,11 +17,25 @@ pub enum Origin {
     /// A frame the node itself originated (server errors, notices): nobody to tell.
     Node,
     /// A relayed ROAP message: its sender gets Error OFFLINE should the session end first.
-    Roap { sender: UserId, session_id: String },
+    /// Shared by every frame of one ROAP session (no copy of the ids per frame).
+    Roap(Arc<RoapSender>),
     /// A live chat message, stored in the recipient's mailbox under this entry (nobody to
     /// tell: it stays there until acknowledged). The entry lets the session deliver it once
     /// whether it comes live or from the push at connect.
     Mail(EntryId),
+}
+
+/// Who sent a relayed ROAP message, in which ROAP session.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoapSender {
+    pub sender: UserId,
+    pub session_id: String,
+}
+
+impl Origin {
+    pub fn roap(sender: UserId, session_id: String) -> Origin {
+        Origin::Roap(Arc::new(RoapSender { sender, session_id }))
+    }
 }
 
 /// One numbered frame.

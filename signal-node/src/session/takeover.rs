@@ -395,9 +395,10 @@ impl Node {
             // One router, in order: each sender's notices arrive in the order of its frames.
             let mut router = Router::new(node);
             for e in owed {
-                let Origin::Roap { sender, session_id } = e.origin else {
+                let Origin::Roap(r) = e.origin else {
                     continue;
                 };
+                let (sender, session_id) = (&r.sender, r.session_id.clone());
                 let msg = Message::server_error(
                     sender.clone(),
                     Some(user.clone()),

@@ -21,10 +21,7 @@ fn user(s: &str) -> UserId {
 }
 
 fn roap(from: &str) -> Origin {
-    Origin::Roap {
-        sender: user(from),
-        session_id: "s1".into(),
-    }
+    Origin::roap(user(from), "s1".into())
 }
 
 fn n_of(frame: &str) -> u64 {

@@ -166,6 +166,10 @@ impl Reader {
         // are still read and relayed (until its close frame, or `CLOSE_GRACE`): they are not
         // numbered, so the client could not tell they were lost.
         let mut grace: Option<tokio::time::Instant> = None;
+        // One wait for the close, registered once (not a new waiter per frame).
+        let closer = self.closer.clone();
+        let closed = closer.closed();
+        tokio::pin!(closed);
         loop {
             let wait = match grace {
                 Some(until) => until.saturating_duration_since(tokio::time::Instant::now()),
@@ -173,7 +177,7 @@ impl Reader {
             };
             let next = tokio::select! {
                 biased;
-                _ = self.closer.closed(), if grace.is_none() => {
+                _ = &mut closed, if grace.is_none() => {
                     let slow = self.closer.reason().is_some_and(|r| r.code == CLOSE_SLOW);
                     if slow {
                         return;
@@ -615,6 +619,10 @@ async fn write_loop(
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One wait for the close, registered once (not a new waiter per frame).
+    let closer = w.closer.clone();
+    let closed = closer.closed();
+    tokio::pin!(closed);
     let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
     if sink.send(welcome).await.is_err() {
         w.closer.close(CLOSE_NORMAL, "socket write failed");
@@ -623,7 +631,7 @@ async fn write_loop(
     loop {
         let (msg, n) = tokio::select! {
             biased;
-            _ = w.closer.closed() => break,
+            _ = &mut closed => break,
             _ = w.pongs.next() => (WsMessage::Text(Message::Pong.to_json().into()), None),
             next = w.session.next_frame(w.conn, written) => match next {
                 Some((n, text)) => (WsMessage::Text(text), Some(n)),
@@ -637,7 +645,7 @@ async fn write_loop(
         };
         let sent = tokio::select! {
             biased;
-            _ = w.closer.closed() => break,
+            _ = &mut closed => break,
             r = write_batch(&mut sink, &w, msg, n, written) => r,
         };
         match sent {

@@ -143,6 +143,10 @@ pub struct Args {
     /// back; beyond it they are counted and logged, and their records wait for the owner check.
     #[arg(long, env = "SIGNAL_PRESENCE_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub presence_max_pending: u64,
+    /// Presence snapshot reads and resync writes in flight at once against the presence store
+    /// (a subscription burst waits here instead of queueing on the Redis connection).
+    #[arg(long, env = "SIGNAL_PRESENCE_STORE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub presence_store_concurrency: u64,
     /// Members one room may have; a Join past it gets ROOMFULL.
     #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = crate::rooms::DEFAULT_MAX_ROOM_MEMBERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_room_members: u64,
@@ -336,6 +340,8 @@ impl Args {
             offline_ttl: Duration::from_secs(self.presence_offline_ttl_secs),
             max_pending: usize::try_from(self.presence_max_pending)
                 .map_err(|_| invalid("presence-max-pending", "too large"))?,
+            store_concurrency: usize::try_from(self.presence_store_concurrency)
+                .map_err(|_| invalid("presence-store-concurrency", "too large"))?,
         };
         c.rooms = crate::rooms::RoomLimits {
             max_members: usize::try_from(self.max_room_members)

@@ -98,7 +98,7 @@ pub struct Config {
     /// `--webhook-*`: events for the application backend; `None`: no webhooks.
     pub webhooks: Option<crate::webhooks::WebhookConfig>,
     /// `--max-subscriptions`, `--presence-tick-ms`, `--presence-offline-ttl-secs`,
-    /// `--presence-max-pending`.
+    /// `--presence-max-pending`, `--presence-store-concurrency`.
     pub presence: PresenceLimits,
     /// The presence store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes of one cluster must share one: set it).

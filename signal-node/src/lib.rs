@@ -55,6 +55,9 @@ pub struct Listeners {
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Time given to the webhook queue to empty at shutdown.
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
+/// Streams a peer may reset before the server accepted them, per HTTP/2 connection (see the
+/// gRPC server below).
+const GRPC_MAX_PENDING_RESETS: usize = 4096;
 
 /// Serves until `shutdown` resolves, then drains: deregisters from central, answers 503 on
 /// `/readyz` and new upgrades, closes the connections with 1012 spread over `config.drain`,
@@ -89,7 +92,12 @@ pub async fn run(
     let central = config.central.clone();
     let drain = config.drain;
     let grpc_auth = AuthLayer::new(config.grpc_key(), telemetry::GRPC_AUTH_REFUSED);
-    let mut grpc_server = tonic::transport::Server::builder();
+    // h2 closes the whole connection when more than this many streams are reset by the
+    // client before the server accepted them (its Rapid Reset guard, default 20). Between
+    // nodes a burst of takeovers whose callers time out does exactly that and would drop
+    // every call on the connection; the callers are other nodes that sign their calls.
+    let mut grpc_server = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_RESETS));
     if let Some(tls) = &config.grpc_tls {
         grpc_server = grpc_server
             .tls_config(tls.server())

@@ -113,6 +113,10 @@ pub struct Args {
     /// nothing lost.
     #[arg(long, env = "SIGNAL_RESUME_WINDOW_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub resume_window_ms: u64,
+    /// Takeovers of sessions kept on other nodes (a resume arriving here) in progress at
+    /// once; more wait for a turn (a drained node's clients arrive all at once).
+    #[arg(long, env = "SIGNAL_TAKEOVER_CONCURRENCY", default_value_t = crate::config::DEFAULT_TAKEOVER_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub takeover_concurrency: u64,
     /// Unacknowledged frames kept per session for a resume, in frames (past it the oldest
     /// written ones are dropped).
     #[arg(long, env = "SIGNAL_RESUME_BUFFER_FRAMES", default_value_t = DEFAULT_RESUME_BUFFER_FRAMES as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -293,6 +297,8 @@ impl Args {
         c.max_used_tickets = usize::try_from(self.max_used_tickets)
             .map_err(|_| invalid("max-used-tickets", "too large"))?;
         c.resume_window = Duration::from_millis(self.resume_window_ms);
+        c.takeover_concurrency = usize::try_from(self.takeover_concurrency)
+            .map_err(|_| invalid("takeover-concurrency", "too large"))?;
         c.resume_buffer_frames = usize::try_from(self.resume_buffer_frames)
             .map_err(|_| invalid("resume-buffer-frames", "too large"))?;
         c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)

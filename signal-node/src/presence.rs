@@ -335,10 +335,12 @@ impl Presence {
                         .zip(records)
                         .map(|(u, r)| match r {
                             Some(r) => {
-                                let mut upd = Update::from_record(u.clone(), &r);
+                                let upd = Update::from_record(u.clone(), &r);
+                                // Owned by an instance central no longer lists: shown as
+                                // stored until `expire_owner` decides (a draining node keeps
+                                // serving its users: showing offline here would be false).
                                 if !upd.owner.is_none() && Self::is_dead(node, &upd.owner) {
                                     dead.push(upd.clone());
-                                    upd = fanout::offline_of(&upd, upd.version);
                                 }
                                 upd
                             }

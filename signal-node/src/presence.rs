@@ -83,6 +83,8 @@ struct Inner {
     /// Recent probes of node instances central no longer lists: instance -> when, answer.
     /// The users of one such instance share one probe (an eviction concerns thousands).
     probes: Mutex<HashMap<String, (std::time::Instant, ProbeAnswer)>>,
+    /// Instances whose users `live_changed` is checking now (one check each at a time).
+    checking: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whether a node instance answered a probe as itself (computed once, shared).
@@ -90,6 +92,11 @@ type ProbeAnswer = Arc<tokio::sync::OnceCell<bool>>;
 
 /// How long a probe answer about a node instance is reused.
 const PROBE_REUSE: Duration = Duration::from_secs(1);
+/// How long a node instance central no longer lists has to answer a probe before its users
+/// are written offline. A killed process refuses the connection at once; a draining node
+/// busy handing thousands of sessions over may take a while, and a timeout there is a false
+/// offline for every user it still serves (the contract's bound is node timeout + 5 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +120,7 @@ impl Presence {
                 ended: Mutex::default(),
                 store_slots: tokio::sync::Semaphore::new(limits.store_concurrency.max(1)),
                 probes: Mutex::default(),
+                checking: Mutex::default(),
             }),
         }
     }
@@ -463,58 +471,113 @@ impl Presence {
     fn expire_owner(&self, node: &Node, d: Update) {
         let this = self.clone();
         let n = node.clone();
-        node.tasks().spawn(async move {
-            if this.still_serving(&n, &d).await {
-                // A draining node deregisters at once but keeps serving (and handing over)
-                // its sessions: they are not offline.
-                tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
-                return;
-            }
-            metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
-            let record = Record {
-                state: "offline".to_owned(),
-                note: String::new(),
-                since: now_ms(),
-                version: now_ms(),
-                owner: Owner::default(),
-            };
-            let mode = Mode::IfInstance {
-                node: d.owner.node.clone(),
-                instance: d.owner.instance.clone(),
-            };
-            match this
-                .inner
-                .store
-                .write(&d.user, &record, &mode, this.inner.limits.offline_ttl)
-                .await
-            {
-                Ok(w) => {
-                    if let Some(r) = &w.record {
-                        let upd = Update::from_record(d.user.clone(), r);
-                        if w.applied {
-                            tracing::info!(user = %d.user, node = %d.owner.node, "presence: owner node died, user offline");
-                            this.fan_out(&n, upd, &w.watchers);
-                        } else {
-                            this.outbox().local(upd);
-                        }
+        node.tasks()
+            .spawn(async move { this.expire_one(&n, d).await });
+    }
+
+    /// `expire_owner`'s work for one user.
+    async fn expire_one(&self, node: &Node, d: Update) {
+        if self.still_serving(node, &d).await {
+            // A draining node deregisters at once but keeps serving (and handing over)
+            // its sessions: they are not offline.
+            tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
+            return;
+        }
+        metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
+        let record = Record {
+            state: "offline".to_owned(),
+            note: String::new(),
+            since: now_ms(),
+            version: now_ms(),
+            owner: Owner::default(),
+        };
+        let mode = Mode::IfInstance {
+            node: d.owner.node.clone(),
+            instance: d.owner.instance.clone(),
+        };
+        match self
+            .inner
+            .store
+            .write(&d.user, &record, &mode, self.inner.limits.offline_ttl)
+            .await
+        {
+            Ok(w) => {
+                if let Some(r) = &w.record {
+                    let upd = Update::from_record(d.user.clone(), r);
+                    if w.applied {
+                        tracing::info!(user = %d.user, node = %d.owner.node, "presence: owner node died, user offline");
+                        self.fan_out(node, upd, &w.watchers);
+                    } else {
+                        self.outbox().local(upd);
                     }
                 }
-                Err(e) => {
-                    this.degrade(&e);
-                    let version = d.version + 1;
-                    this.outbox().local(fanout::offline_of(&d, version));
-                }
             }
-        });
+            Err(e) => {
+                self.degrade(&e);
+                let version = d.version + 1;
+                self.outbox().local(fanout::offline_of(&d, version));
+            }
+        }
     }
 
     /// Central's live set changed: users whose state belongs to a dead node instance are
-    /// announced offline (unless they are back elsewhere).
+    /// announced offline (unless they are back elsewhere). Checked per instance, one check in
+    /// flight each: if the instance still answers as itself (a drain, or an eviction for a
+    /// late heartbeat), none of its users is touched; otherwise each is checked and written
+    /// offline, `--presence-store-concurrency` at a time. (Before, a drain cost every watching
+    /// node one directory lookup per user of the draining node per heartbeat.)
     pub fn live_changed(&self, node: &Node) {
         let dead = self.index().owned_by(|o| Self::is_dead(node, o));
+        let mut by_instance: HashMap<String, Vec<Update>> = HashMap::new();
         for d in dead {
-            self.expire_owner(node, d);
+            by_instance
+                .entry(d.owner.instance.clone())
+                .or_default()
+                .push(d);
         }
+        for (instance, users) in by_instance {
+            if !self
+                .inner
+                .checking
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(instance.clone())
+            {
+                continue;
+            }
+            let this = self.clone();
+            let n = node.clone();
+            node.tasks().spawn(async move {
+                this.expire_instance(&n, users).await;
+                this.inner
+                    .checking
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&instance);
+            });
+        }
+    }
+
+    /// The users of one instance central no longer lists (see `live_changed`).
+    async fn expire_instance(&self, node: &Node, users: Vec<Update>) {
+        // A user whose directory entry still names the instance gives its URL; a few tries.
+        for d in users.iter().take(8) {
+            let Ok(Some(loc)) = node.directory().lookup(&d.user).await else {
+                continue;
+            };
+            if loc.node_id == d.owner.node && loc.instance == d.owner.instance {
+                if self.probe_answers(node, &loc.grpc_url, &loc.instance).await {
+                    tracing::debug!(node = %d.owner.node, users = users.len(), "owner node left the live set but still answers");
+                    return;
+                }
+                break;
+            }
+        }
+        use futures::stream::StreamExt as _;
+        let limit = self.inner.limits.store_concurrency.max(1);
+        futures::stream::iter(users)
+            .for_each_concurrent(limit, |d| self.expire_one(node, d))
+            .await;
     }
 
     /// The store is back (or was reconnected): rewrite the state of every local session and
@@ -687,6 +750,13 @@ impl Presence {
             // Connected elsewhere by now: its new node writes its state; nothing to announce.
             return true;
         }
+        self.probe_answers(node, &loc.grpc_url, &d.owner.instance)
+            .await
+    }
+
+    /// Whether the node at `url` answers a probe as `instance` (within [`PROBE_TIMEOUT`]); one
+    /// probe per instance and second, shared by every caller.
+    async fn probe_answers(&self, node: &Node, url: &str, instance: &str) -> bool {
         let answer = {
             let mut probes = self
                 .inner
@@ -696,7 +766,7 @@ impl Presence {
             probes.retain(|_, (at, _)| at.elapsed() < PROBE_REUSE);
             Arc::clone(
                 &probes
-                    .entry(loc.instance.clone())
+                    .entry(instance.to_owned())
                     .or_insert_with(|| (std::time::Instant::now(), ProbeAnswer::default()))
                     .1,
             )
@@ -704,12 +774,9 @@ impl Presence {
         *answer
             .get_or_init(|| async {
                 matches!(
-                    tokio::time::timeout(
-                        Duration::from_millis(500),
-                        node.peers().probe(&loc.grpc_url)
-                    )
-                    .await,
-                    Ok(Ok(p)) if p.instance == d.owner.instance
+                    tokio::time::timeout(PROBE_TIMEOUT, node.peers().probe(url))
+                        .await,
+                    Ok(Ok(p)) if p.instance == instance
                 )
             })
             .await

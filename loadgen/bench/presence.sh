@@ -8,6 +8,7 @@
 # to $OUT.
 #
 #   USERS=10000 WATCH=100 RATE=200 DURATION=60 loadgen/bench/presence.sh
+#   BIN=/tmp/before USERS=... loadgen/bench/presence.sh     # prebuilt binaries, no build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/bench}
@@ -22,8 +23,11 @@ PAUSE=${PAUSE:-5}
 ROLL=${ROLL:-1}
 SECRET=bench-presence-secret
 mkdir -p "$OUT"
-cargo build --release -p loadgen -p central -p signal-node
-BIN=target/release
+# BIN=<dir> runs binaries built elsewhere (a before/after comparison) instead of building.
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -p loadgen -p central -p signal-node
+    BIN=target/release
+fi
 
 . loadgen/bench/lib.sh
 REDIS_PORT=$(free_port)

@@ -419,6 +419,8 @@ async fn reconnect(s: &Shared, i: usize, token: &str, last: u64) -> Option<Conn>
                 } else {
                     s.c.fresh.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(user = %me, "resume refused: fresh session, subscribing again");
+                    // A fresh session starts online (contract 7): that is the truth now.
+                    *lock(&s.truth[i]) = ("online".to_owned(), String::new());
                     let watched: Vec<String> = s
                         .watched(i)
                         .iter()

@@ -113,6 +113,10 @@ pub struct Args {
     /// nothing lost.
     #[arg(long, env = "SIGNAL_RESUME_WINDOW_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub resume_window_ms: u64,
+    /// Takeovers of sessions kept on other nodes (a resume arriving here) in progress at
+    /// once; more wait for a turn (a drained node's clients arrive all at once).
+    #[arg(long, env = "SIGNAL_TAKEOVER_CONCURRENCY", default_value_t = crate::config::DEFAULT_TAKEOVER_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub takeover_concurrency: u64,
     /// Unacknowledged frames kept per session for a resume, in frames (past it the oldest
     /// written ones are dropped).
     #[arg(long, env = "SIGNAL_RESUME_BUFFER_FRAMES", default_value_t = DEFAULT_RESUME_BUFFER_FRAMES as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -143,6 +147,10 @@ pub struct Args {
     /// back; beyond it they are counted and logged, and their records wait for the owner check.
     #[arg(long, env = "SIGNAL_PRESENCE_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub presence_max_pending: u64,
+    /// Presence snapshot reads and resync writes in flight at once against the presence store
+    /// (a subscription burst waits here instead of queueing on the Redis connection).
+    #[arg(long, env = "SIGNAL_PRESENCE_STORE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub presence_store_concurrency: u64,
     /// Members one room may have; a Join past it gets ROOMFULL.
     #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = crate::rooms::DEFAULT_MAX_ROOM_MEMBERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_room_members: u64,
@@ -289,6 +297,8 @@ impl Args {
         c.max_used_tickets = usize::try_from(self.max_used_tickets)
             .map_err(|_| invalid("max-used-tickets", "too large"))?;
         c.resume_window = Duration::from_millis(self.resume_window_ms);
+        c.takeover_concurrency = usize::try_from(self.takeover_concurrency)
+            .map_err(|_| invalid("takeover-concurrency", "too large"))?;
         c.resume_buffer_frames = usize::try_from(self.resume_buffer_frames)
             .map_err(|_| invalid("resume-buffer-frames", "too large"))?;
         c.resume_buffer_bytes = usize::try_from(self.resume_buffer_bytes)
@@ -336,6 +346,8 @@ impl Args {
             offline_ttl: Duration::from_secs(self.presence_offline_ttl_secs),
             max_pending: usize::try_from(self.presence_max_pending)
                 .map_err(|_| invalid("presence-max-pending", "too large"))?,
+            store_concurrency: usize::try_from(self.presence_store_concurrency)
+                .map_err(|_| invalid("presence-store-concurrency", "too large"))?,
         };
         c.rooms = crate::rooms::RoomLimits {
             max_members: usize::try_from(self.max_room_members)

@@ -23,6 +23,8 @@ pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// Default `--resume-window-ms`.
 pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
+/// Default `--takeover-concurrency`.
+pub const DEFAULT_TAKEOVER_CONCURRENCY: usize = 256;
 /// Default `--resume-buffer-frames`.
 pub const DEFAULT_RESUME_BUFFER_FRAMES: usize = 1024;
 /// Default `--resume-buffer-bytes`.
@@ -82,6 +84,9 @@ pub struct Config {
     /// When cancelled, a draining node stops waiting for the takeover of its kept sessions
     /// and ends them (the whole in-process dev cluster stops: nobody is left to resume on).
     pub handover_stop: Option<tokio_util::sync::CancellationToken>,
+    /// Takeovers of sessions kept on other nodes in progress at once
+    /// (`--takeover-concurrency`); more connections resuming wait for a turn.
+    pub takeover_concurrency: usize,
     /// Browser origins allowed to open a WebSocket (a request without `Origin` always may).
     pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
@@ -98,7 +103,7 @@ pub struct Config {
     /// `--webhook-*`: events for the application backend; `None`: no webhooks.
     pub webhooks: Option<crate::webhooks::WebhookConfig>,
     /// `--max-subscriptions`, `--presence-tick-ms`, `--presence-offline-ttl-secs`,
-    /// `--presence-max-pending`.
+    /// `--presence-max-pending`, `--presence-store-concurrency`.
     pub presence: PresenceLimits,
     /// The presence store; `None`: Redis at the directory's URL, or memory with a memory
     /// directory (in-process nodes of one cluster must share one: set it).
@@ -173,6 +178,7 @@ impl Config {
             resume_buffer_frames: DEFAULT_RESUME_BUFFER_FRAMES,
             resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
             handover_stop: None,
+            takeover_concurrency: DEFAULT_TAKEOVER_CONCURRENCY,
             allowed_origins: AllowedOrigins::any(),
             metrics: None,
             max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod liveness;
 pub mod mailbox;
 pub mod node;
 pub mod origin;
@@ -55,6 +56,9 @@ pub struct Listeners {
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Time given to the webhook queue to empty at shutdown.
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
+/// Streams a peer may reset before the server accepted them, per HTTP/2 connection (see the
+/// gRPC server below).
+const GRPC_MAX_PENDING_RESETS: usize = 4096;
 
 /// Serves until `shutdown` resolves, then drains: deregisters from central, answers 503 on
 /// `/readyz` and new upgrades, closes the connections with 1012 spread over `config.drain`,
@@ -89,7 +93,12 @@ pub async fn run(
     let central = config.central.clone();
     let drain = config.drain;
     let grpc_auth = AuthLayer::new(config.grpc_key(), telemetry::GRPC_AUTH_REFUSED);
-    let mut grpc_server = tonic::transport::Server::builder();
+    // h2 closes the whole connection when more than this many streams are reset by the
+    // client before the server accepted them (its Rapid Reset guard, default 20). Between
+    // nodes a burst of takeovers whose callers time out does exactly that and would drop
+    // every call on the connection; the callers are other nodes that sign their calls.
+    let mut grpc_server = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_RESETS));
     if let Some(tls) = &config.grpc_tls {
         grpc_server = grpc_server
             .tls_config(tls.server())
@@ -136,15 +145,24 @@ pub async fn run(
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
-    let grpc = tokio::spawn(
-        grpc_server
+    let grpc = {
+        let router = grpc_server
             .layer(grpc_auth)
-            .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
-                grpc_stop.clone().cancelled_owned(),
-            ),
-    );
+            .add_service(RelayServer::new(relay::RelayService::new(node.clone())));
+        let listener = listeners.grpc.into_std()?;
+        let stop = grpc_stop.clone();
+        liveness::on_own_thread("signal-grpc", move || async move {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        })?
+    };
     let http_stop = CancellationToken::new();
     let app = http::router(node.clone(), metrics);
     let listener = listeners.http.tap_io(|tcp| {
@@ -156,8 +174,15 @@ pub async fn run(
             .into_future(),
     );
     let reg_stop = CancellationToken::new();
-    let registration =
-        central.map(|url| tokio::spawn(registration::run(node.clone(), url, reg_stop.clone())));
+    let registration = match central {
+        Some(url) => {
+            let (node, stop) = (node.clone(), reg_stop.clone());
+            Some(liveness::on_own_thread("signal-heartbeat", move || {
+                registration::run(node, url, stop)
+            })?)
+        }
+        None => None,
+    };
     let expiry_stop = CancellationToken::new();
     let expiry = {
         let node = node.clone();
@@ -171,7 +196,17 @@ pub async fn run(
         let node = node.clone();
         let mut changes = node.directory().reconnects();
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
+            let mut reconnects = true;
+            loop {
+                tokio::select! {
+                    changed = changes.changed(), if reconnects => {
+                        if changed.is_err() {
+                            reconnects = false;
+                            continue;
+                        }
+                    }
+                    _ = node.reassert_requested() => {}
+                }
                 node.reassert().await;
             }
         })

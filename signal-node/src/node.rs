@@ -28,7 +28,7 @@ use crate::webhooks::Webhooks;
 
 /// Number of per-user locks serialising open (insert + claim + takeover) of the same user on
 /// this node.
-pub(crate) const CLAIM_STRIPES: usize = 64;
+pub(crate) const CLAIM_STRIPES: usize = 1024;
 
 /// State of the registration with central, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +67,10 @@ struct Inner {
     expiry: Expiry,
     /// Attached connections (the table also holds sessions kept for a resume).
     connections: AtomicUsize,
+    /// A reassert is wanted (the heartbeat asks; the main runtime runs it).
+    reassert_wanted: tokio::sync::Notify,
+    /// Turns for takeovers (`config.takeover_concurrency`).
+    takeovers: tokio::sync::Semaphore,
 }
 
 /// Who is connecting, and whether a ticket from central proved it.
@@ -101,6 +105,7 @@ impl Node {
         let registered = config.central.is_none();
         let peers = Peers::new(config.grpc_key(), config.grpc_tls.clone());
         let used_tickets = UsedTickets::new(config.max_used_tickets);
+        let takeovers = tokio::sync::Semaphore::new(config.takeover_concurrency.max(1));
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -129,6 +134,8 @@ impl Node {
                 tasks: TaskTracker::new(),
                 expiry: Expiry::default(),
                 connections: AtomicUsize::new(0),
+                reassert_wanted: tokio::sync::Notify::new(),
+                takeovers,
             }),
         }
     }
@@ -414,6 +421,24 @@ impl Node {
         {
             tracing::warn!(node = %self.id(), "connections still open after the drain window");
         }
+    }
+
+    /// Waits for a turn to take a session over from another node (held until the session
+    /// and its presence and rooms are installed here).
+    pub(crate) async fn takeover_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // Never closed: `acquire` fails only on a closed semaphore.
+        self.inner.takeovers.acquire().await.ok()
+    }
+
+    /// Asks for a [`reassert`](Self::reassert) on the main runtime without waiting for it
+    /// (the heartbeat loop must not wait for Redis work); requests made meanwhile coalesce.
+    pub fn request_reassert(&self) {
+        self.inner.reassert_wanted.notify_one();
+    }
+
+    /// Resolves once a reassert has been requested.
+    pub async fn reassert_requested(&self) {
+        self.inner.reassert_wanted.notified().await;
     }
 
     /// Puts this node's live connections back into the directory (after Redis lost them);

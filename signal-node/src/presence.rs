@@ -26,7 +26,7 @@ use index::{Delivered, Index, TooMany, Update};
 use store::{Mode, Owner, PresenceStore, Record, WatcherNode};
 
 /// Bounds and timing (`--max-subscriptions`, `--presence-tick-ms`,
-/// `--presence-offline-ttl-secs`, `--presence-max-pending`).
+/// `--presence-offline-ttl-secs`, `--presence-max-pending`, `--presence-store-concurrency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceLimits {
     /// Subscriptions per session; beyond it TOOMANY.
@@ -37,6 +37,10 @@ pub struct PresenceLimits {
     pub offline_ttl: Duration,
     /// Session ends remembered while the store is down (written when it is back).
     pub max_pending: usize,
+    /// Snapshot reads (watch calls) and resync writes in flight at once
+    /// (`--presence-store-concurrency`): a subscription burst queues here, not in the Redis
+    /// connection that changes and session ends use too.
+    pub store_concurrency: usize,
 }
 
 impl Default for PresenceLimits {
@@ -46,6 +50,7 @@ impl Default for PresenceLimits {
             tick: Duration::from_millis(50),
             offline_ttl: Duration::from_secs(86_400),
             max_pending: 100_000,
+            store_concurrency: 16,
         }
     }
 }
@@ -73,7 +78,25 @@ struct Inner {
     resyncing: AtomicBool,
     /// Sessions that ended while the store was down: user -> the owner to write offline for.
     ended: Mutex<HashMap<UserId, Owner>>,
+    /// Bounds the snapshot and resync work on the store (`limits.store_concurrency`).
+    store_slots: tokio::sync::Semaphore,
+    /// Recent probes of node instances central no longer lists: instance -> when, answer.
+    /// The users of one such instance share one probe (an eviction concerns thousands).
+    probes: Mutex<HashMap<String, (std::time::Instant, ProbeAnswer)>>,
+    /// Instances whose users `live_changed` is checking now (one check each at a time).
+    checking: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Whether a node instance answered a probe as itself (computed once, shared).
+type ProbeAnswer = Arc<tokio::sync::OnceCell<bool>>;
+
+/// How long a probe answer about a node instance is reused.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+/// How long a node instance central no longer lists has to answer a probe before its users
+/// are written offline. A killed process refuses the connection at once; a draining node
+/// busy handing thousands of sessions over may take a while, and a timeout there is a false
+/// offline for every user it still serves (the contract's bound is node timeout + 5 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +118,9 @@ impl Presence {
                 degraded: AtomicBool::new(false),
                 resyncing: AtomicBool::new(false),
                 ended: Mutex::default(),
+                store_slots: tokio::sync::Semaphore::new(limits.store_concurrency.max(1)),
+                probes: Mutex::default(),
+                checking: Mutex::default(),
             }),
         }
     }
@@ -304,7 +330,12 @@ impl Presence {
         }
         let me = Self::me(node);
         for chunk in users.chunks(signal_proto::presence::MAX_USERS_PER_FRAME) {
-            match self.inner.store.watch(&me, chunk).await {
+            let watched = {
+                // Never closed: `acquire` fails only on a closed semaphore.
+                let _permit = self.inner.store_slots.acquire().await.ok();
+                self.inner.store.watch(&me, chunk).await
+            };
+            match watched {
                 Ok(records) => {
                     let mut dead = Vec::new();
                     let updates: Vec<Update> = chunk
@@ -312,10 +343,12 @@ impl Presence {
                         .zip(records)
                         .map(|(u, r)| match r {
                             Some(r) => {
-                                let mut upd = Update::from_record(u.clone(), &r);
+                                let upd = Update::from_record(u.clone(), &r);
+                                // Owned by an instance central no longer lists: shown as
+                                // stored until `expire_owner` decides (a draining node keeps
+                                // serving its users: showing offline here would be false).
                                 if !upd.owner.is_none() && Self::is_dead(node, &upd.owner) {
                                     dead.push(upd.clone());
-                                    upd = fanout::offline_of(&upd, upd.version);
                                 }
                                 upd
                             }
@@ -330,11 +363,13 @@ impl Presence {
                 Err(e) => {
                     self.degrade(&e);
                     let local: Vec<Update> = {
-                        let ix = self.index();
+                        let mut ix = self.index();
+                        ix.fetch_failed(chunk);
+                        let states = ix.local_states(chunk);
                         chunk
                             .iter()
                             .filter_map(|u| {
-                                let (avail, note, since, sid) = ix.local_state(u)?;
+                                let (avail, note, since, sid) = states.get(u)?.clone();
                                 let r = Record {
                                     state: avail.as_str().to_owned(),
                                     note,
@@ -436,58 +471,113 @@ impl Presence {
     fn expire_owner(&self, node: &Node, d: Update) {
         let this = self.clone();
         let n = node.clone();
-        node.tasks().spawn(async move {
-            if still_serving(&n, &d).await {
-                // A draining node deregisters at once but keeps serving (and handing over)
-                // its sessions: they are not offline.
-                tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
-                return;
-            }
-            metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
-            let record = Record {
-                state: "offline".to_owned(),
-                note: String::new(),
-                since: now_ms(),
-                version: now_ms(),
-                owner: Owner::default(),
-            };
-            let mode = Mode::IfInstance {
-                node: d.owner.node.clone(),
-                instance: d.owner.instance.clone(),
-            };
-            match this
-                .inner
-                .store
-                .write(&d.user, &record, &mode, this.inner.limits.offline_ttl)
-                .await
-            {
-                Ok(w) => {
-                    if let Some(r) = &w.record {
-                        let upd = Update::from_record(d.user.clone(), r);
-                        if w.applied {
-                            tracing::info!(user = %d.user, node = %d.owner.node, "presence: owner node died, user offline");
-                            this.fan_out(&n, upd, &w.watchers);
-                        } else {
-                            this.outbox().local(upd);
-                        }
+        node.tasks()
+            .spawn(async move { this.expire_one(&n, d).await });
+    }
+
+    /// `expire_owner`'s work for one user.
+    async fn expire_one(&self, node: &Node, d: Update) {
+        if self.still_serving(node, &d).await {
+            // A draining node deregisters at once but keeps serving (and handing over)
+            // its sessions: they are not offline.
+            tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
+            return;
+        }
+        metrics::counter!("signal_presence_changes_total", "kind" => "dead").increment(1);
+        let record = Record {
+            state: "offline".to_owned(),
+            note: String::new(),
+            since: now_ms(),
+            version: now_ms(),
+            owner: Owner::default(),
+        };
+        let mode = Mode::IfInstance {
+            node: d.owner.node.clone(),
+            instance: d.owner.instance.clone(),
+        };
+        match self
+            .inner
+            .store
+            .write(&d.user, &record, &mode, self.inner.limits.offline_ttl)
+            .await
+        {
+            Ok(w) => {
+                if let Some(r) = &w.record {
+                    let upd = Update::from_record(d.user.clone(), r);
+                    if w.applied {
+                        tracing::info!(user = %d.user, node = %d.owner.node, "presence: owner node died, user offline");
+                        self.fan_out(node, upd, &w.watchers);
+                    } else {
+                        self.outbox().local(upd);
                     }
                 }
-                Err(e) => {
-                    this.degrade(&e);
-                    let version = d.version + 1;
-                    this.outbox().local(fanout::offline_of(&d, version));
-                }
             }
-        });
+            Err(e) => {
+                self.degrade(&e);
+                let version = d.version + 1;
+                self.outbox().local(fanout::offline_of(&d, version));
+            }
+        }
     }
 
     /// Central's live set changed: users whose state belongs to a dead node instance are
-    /// announced offline (unless they are back elsewhere).
+    /// announced offline (unless they are back elsewhere). Checked per instance, one check in
+    /// flight each: if the instance still answers as itself (a drain, or an eviction for a
+    /// late heartbeat), none of its users is touched; otherwise each is checked and written
+    /// offline, `--presence-store-concurrency` at a time. (Before, a drain cost every watching
+    /// node one directory lookup per user of the draining node per heartbeat.)
     pub fn live_changed(&self, node: &Node) {
         let dead = self.index().owned_by(|o| Self::is_dead(node, o));
+        let mut by_instance: HashMap<String, Vec<Update>> = HashMap::new();
         for d in dead {
-            self.expire_owner(node, d);
+            by_instance
+                .entry(d.owner.instance.clone())
+                .or_default()
+                .push(d);
         }
+        for (instance, users) in by_instance {
+            if !self
+                .inner
+                .checking
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(instance.clone())
+            {
+                continue;
+            }
+            let this = self.clone();
+            let n = node.clone();
+            node.tasks().spawn(async move {
+                this.expire_instance(&n, users).await;
+                this.inner
+                    .checking
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&instance);
+            });
+        }
+    }
+
+    /// The users of one instance central no longer lists (see `live_changed`).
+    async fn expire_instance(&self, node: &Node, users: Vec<Update>) {
+        // A user whose directory entry still names the instance gives its URL; a few tries.
+        for d in users.iter().take(8) {
+            let Ok(Some(loc)) = node.directory().lookup(&d.user).await else {
+                continue;
+            };
+            if loc.node_id == d.owner.node && loc.instance == d.owner.instance {
+                if self.probe_answers(node, &loc.grpc_url, &loc.instance).await {
+                    tracing::debug!(node = %d.owner.node, users = users.len(), "owner node left the live set but still answers");
+                    return;
+                }
+                break;
+            }
+        }
+        use futures::stream::StreamExt as _;
+        let limit = self.inner.limits.store_concurrency.max(1);
+        futures::stream::iter(users)
+            .for_each_concurrent(limit, |d| self.expire_one(node, d))
+            .await;
     }
 
     /// The store is back (or was reconnected): rewrite the state of every local session and
@@ -522,12 +612,53 @@ impl Presence {
                 .collect()
         };
         let ttl = self.inner.limits.offline_ttl;
-        for (user, mut r) in owns {
-            r.version = now_ms();
-            match self.inner.store.write(&user, &r, &Mode::Put, ttl).await {
-                Ok(w) => {
-                    if let Some(rec) = &w.record {
-                        self.fan_out(node, Update::from_record(user.clone(), rec), &w.watchers);
+        // Incremental: only the records that differ from the local session's state are
+        // written (Redis lost them, a write failed meanwhile, or another node wrote offline
+        // for this node's users while central did not list it); the others are left alone,
+        // so a resync after a short outage costs one read per session and notifies nobody.
+        let limit = self.inner.limits.store_concurrency.max(1);
+        for chunk in owns.chunks(signal_proto::presence::MAX_USERS_PER_FRAME) {
+            let users: Vec<UserId> = chunk.iter().map(|(u, _)| u.clone()).collect();
+            let stored = {
+                let _permit = self.inner.store_slots.acquire().await.ok();
+                self.inner.store.read(&users).await
+            };
+            let stored = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    self.degrade(&e);
+                    return false;
+                }
+            };
+            let differ: Vec<(UserId, Record)> = chunk
+                .iter()
+                .zip(stored)
+                .filter(|((_, r), have)| !have.as_ref().is_some_and(|h| same_state(h, r)))
+                .map(|(o, _)| o.clone())
+                .collect();
+            if differ.is_empty() {
+                continue;
+            }
+            metrics::counter!("signal_presence_resync_writes_total").increment(differ.len() as u64);
+            use futures::stream::{StreamExt as _, TryStreamExt as _};
+            let writes = futures::stream::iter(differ)
+                .map(|(user, mut r)| {
+                    let store = self.inner.store.clone();
+                    async move {
+                        r.version = now_ms();
+                        let w = store.write(&user, &r, &Mode::Put, ttl).await?;
+                        Ok::<_, store::StoreError>((user, w))
+                    }
+                })
+                .buffer_unordered(limit)
+                .try_collect::<Vec<_>>()
+                .await;
+            match writes {
+                Ok(done) => {
+                    for (user, w) in done {
+                        if let Some(rec) = &w.record {
+                            self.fan_out(node, Update::from_record(user, rec), &w.watchers);
+                        }
                     }
                 }
                 Err(e) => {
@@ -584,11 +715,16 @@ impl Presence {
             match self.inner.store.watch(&me, chunk).await {
                 Ok(records) => {
                     // A missing record (Redis lost its data) is no news: its owner's node
-                    // writes it back in its own resync and notifies us.
+                    // writes it back in its own resync and notifies us. Only a watcher that
+                    // has no state yet (its snapshot failed) is shown offline (version 0:
+                    // dropped by any slot that has a state).
                     let updates: Vec<Update> = chunk
                         .iter()
                         .zip(records)
-                        .filter_map(|(u, r)| r.map(|r| Update::from_record(u.clone(), &r)))
+                        .map(|(u, r)| match r {
+                            Some(r) => Update::from_record(u.clone(), &r),
+                            None => Update::unknown(u.clone()),
+                        })
                         .collect();
                     self.apply_now(&updates);
                 }
@@ -602,20 +738,57 @@ impl Presence {
     }
 }
 
-/// Whether the node instance central no longer lists still holds `d.user`'s session: the
-/// directory names that very instance and it answers a probe as itself (a drain, not a crash).
-async fn still_serving(node: &Node, d: &Update) -> bool {
-    let Ok(Some(loc)) = node.directory().lookup(&d.user).await else {
-        return false;
-    };
-    if loc.node_id != d.owner.node || loc.instance != d.owner.instance {
-        // Connected elsewhere by now: its new node writes its state; nothing to announce.
-        return true;
+impl Presence {
+    /// Whether the node instance central no longer lists still holds `d.user`'s session: the
+    /// directory names that very instance and it answers a probe as itself (a drain, or a
+    /// node evicted for a late heartbeat, not a crash). One probe per instance and second.
+    async fn still_serving(&self, node: &Node, d: &Update) -> bool {
+        let Ok(Some(loc)) = node.directory().lookup(&d.user).await else {
+            return false;
+        };
+        if loc.node_id != d.owner.node || loc.instance != d.owner.instance {
+            // Connected elsewhere by now: its new node writes its state; nothing to announce.
+            return true;
+        }
+        self.probe_answers(node, &loc.grpc_url, &d.owner.instance)
+            .await
     }
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), node.peers().probe(&loc.grpc_url)).await,
-        Ok(Ok(p)) if p.instance == d.owner.instance
-    )
+
+    /// Whether the node at `url` answers a probe as `instance` (within [`PROBE_TIMEOUT`]); one
+    /// probe per instance and second, shared by every caller.
+    async fn probe_answers(&self, node: &Node, url: &str, instance: &str) -> bool {
+        let answer = {
+            let mut probes = self
+                .inner
+                .probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            probes.retain(|_, (at, _)| at.elapsed() < PROBE_REUSE);
+            Arc::clone(
+                &probes
+                    .entry(instance.to_owned())
+                    .or_insert_with(|| (std::time::Instant::now(), ProbeAnswer::default()))
+                    .1,
+            )
+        };
+        *answer
+            .get_or_init(|| async {
+                matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, node.peers().probe(url))
+                        .await,
+                    Ok(Ok(p)) if p.instance == instance
+                )
+            })
+            .await
+    }
+}
+
+/// Whether a stored record already says what the local session would write.
+fn same_state(have: &Record, want: &Record) -> bool {
+    have.state == want.state
+        && have.note == want.note
+        && have.since == want.since
+        && have.owner == want.owner
 }
 
 /// Records the counters of a delivery pass.

@@ -92,7 +92,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     if std::mem::take(&mut evicted) {
                         // While central did not list this node, other nodes may have removed
                         // our users' directory entries as stale: put back the missing ones.
-                        node.reassert().await;
+                        node.request_reassert();
                     }
                     tracing::info!(node = %node.id(), central = %central_url, interval_ms = interval.as_millis() as u64, peers = resp.peers.len(), "registered with central");
                     break (interval, node_timeout);
@@ -147,7 +147,7 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                         .any(|p| p.node_id == info.node_id && p.instance == info.instance);
                     let was_listed = std::mem::replace(&mut self_listed, listed);
                     if listed && !was_listed {
-                        node.reassert().await;
+                        node.request_reassert();
                     }
                     if node.central_status().last_error.is_some() {
                         tracing::info!(node = %node.id(), "central reachable again");

@@ -475,3 +475,113 @@ async fn drain_of_the_presentity_node_announces_nothing() {
     expect_presence(&mut alice, "bob", "away").await;
     drop(b);
 }
+
+/// A reconnect storm: 1,000 users, each watching 10 others, all resume at once on the other
+/// node (as after a drain), while an observer there watches all of them. Nothing is announced
+/// (no offline, no online again, no snapshot repeated), nothing is missing: afterwards each
+/// change reaches every watcher exactly once, from the subscriptions the sessions carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_onto_another_node_announces_nothing_and_loses_nothing() {
+    const N: usize = 1000;
+    const W: usize = 10;
+    const CHANGED: usize = 100;
+    let redis = Redis::start().await;
+    let nodes = pair(&redis, 1000).await;
+    let user = |i: usize| format!("u{}", i % N);
+    let watched = |i: usize| -> Vec<String> { (1..=W).map(|d| user(i + d)).collect() };
+
+    // Everyone on node b, then subscribed; read the W snapshots, keep the last frame number.
+    let connects = (0..N).map(|i| {
+        let url = nodes[1].ws(&user(i));
+        async move {
+            let (c, w) = WsClient::connect_welcomed(&url).await;
+            (c, w["session"].as_str().unwrap().to_owned())
+        }
+    });
+    let connected = futures::future::join_all(connects).await;
+    let subscribes = connected
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut c, tok))| async move {
+            let users = watched(i);
+            let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+            c.send_json(&subscribe(&refs)).await;
+            let mut last = 0;
+            for _ in 0..W {
+                let v = presence_within(&mut c, Duration::from_secs(10)).await;
+                assert_eq!(v["state"], "online", "{v}");
+                last = v["n"].as_u64().unwrap();
+            }
+            (c, tok, last)
+        });
+    let clients = futures::future::join_all(subscribes).await;
+    let mut observer = nodes[0].connect("observer").await;
+    let all: Vec<String> = (0..N).map(user).collect();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    observer.send_json(&subscribe(&refs)).await;
+    for _ in 0..N {
+        let v = presence_within(&mut observer, Duration::from_secs(10)).await;
+        assert_eq!(v["state"], "online", "{v}");
+    }
+
+    // The storm: every connection drops (no close frame) and resumes on node a at once.
+    let resumes = clients.into_iter().enumerate().map(|(i, (c, tok, last))| {
+        let url = format!(
+            "ws://{}/ws?user={}&resume={tok}&last={last}",
+            nodes[0].http,
+            user(i)
+        );
+        async move {
+            drop(c);
+            let (c, w) = WsClient::connect_welcomed(&url).await;
+            assert_eq!(w["resumed"], true, "{} resumed: {w}", user(i));
+            c
+        }
+    });
+    let started = Instant::now();
+    let mut clients = futures::future::join_all(resumes).await;
+    let storm = started.elapsed();
+    no_presence(&mut observer, Duration::from_secs(1), "the storm").await;
+    let quiet = clients
+        .iter_mut()
+        .map(|c| no_presence(c, Duration::from_millis(300), "a resumed session"));
+    futures::future::join_all(quiet).await;
+
+    // Nothing missing: each change reaches every watcher once, on node a now.
+    for (i, c) in clients.iter_mut().enumerate().take(CHANGED) {
+        c.send_json(&set("away", Some(&format!("c{i}")))).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..CHANGED {
+        let v = presence_within(&mut observer, Duration::from_secs(2)).await;
+        assert_eq!(v["state"], "away", "{v}");
+        assert!(
+            seen.insert(v["user"].as_str().unwrap().to_owned()),
+            "twice: {v}"
+        );
+    }
+    let checks = clients.iter_mut().enumerate().map(|(i, c)| async move {
+        let want: Vec<String> = watched(i)
+            .into_iter()
+            .filter(|u| u[1..].parse::<usize>().unwrap() < CHANGED)
+            .collect();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let v = presence_within(c, Duration::from_secs(2)).await;
+            assert_eq!(v["state"], "away", "{v}");
+            got.push(v["user"].as_str().unwrap().to_owned());
+        }
+        got.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want, "watcher {}", user(i));
+        no_presence(c, Duration::from_millis(200), "exactly once").await;
+    });
+    futures::future::join_all(checks).await;
+    no_presence(&mut observer, Duration::from_millis(200), "exactly once").await;
+    eprintln!("{N} sessions resumed on the other node in {storm:?}");
+    for c in clients {
+        drop(c);
+    }
+    stop(nodes).await;
+}

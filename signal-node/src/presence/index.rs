@@ -128,6 +128,10 @@ pub type Seen = Option<(Shown, String)>;
 struct Slot {
     /// The latest update applied (`None` until the first snapshot).
     current: Option<Update>,
+    /// A snapshot of the user is being read from the store: it is applied to every watcher
+    /// of the slot, so a later subscriber waits for it instead of reading again (one store
+    /// round trip per watched user and node, however many sessions subscribe at once).
+    fetching: bool,
     watchers: HashMap<u64, Seen>,
 }
 
@@ -210,13 +214,19 @@ impl Index {
         self.slots.get(user).and_then(|s| s.current.as_ref())
     }
 
-    /// The state of `user` if one of its sessions is on this node (serves snapshots while
-    /// the store is down).
-    pub fn local_state(&self, user: &UserId) -> Option<(Availability, String, u64, u64)> {
+    /// The state of those of `users` that have a session on this node (serves snapshots
+    /// while the store is down): one pass over the local sessions, whatever the number of
+    /// users.
+    pub fn local_states(
+        &self,
+        users: &[UserId],
+    ) -> HashMap<UserId, (Availability, String, u64, u64)> {
+        let wanted: HashSet<&UserId> = users.iter().collect();
         self.owns
             .iter()
-            .find(|(_, o)| &o.user == user)
-            .map(|(sid, o)| (o.avail, o.note.clone(), o.since, *sid))
+            .filter(|(_, o)| wanted.contains(&o.user))
+            .map(|(sid, o)| (o.user.clone(), (o.avail, o.note.clone(), o.since, *sid)))
+            .collect()
     }
 
     /// A session starts (or arrives by takeover) with this state.
@@ -281,10 +291,34 @@ impl Index {
             }
             match &slot.current {
                 Some(cur) => deliver_one(&session, cur, entry, out),
-                None => need.push(user.clone()),
+                // The snapshot in flight is applied to this watcher too.
+                None if slot.fetching => {}
+                None => {
+                    slot.fetching = true;
+                    need.push(user.clone());
+                }
             }
         }
         Ok(need)
+    }
+
+    /// The snapshot of `users` could not be read: a later subscriber (or the resync) reads
+    /// it again.
+    pub fn fetch_failed(&mut self, users: &[UserId]) {
+        for u in users {
+            if let Some(slot) = self.slots.get_mut(u) {
+                slot.fetching = false;
+            }
+        }
+    }
+
+    /// Watched users that have no state yet (their snapshot failed or found nothing).
+    pub fn unknown_users(&self) -> Vec<UserId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.current.is_none())
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
     /// Removes subscriptions of session `sid`; returns the users nobody here watches now.
@@ -343,6 +377,7 @@ impl Index {
             }
         }
         slot.current = Some(upd.clone());
+        slot.fetching = false;
         let mut frame: Option<String> = None;
         for (sid, seen) in slot.watchers.iter_mut() {
             let Some(own) = self.owns.get(sid) else {

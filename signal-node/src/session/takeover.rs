@@ -160,6 +160,17 @@ impl Node {
         let mut handover = None;
         let mut carried: Option<SessionPresence> = None;
         let mut handed_rooms = Vec::new();
+        // A takeover waits for a turn (`--takeover-concurrency`) and holds it until the
+        // session, its presence and its rooms are installed here: a drained node's clients
+        // all arrive at once, and unbounded they would overrun the old node's handover and
+        // the Redis response timeout.
+        let remote =
+            matches!((&prev, &resume), (Some(p), Some(_)) if p.node_id != self.id().as_str());
+        let _turn = if remote {
+            self.takeover_turn().await
+        } else {
+            None
+        };
         match (prev, &resume) {
             (Some(prev), Some(r)) if prev.node_id != self.id().as_str() => {
                 match self.take_from(&user, prev, r).await {

@@ -581,7 +581,18 @@ impl Reader {
                 None => break,
             }
         }
-        let store = mailbox.store_prepared(&self.user, &prepared);
+        // A store permit of the node; this connection's own stores go on meanwhile (they
+        // hold permits too).
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(step) = self.chats.next(), if !self.chats.is_empty() => {
+                    Box::pin(self.chat_step(step)).await;
+                }
+                p = mailbox.store_permit() => break p,
+            }
+        };
+        let store = mailbox.store_with(permit, &self.user, &prepared);
         self.chats_to.push_back(Some(prepared.to.clone()));
         self.chats
             .push_back(async move { ChatStep::Stored(prepared, store.await) }.boxed());

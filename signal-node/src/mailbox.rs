@@ -7,7 +7,10 @@
 
 pub mod store;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use signal_proto::chat::{is_chat_frame, stamp_delayed};
 use signal_proto::{Accepted, ChatMessage, Delivered, ErrorType, Message, MessageId, UserId};
@@ -29,12 +32,17 @@ pub struct MailboxLimits {
     /// `--mailbox-inflight`: chat messages of one connection whose store is under way at
     /// once (their answers and pushes still go out in the order sent); 1: one at a time.
     pub inflight: usize,
+    /// `--mailbox-inflight-node`: chat message stores under way at once on this node, all
+    /// connections together (past it a connection waits before issuing the next store, so
+    /// that a backlog waits in the node, not in Redis against its response timeout).
+    pub inflight_node: usize,
 }
 
 pub const DEFAULT_MAILBOX_MAX_MESSAGES: usize = 1000;
 pub const DEFAULT_MAILBOX_TTL_SECS: u64 = 604_800;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4096;
 pub const DEFAULT_MAILBOX_INFLIGHT: usize = 32;
+pub const DEFAULT_MAILBOX_INFLIGHT_NODE: usize = 512;
 
 impl Default for MailboxLimits {
     fn default() -> Self {
@@ -45,6 +53,7 @@ impl Default for MailboxLimits {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             inflight: DEFAULT_MAILBOX_INFLIGHT,
+            inflight_node: DEFAULT_MAILBOX_INFLIGHT_NODE,
         }
     }
 }
@@ -72,6 +81,8 @@ pub struct Prepared {
 pub struct Mailbox {
     store: MailboxStore,
     limits: MailboxLimits,
+    /// `inflight_node` permits, one held by each store under way.
+    stores: Arc<Semaphore>,
 }
 
 fn now_ms() -> u64 {
@@ -82,7 +93,12 @@ fn now_ms() -> u64 {
 
 impl Mailbox {
     pub fn new(store: MailboxStore, limits: MailboxLimits) -> Mailbox {
-        Mailbox { store, limits }
+        let stores = Arc::new(Semaphore::new(limits.inflight_node.max(1)));
+        Mailbox {
+            store,
+            limits,
+            stores,
+        }
     }
 
     pub fn limits(&self) -> &MailboxLimits {
@@ -143,6 +159,27 @@ impl Mailbox {
             body,
             ts,
         })
+    }
+
+    /// A permit for one store under way (`--mailbox-inflight-node`); waits while all are
+    /// taken. Held by the future of [`Mailbox::store_with`].
+    pub async fn store_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.stores.clone().acquire_owned().await.ok()
+    }
+
+    /// [`Mailbox::store_prepared`] holding `permit` until the append is done.
+    pub fn store_with(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
+        sender: &UserId,
+        p: &Prepared,
+    ) -> impl std::future::Future<Output = Result<Appended, MailboxError>> + Send + 'static {
+        let store = self.store_prepared(sender, p);
+        async move {
+            let r = store.await;
+            drop(permit);
+            r
+        }
     }
 
     /// The second step: the store's append (the only I/O before the answer). The future owns
@@ -268,7 +305,7 @@ impl Mailbox {
         }
         let deleted = async {
             let a = self.store.delete_entries(user, &entries).await?;
-            let b = self.store.delete(user, &unknown, self.limits.store).await?;
+            let b = self.store.delete(user, &unknown).await?;
             Ok::<usize, MailboxError>(a + b)
         };
         match deleted.await {

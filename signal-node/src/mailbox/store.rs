@@ -1,8 +1,8 @@
 //! The mailbox store behind one interface: every chat message kept per recipient until the
 //! recipient acknowledges it, with a per-(sender, id) dedupe marker for the TTL, the quota and
 //! the TTL expiry. Two backends: memory (`--dev`, in-process tests) and Redis (one hash tag
-//! `{mb:<user>}` per recipient: a stream of messages, and the dedupe markers as fields of one
-//! hash per TTL-long epoch; one Lua script per append or page, a plain XDEL per ack).
+//! `{mb:<user>}` per recipient: a stream of messages and a dedupe key per (sender, id); one Lua
+//! script per append or page, a plain XDEL per ack).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -72,44 +72,27 @@ impl std::fmt::Display for EntryId {
 }
 
 /// Appends a message unless a duplicate, after dropping expired entries; quota checked in
-/// the same script. KEYS: stream, dedupe hash prefix. ARGV: frame, ts, max, ttl_ms, field.
+/// the same script. KEYS: stream, dedupe. ARGV: frame, ts, max, ttl_ms.
 /// Returns {status (0 stored, 1 duplicate, 2 full), first ts or entry id, expired}.
-///
-/// Dedupe markers: field `field` (the length-prefixed sender and id) -> `<ts> <entry id>` in
-/// the hash `<prefix>:<epoch>`, epoch = Redis time / TTL; a marker is looked up in the
-/// current and the previous epoch's hash and counts while its entry id (the Redis time it
-/// was stored) is younger than the TTL. A hash expires one TTL after its epoch ends, so
-/// markers cost one hash field each, and no key or expiry of their own. The hashes' names are
-/// built here from the declared prefix: they share its hash tag (same slot on a cluster).
 const APPEND_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[4])
-local epoch = math.floor(now / ttl)
-local cur = KEYS[2] .. ':' .. string.format('%.0f', epoch)
-local f = ARGV[5]
-local d = redis.call('HGET', cur, f)
-if not d then
-  d = redis.call('HGET', KEYS[2] .. ':' .. string.format('%.0f', epoch - 1), f)
-end
 local expired = 0
 local len = redis.call('XLEN', KEYS[1])
 if len > 0 then
-  expired = redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', now - ttl))
+  expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
   len = len - expired
 end
+local d = redis.call('GET', KEYS[2])
 if d then
-  local at = tonumber(string.match(d, ' (%d+)%-'))
-  if at and now - at < ttl then
-    return {1, d, expired}
-  end
+  return {1, d, expired}
 end
 if len >= tonumber(ARGV[3]) then
   return {2, '', expired}
 end
 local eid = redis.call('XADD', KEYS[1], '*', 'f', ARGV[1])
-redis.call('HSET', cur, f, ARGV[2] .. ' ' .. eid)
-redis.call('PEXPIREAT', cur, string.format('%.0f', (epoch + 2) * ttl))
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. eid, 'PX', ttl)
 -- Twice the TTL: an idle mailbox vanishes, but not before its expired entries are counted
 -- by the next append or page within that time.
 redis.call('PEXPIRE', KEYS[1], 2 * ttl)
@@ -141,17 +124,12 @@ return out
 ";
 
 /// Deletes the entries that dedupe markers point at (acknowledged frames whose entry id is
-/// not known here: handed over from another node). KEYS: stream, dedupe hash prefix. ARGV:
-/// ttl_ms, fields. Returns how many entries were deleted.
+/// not known here: handed over from another node). KEYS: stream, dedupe markers.
+/// Returns how many entries were deleted.
 const DELETE_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local epoch = math.floor(now / tonumber(ARGV[1]))
-local cur = KEYS[2] .. ':' .. string.format('%.0f', epoch)
-local prev = KEYS[2] .. ':' .. string.format('%.0f', epoch - 1)
 local n = 0
-for i = 2, #ARGV do
-  local d = redis.call('HGET', cur, ARGV[i]) or redis.call('HGET', prev, ARGV[i])
+for i = 2, #KEYS do
+  local d = redis.call('GET', KEYS[i])
   if d then
     local eid = string.match(d, ' (.+)$')
     if eid then
@@ -170,15 +148,9 @@ fn stream_key(user: &UserId) -> String {
     format!("{}:s", tag(user))
 }
 
-/// The prefix of the recipient's dedupe hashes (one per epoch, `<prefix>:<epoch>`).
-fn dedupe_prefix(user: &UserId) -> String {
-    format!("{}:d", tag(user))
-}
-
-/// A dedupe hash field: length-prefixed so that no (sender, id) pair can collide with
-/// another.
-fn dedupe_field(sender: &UserId, id: &MessageId) -> String {
-    format!("{}:{sender}:{id}", sender.as_str().len())
+/// Length-prefixed so that no (sender, id) pair can collide with another.
+fn dedupe_key(user: &UserId, sender: &UserId, id: &MessageId) -> String {
+    format!("{}:d:{}:{sender}:{id}", tag(user), sender.as_str().len())
 }
 
 /// The mailbox store. A cheap `Clone` handle.
@@ -310,12 +282,11 @@ impl MailboxStore {
             Backend::Redis { conn, append, .. } => {
                 let mut conn = conn.clone();
                 let mut inv = append.key(stream_key(to));
-                inv.key(dedupe_prefix(to))
+                inv.key(dedupe_key(to, sender, id))
                     .arg(frame)
                     .arg(ts)
                     .arg(limits.max_messages)
-                    .arg(ttl_ms(limits.ttl))
-                    .arg(dedupe_field(sender, id));
+                    .arg(ttl_ms(limits.ttl));
                 let (status, v, expired): (i64, String, usize) =
                     inv.invoke_async(&mut conn).await.map_err(unavailable)?;
                 expired_metric(expired);
@@ -437,7 +408,6 @@ impl MailboxStore {
         &self,
         user: &UserId,
         acked: &[(UserId, MessageId)],
-        limits: StoreLimits,
     ) -> Result<usize, MailboxError> {
         if acked.is_empty() {
             return Ok(0);
@@ -463,9 +433,8 @@ impl MailboxStore {
             Backend::Redis { conn, delete, .. } => {
                 let mut conn = conn.clone();
                 let mut inv = delete.key(stream_key(user));
-                inv.key(dedupe_prefix(user)).arg(ttl_ms(limits.ttl));
                 for (sender, id) in acked {
-                    inv.arg(dedupe_field(sender, id));
+                    inv.key(dedupe_key(user, sender, id));
                 }
                 inv.invoke_async(&mut conn).await.map_err(unavailable)
             }

@@ -171,38 +171,30 @@ impl Mailbox {
     pub fn store_with(
         &self,
         permit: Option<OwnedSemaphorePermit>,
-        sender: &UserId,
-        p: &Prepared,
-    ) -> impl std::future::Future<Output = Result<Appended, MailboxError>> + Send + 'static {
-        let store = self.store_prepared(sender, p);
+        sender: UserId,
+        p: Prepared,
+    ) -> impl std::future::Future<Output = (Prepared, Result<Appended, MailboxError>)> + Send + 'static
+    {
+        let store = self.store.clone();
+        let limits = self.limits.store;
         async move {
-            let r = store.await;
+            let r = store
+                .append(&p.to, &sender, &p.id, &p.frame, p.ts, limits)
+                .await;
             drop(permit);
-            r
+            (p, r)
         }
     }
 
-    /// The second step: the store's append (the only I/O before the answer). The future owns
-    /// what it needs, so that a connection can have several in flight (in order: the Redis
-    /// connection keeps the order of commands).
-    pub fn store_prepared(
+    /// The second step: the store's append (the only I/O before the answer).
+    pub async fn store_prepared(
         &self,
         sender: &UserId,
         p: &Prepared,
-    ) -> impl std::future::Future<Output = Result<Appended, MailboxError>> + Send + 'static {
-        let store = self.store.clone();
-        let (to, sender, id, frame) = (
-            p.to.clone(),
-            sender.clone(),
-            p.id.clone(),
-            p.frame.clone(),
-        );
-        let (ts, limits) = (p.ts, self.limits.store);
-        async move {
-            store
-                .append(&to, &sender, &id, &frame, ts, limits)
-                .await
-        }
+    ) -> Result<Appended, MailboxError> {
+        self.store
+            .append(&p.to, sender, &p.id, &p.frame, p.ts, self.limits.store)
+            .await
     }
 
     /// The last step: after the append `stored`, pushes the message live to the recipient's
@@ -241,7 +233,10 @@ impl Mailbox {
                     .await
                     .is_ok();
                 if !pushed {
-                    router.node().webhooks().message_stored(sender, &to, &id, &body);
+                    router
+                        .node()
+                        .webhooks()
+                        .message_stored(sender, &to, &id, &body);
                 }
                 metrics::counter!("signal_mail_accepted_total", "stored" => if pushed { "false" } else { "true" })
                     .increment(1);

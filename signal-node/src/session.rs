@@ -417,7 +417,8 @@ impl Session {
             guard.mail.upto = Some(e);
             return Ok(false);
         };
-        let (r, wake) = self.push_locked(&mut guard, frame, Origin::Node);
+        // Its entry id stays with the frame: the Ack deletes it by id.
+        let (r, wake) = self.push_locked(&mut guard, frame, Origin::Mail(e));
         if r.is_ok() {
             let mail = &mut guard.mail;
             mail.upto = Some(e);

@@ -587,7 +587,11 @@ async fn a_burst_of_pipelined_messages_is_answered_and_delivered_in_order() {
     let mut sent: Vec<(String, &str)> = Vec::new();
     for i in 0..N {
         let (to, id) = (["bob", "carol", "dave"][i % 3], format!("p-{i}"));
-        let body = if i == 40 { "x".repeat(5000) } else { format!("b{i}") };
+        let body = if i == 40 {
+            "x".repeat(5000)
+        } else {
+            format!("b{i}")
+        };
         alice.send_json(&chat(to, &id, &body)).await;
         sent.push((id, to));
         if i == 50 {
@@ -604,7 +608,11 @@ async fn a_burst_of_pipelined_messages_is_answered_and_delivered_in_order() {
                 break v;
             }
         };
-        assert_eq!(v["id"].as_str(), Some(id.as_str()), "answers in the order sent: {v}");
+        assert_eq!(
+            v["id"].as_str(),
+            Some(id.as_str()),
+            "answers in the order sent: {v}"
+        );
         if id == "p-40" {
             assert_eq!(v["type"], "Error", "{v}");
             assert_eq!(v["errorType"], "TOOLARGE", "{v}");
@@ -629,7 +637,11 @@ async fn a_burst_of_pipelined_messages_is_answered_and_delivered_in_order() {
         let m = expect(&mut bob, "Message").await;
         got.push(m["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(got, want("bob"), "bob's live messages in the order sent, once each");
+    assert_eq!(
+        got,
+        want("bob"),
+        "bob's live messages in the order sent, once each"
+    );
     for (who, node) in [("carol", 0), ("dave", 1)] {
         let mut c = nodes[node].connect(who).await;
         let mut got = Vec::new();

@@ -66,6 +66,6 @@ uptime | tee "$OUT/$TAG.uptime"
     --churn-rate "$CHURN" --offline-share "$OFFLINE" --offline-delay "$OFFLINE_DELAY" \
     --body-bytes "$BODY" --no-progress --json "$OUT/$TAG.json" | tee "$OUT/$TAG.txt"
 uptime | tee -a "$OUT/$TAG.uptime"
-redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'evalsha|xadd|xdel' > "$OUT/$TAG.redis-stats" || true
+redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'evalsha|xadd|xdel|xtrim|xlen|hget|hset|pexpire|get|set' > "$OUT/$TAG.redis-stats" || true
 # Only the profiler is waited for: redis, central and the nodes are stopped on exit.
 [ -z "$PERF_PID" ] || wait "$PERF_PID"

@@ -133,6 +133,14 @@ pub struct Args {
     /// Largest chat message `body`, in bytes; larger ones get TOOLARGE.
     #[arg(long, env = "SIGNAL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(16 * 1024 * 1024)))]
     pub max_body_bytes: u64,
+    /// Chat messages of one connection being stored at once (pipelined; answers and pushes
+    /// stay in the order sent); 1: one at a time.
+    #[arg(long, env = "SIGNAL_MAILBOX_INFLIGHT", default_value_t = crate::mailbox::DEFAULT_MAILBOX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub mailbox_inflight: u64,
+    /// Chat messages being stored at once on this node, all connections together (past it
+    /// connections wait before storing more).
+    #[arg(long, env = "SIGNAL_MAILBOX_INFLIGHT_NODE", default_value_t = crate::mailbox::DEFAULT_MAILBOX_INFLIGHT_NODE as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mailbox_inflight_node: u64,
     /// Presence subscriptions per session; a Subscribe beyond it gets TOOMANY (nothing added).
     #[arg(long, env = "SIGNAL_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_subscriptions: u64,
@@ -312,6 +320,10 @@ impl Args {
             },
             max_body_bytes: usize::try_from(self.max_body_bytes)
                 .map_err(|_| invalid("max-body-bytes", "too large"))?,
+            inflight: usize::try_from(self.mailbox_inflight)
+                .map_err(|_| invalid("mailbox-inflight", "too large"))?,
+            inflight_node: usize::try_from(self.mailbox_inflight_node)
+                .map_err(|_| invalid("mailbox-inflight-node", "too large"))?,
         };
         let webhook_url = self.webhook_url.filter(|u| !u.is_empty());
         c.webhooks = match (webhook_url, self.webhook_secret.filter(|s| !s.is_empty())) {

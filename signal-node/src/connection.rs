@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures::{FutureExt, SinkExt, StreamExt};
 use signal_proto::{ChatMessage, ErrorType, Message, ParseError, RoomId, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
 use tokio::sync::Notify;
 
+use crate::mailbox::{Appended, MailboxError, Prepared};
 use crate::node::Node;
 use crate::outbound::{
     CloseReason, Closer, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SLOW,
@@ -115,6 +117,8 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
         roap: None,
+        chats: FuturesOrdered::new(),
+        chats_to: std::collections::VecDeque::new(),
     };
     // A resumed session: the old connection's reader (closed 4409) finishes the frames it
     // already read before this one reads its first.
@@ -157,11 +161,34 @@ struct Reader {
     router: Router,
     /// The sender of the last ROAP session this connection relayed for: its frames share one.
     roap: Option<Arc<RoapSender>>,
+    /// Chat messages of this connection in flight (at most `--mailbox-inflight`), oldest
+    /// first: their stores run at once, their pushes and answers go out in this order.
+    chats: FuturesOrdered<BoxFuture<'static, ChatStep>>,
+    /// The recipient of each entry of `chats` (`None`: an answer waiting its turn). At most
+    /// one store per recipient is in flight, so that a recipient's mailbox gets this
+    /// sender's messages in the order sent whatever the Redis connection does (reconnects,
+    /// a script reload, a cluster redirect).
+    chats_to: std::collections::VecDeque<Option<UserId>>,
+}
+
+/// A chat message in flight, once its turn comes.
+enum ChatStep {
+    /// Its append finished: push it live, answer.
+    Stored(Prepared, Result<Appended, MailboxError>),
+    /// An Error about it, already built.
+    Answer(String),
 }
 
 impl Reader {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, stream: SplitStream<WebSocket>) {
+        self.read_frames(stream).await;
+        // Every message read gets its answer (before a resumed connection reads).
+        self.drain_chats().await;
+    }
+
+    async fn read_frames(&mut self, mut stream: SplitStream<WebSocket>) {
         let idle = self.node.config().idle_timeout;
+        let window = self.node.mailbox().limits().inflight.max(1);
         // Once the node closes the connection, frames the client sent before it saw the close
         // are still read and relayed (until its close frame, or `CLOSE_GRACE`): they are not
         // numbered, so the client could not tell they were lost.
@@ -185,7 +212,11 @@ impl Reader {
                     grace = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                     continue;
                 }
-                next = tokio::time::timeout(wait, stream.next()) => next,
+                Some(step) = self.chats.next(), if !self.chats.is_empty() => {
+                    Box::pin(self.chat_step(step)).await;
+                    continue;
+                }
+                next = tokio::time::timeout(wait, stream.next()), if self.chats.len() < window => next,
             };
             if grace.is_some() {
                 match next {
@@ -245,6 +276,7 @@ impl Reader {
                     // and lives only while one frame is processed, not while the socket idles.
                     WsMessage::Text(t) => Box::pin(self.on_text(t.as_str())).await,
                     WsMessage::Binary(_) => {
+                        self.drain_chats().await;
                         if self.allowed(&None, &None) {
                             self.reply_error(
                                 None,
@@ -307,6 +339,16 @@ impl Reader {
         let start = Instant::now();
         let max = self.node.config().max_message_bytes;
         let parsed = Message::parse_client(text);
+        // Frames are processed in order: only direct chat messages (answered in order through
+        // `chats`), Pings and Acks (no answer to order) overtake the chat messages in flight.
+        let overtakes = matches!(
+            &parsed,
+            Ok(Message::Ping | Message::Ack(_))
+                | Ok(Message::Message(ChatMessage { room: None, .. }))
+        );
+        if !overtakes {
+            self.drain_chats().await;
+        }
         let (peer, session) = match &parsed {
             Ok(m) => (m.to().cloned(), m.session_id().cloned()),
             Err(r) => (r.to.clone(), r.session_id.clone()),
@@ -544,16 +586,89 @@ impl Reader {
         let to = msg.to.clone();
         let id = msg.id.clone();
         let mailbox = self.node.mailbox().clone();
-        match mailbox.submit(&mut self.router, &self.user, msg).await {
-            Ok(a) => {
-                let _ = self
-                    .session
-                    .push(&Message::Accepted(a).to_json(), Origin::Node);
-            }
+        let prepared = match mailbox.prepare(&self.user, msg) {
+            Ok(p) => p,
             Err(r) => {
                 tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
                 self.reply_chat_error(to, Some(id.as_str()), None, r.error, r.description);
+                return;
             }
+        };
+        // One store per recipient in flight: wait for the earlier one to this recipient.
+        while self
+            .chats_to
+            .iter()
+            .any(|t| t.as_ref() == Some(&prepared.to))
+        {
+            match self.chats.next().await {
+                Some(step) => Box::pin(self.chat_step(step)).await,
+                None => break,
+            }
+        }
+        // A store permit of the node; this connection's own stores go on meanwhile (they
+        // hold permits too).
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(step) = self.chats.next(), if !self.chats.is_empty() => {
+                    Box::pin(self.chat_step(step)).await;
+                }
+                p = mailbox.store_permit() => break p,
+            }
+        };
+        self.chats_to.push_back(Some(prepared.to.clone()));
+        let store = mailbox.store_with(permit, self.user.clone(), prepared);
+        self.chats.push_back(
+            async move {
+                let (prepared, stored) = store.await;
+                ChatStep::Stored(prepared, stored)
+            }
+            .boxed(),
+        );
+    }
+
+    /// The next chat message in flight got its turn: push it live and answer.
+    async fn chat_step(&mut self, step: ChatStep) {
+        self.chats_to.pop_front();
+        match step {
+            ChatStep::Answer(frame) => {
+                let _ = self.session.push(&frame, Origin::Node);
+            }
+            ChatStep::Stored(p, stored) => {
+                let (to, id) = (p.to.clone(), p.id.clone());
+                let mailbox = self.node.mailbox().clone();
+                match mailbox
+                    .finish(&mut self.router, &self.user, p, stored)
+                    .await
+                {
+                    Ok(a) => {
+                        let _ = self
+                            .session
+                            .push(&Message::Accepted(a).to_json(), Origin::Node);
+                    }
+                    Err(r) => {
+                        tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
+                        metrics::counter!("signal_errors_total", "error_type" => r.error.as_str())
+                            .increment(1);
+                        let m = Message::chat_error(
+                            self.user.clone(),
+                            Some(to),
+                            Some(id.as_str()),
+                            None,
+                            r.error,
+                            r.description,
+                        );
+                        let _ = self.session.push(&m.to_json(), Origin::Node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for every chat message in flight and answers them (in order).
+    async fn drain_chats(&mut self) {
+        while let Some(step) = self.chats.next().await {
+            Box::pin(self.chat_step(step)).await;
         }
     }
 
@@ -567,9 +682,10 @@ impl Reader {
         }
     }
 
-    /// An error about chat message `id` (no `sessionID`; `from` = its recipient).
+    /// An error about chat message `id` (no `sessionID`; `from` = its recipient). Queued
+    /// behind the chat messages in flight, so that the sender's answers keep its order.
     fn reply_chat_error(
-        &self,
+        &mut self,
         peer: Option<UserId>,
         id: Option<&str>,
         room: Option<&str>,
@@ -578,7 +694,14 @@ impl Reader {
     ) {
         metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
         let m = Message::chat_error(self.user.clone(), peer, id, room, error, description);
-        let _ = self.session.push(&m.to_json(), Origin::Node);
+        if self.chats.is_empty() {
+            let _ = self.session.push(&m.to_json(), Origin::Node);
+        } else {
+            let frame = m.to_json();
+            self.chats_to.push_back(None);
+            self.chats
+                .push_back(futures::future::ready(ChatStep::Answer(frame)).boxed());
+        }
     }
 
     /// Sends a server error to this connection's user (`from` = the peer the message was meant

@@ -7,14 +7,17 @@
 
 pub mod store;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use signal_proto::chat::{is_chat_frame, stamp_delayed};
 use signal_proto::{Accepted, ChatMessage, Delivered, ErrorType, Message, MessageId, UserId};
 
 use crate::node::Node;
 use crate::router::Router;
-use crate::session::{Origin, Session};
+use crate::session::{AckedMail, Origin, Session};
 pub use store::{Appended, EntryId, MailboxError, MailboxStore, StoreLimits, StoredMessage};
 
 /// Messages read from the store per page when pushing at connect.
@@ -26,11 +29,20 @@ pub struct MailboxLimits {
     pub store: StoreLimits,
     /// `--max-body-bytes`.
     pub max_body_bytes: usize,
+    /// `--mailbox-inflight`: chat messages of one connection whose store is under way at
+    /// once (their answers and pushes still go out in the order sent); 1: one at a time.
+    pub inflight: usize,
+    /// `--mailbox-inflight-node`: chat message stores under way at once on this node, all
+    /// connections together (past it a connection waits before issuing the next store, so
+    /// that a backlog waits in the node, not in Redis against its response timeout).
+    pub inflight_node: usize,
 }
 
 pub const DEFAULT_MAILBOX_MAX_MESSAGES: usize = 1000;
 pub const DEFAULT_MAILBOX_TTL_SECS: u64 = 604_800;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4096;
+pub const DEFAULT_MAILBOX_INFLIGHT: usize = 32;
+pub const DEFAULT_MAILBOX_INFLIGHT_NODE: usize = 512;
 
 impl Default for MailboxLimits {
     fn default() -> Self {
@@ -40,6 +52,8 @@ impl Default for MailboxLimits {
                 ttl: Duration::from_secs(DEFAULT_MAILBOX_TTL_SECS),
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            inflight: DEFAULT_MAILBOX_INFLIGHT,
+            inflight_node: DEFAULT_MAILBOX_INFLIGHT_NODE,
         }
     }
 }
@@ -51,11 +65,24 @@ pub struct Refused {
     pub description: String,
 }
 
+/// A checked chat message on its way to the store: recipient, id, the frame the recipient
+/// gets, the body (for the `message.stored` webhook) and the `ts` it was stamped with.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub to: UserId,
+    pub id: MessageId,
+    pub frame: String,
+    body: String,
+    ts: u64,
+}
+
 /// The node's mailbox: the store and its limits. A cheap `Clone` handle.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     store: MailboxStore,
     limits: MailboxLimits,
+    /// `inflight_node` permits, one held by each store under way.
+    stores: Arc<Semaphore>,
 }
 
 fn now_ms() -> u64 {
@@ -66,7 +93,12 @@ fn now_ms() -> u64 {
 
 impl Mailbox {
     pub fn new(store: MailboxStore, limits: MailboxLimits) -> Mailbox {
-        Mailbox { store, limits }
+        let stores = Arc::new(Semaphore::new(limits.inflight_node.max(1)));
+        Mailbox {
+            store,
+            limits,
+            stores,
+        }
     }
 
     pub fn limits(&self) -> &MailboxLimits {
@@ -83,8 +115,16 @@ impl Mailbox {
         &self,
         router: &mut Router,
         sender: &UserId,
-        mut msg: ChatMessage,
+        msg: ChatMessage,
     ) -> Result<Accepted, Refused> {
+        let prepared = self.prepare(sender, msg)?;
+        let stored = self.store_prepared(sender, &prepared).await;
+        self.finish(router, sender, prepared, stored).await
+    }
+
+    /// The first step of [`Mailbox::submit`], without I/O: checks `msg` and builds the frame
+    /// the recipient gets (`from`, `ts` set).
+    pub fn prepare(&self, sender: &UserId, mut msg: ChatMessage) -> Result<Prepared, Refused> {
         let Some(to) = msg.to.clone() else {
             return Err(Refused {
                 error: ErrorType::BadMessage,
@@ -108,11 +148,72 @@ impl Mailbox {
         let id = msg.id.clone();
         let message = Message::Message(msg);
         let frame = message.to_json();
-        match self
-            .store
-            .append(&to, sender, &id, &frame, ts, self.limits.store)
+        let body = match message {
+            Message::Message(m) => m.body,
+            _ => String::new(),
+        };
+        Ok(Prepared {
+            to,
+            id,
+            frame,
+            body,
+            ts,
+        })
+    }
+
+    /// A permit for one store under way (`--mailbox-inflight-node`); waits while all are
+    /// taken. Held by the future of [`Mailbox::store_with`].
+    pub async fn store_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.stores.clone().acquire_owned().await.ok()
+    }
+
+    /// [`Mailbox::store_prepared`] holding `permit` until the append is done.
+    pub fn store_with(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
+        sender: UserId,
+        p: Prepared,
+    ) -> impl std::future::Future<Output = (Prepared, Result<Appended, MailboxError>)> + Send + 'static
+    {
+        let store = self.store.clone();
+        let limits = self.limits.store;
+        async move {
+            let r = store
+                .append(&p.to, &sender, &p.id, &p.frame, p.ts, limits)
+                .await;
+            drop(permit);
+            (p, r)
+        }
+    }
+
+    /// The second step: the store's append (the only I/O before the answer).
+    pub async fn store_prepared(
+        &self,
+        sender: &UserId,
+        p: &Prepared,
+    ) -> Result<Appended, MailboxError> {
+        self.store
+            .append(&p.to, sender, &p.id, &p.frame, p.ts, self.limits.store)
             .await
-        {
+    }
+
+    /// The last step: after the append `stored`, pushes the message live to the recipient's
+    /// session if it has one and gives the answer for the sender.
+    pub async fn finish(
+        &self,
+        router: &mut Router,
+        sender: &UserId,
+        p: Prepared,
+        stored: Result<Appended, MailboxError>,
+    ) -> Result<Accepted, Refused> {
+        let Prepared {
+            to,
+            id,
+            frame,
+            body,
+            ts,
+        } = p;
+        match stored {
             Ok(Appended::Duplicate { ts }) => {
                 metrics::counter!("signal_mail_duplicates_total").increment(1);
                 Ok(Accepted {
@@ -131,11 +232,11 @@ impl Mailbox {
                     .relay(&Origin::Mail(entry), &to, &frame)
                     .await
                     .is_ok();
-                if let (false, Message::Message(m)) = (pushed, &message) {
+                if !pushed {
                     router
                         .node()
                         .webhooks()
-                        .message_stored(sender, &to, &id, &m.body);
+                        .message_stored(sender, &to, &id, &body);
                 }
                 metrics::counter!("signal_mail_accepted_total", "stored" => if pushed { "false" } else { "true" })
                     .increment(1);
@@ -171,24 +272,38 @@ impl Mailbox {
     }
 
     /// The recipient `user` acknowledged `frames` (every frame up to the Ack): the chat
-    /// messages among them leave the mailbox, and their senders are told `Delivered`.
-    pub async fn acknowledged(&self, node: &Node, user: &UserId, frames: Vec<String>) {
+    /// messages among them leave the mailbox (by entry id when known: one XDEL; else by
+    /// their dedupe markers), and their senders are told `Delivered`.
+    pub async fn acknowledged(&self, node: &Node, user: &UserId, frames: AckedMail) {
+        let mut entries = Vec::new();
+        let mut unknown = Vec::new();
         let acked: Vec<(UserId, MessageId)> = frames
             .iter()
-            .filter(|f| is_chat_frame(f))
-            .filter_map(|f| match Message::parse(f) {
+            .filter(|(f, _)| is_chat_frame(f))
+            .filter_map(|(f, entry)| match Message::parse(f) {
                 Ok(Message::Message(ChatMessage {
                     from: Some(from),
                     id,
                     ..
-                })) => Some((from, id)),
+                })) => {
+                    match entry {
+                        Some(e) => entries.push(*e),
+                        None => unknown.push((from.clone(), id.clone())),
+                    }
+                    Some((from, id))
+                }
                 _ => None,
             })
             .collect();
         if acked.is_empty() {
             return;
         }
-        match self.store.delete(user, &acked).await {
+        let deleted = async {
+            let a = self.store.delete_entries(user, &entries).await?;
+            let b = self.store.delete(user, &unknown).await?;
+            Ok::<usize, MailboxError>(a + b)
+        };
+        match deleted.await {
             Ok(n) => {
                 metrics::counter!("signal_mail_acked_total").increment(n as u64);
             }

@@ -160,6 +160,10 @@ impl Refusal {
     }
 }
 
+/// Chat frames a client acknowledged, each with its mailbox entry when this node knows it
+/// (`None`: handed over from another node; the store finds it by (from, id)).
+pub type AckedMail = Vec<(String, Option<EntryId>)>;
+
 /// What a session hands over to the node the client resumed on.
 #[derive(Debug, Clone)]
 pub struct Handover {
@@ -176,7 +180,7 @@ pub struct Handover {
 #[derive(Debug, Clone)]
 pub struct HandedOver {
     pub handover: Handover,
-    pub acked_mail: Vec<String>,
+    pub acked_mail: AckedMail,
 }
 
 impl Handover {
@@ -410,7 +414,8 @@ impl Session {
             guard.mail.upto = Some(e);
             return Ok(false);
         };
-        let (r, wake) = self.push_locked(&mut guard, frame, Origin::Node);
+        // Its entry id stays with the frame: the Ack deletes it by id.
+        let (r, wake) = self.push_locked(&mut guard, frame, Origin::Mail(e));
         if r.is_ok() {
             let mail = &mut guard.mail;
             mail.upto = Some(e);
@@ -612,7 +617,7 @@ impl Session {
         last: u64,
         conn: u64,
         closer: Closer,
-    ) -> Result<(u64, Vec<String>), Refusal> {
+    ) -> Result<(u64, AckedMail), Refusal> {
         let mut st = self.lock();
         if matches!(st.phase, Phase::Ended | Phase::Installing { .. }) {
             return Err(Refusal::NotFound);
@@ -745,7 +750,7 @@ impl Session {
 
     /// A cumulative acknowledgement. `Err` if `n` is above the last frame sent. Returns the
     /// chat messages it acknowledged (they leave the mailbox).
-    pub fn ack(&self, n: u64) -> Result<Vec<String>, u64> {
+    pub fn ack(&self, n: u64) -> Result<AckedMail, u64> {
         let mut st = self.lock();
         if n > st.ring.last_n() {
             return Err(st.ring.last_n());
@@ -755,7 +760,7 @@ impl Session {
 
     /// Acknowledges every frame up to `n` (an `Ack`, or the `last` of a resume); returns the
     /// chat frames among them.
-    fn ack_locked(st: &mut State, n: u64) -> Vec<String> {
+    fn ack_locked(st: &mut State, n: u64) -> AckedMail {
         if n <= st.acked {
             return Vec::new();
         }
@@ -765,7 +770,13 @@ impl Session {
             .after(0)
             .take_while(|e| e.n <= n)
             .filter(|e| signal_proto::chat::is_chat_frame(e.frame.as_str()))
-            .map(|e| e.frame.as_str().to_owned())
+            .map(|e| {
+                let entry = match e.origin {
+                    Origin::Mail(m) => Some(m),
+                    _ => None,
+                };
+                (e.frame.as_str().to_owned(), entry)
+            })
             .collect();
         st.ring.ack(n);
         mail

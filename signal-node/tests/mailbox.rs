@@ -572,3 +572,85 @@ async fn a_rate_limited_message_is_answered_with_its_id() {
     assert!(limited >= 15, "limited {limited}");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pipelined_messages_is_answered_and_delivered_in_order() {
+    // One sender writes without waiting for answers (the node stores several at once): the
+    // answers (Accepted, or an Error naming the id) come in the order sent, each recipient
+    // gets its messages in the order sent (live and stored), a retried id is answered with
+    // the first ts and delivered once.
+    const N: usize = 90;
+    let redis = Redis::start().await;
+    let nodes = pair_with(&redis, |c| c.mailbox.inflight = 8).await;
+    let mut alice = nodes[0].connect("alice").await;
+    let mut bob = nodes[1].connect("bob").await;
+    let mut sent: Vec<(String, &str)> = Vec::new();
+    for i in 0..N {
+        let (to, id) = (["bob", "carol", "dave"][i % 3], format!("p-{i}"));
+        let body = if i == 40 {
+            "x".repeat(5000)
+        } else {
+            format!("b{i}")
+        };
+        alice.send_json(&chat(to, &id, &body)).await;
+        sent.push((id, to));
+        if i == 50 {
+            // A retry of an earlier id, in the middle of the burst.
+            alice.send_json(&chat("bob", "p-3", "b3")).await;
+            sent.push(("p-3".into(), "bob"));
+        }
+    }
+    let mut first_ts = HashMap::new();
+    for (id, to) in &sent {
+        let v = loop {
+            let v = alice.next_json().await;
+            if v["type"] != "Delivered" {
+                break v;
+            }
+        };
+        assert_eq!(
+            v["id"].as_str(),
+            Some(id.as_str()),
+            "answers in the order sent: {v}"
+        );
+        if id == "p-40" {
+            assert_eq!(v["type"], "Error", "{v}");
+            assert_eq!(v["errorType"], "TOOLARGE", "{v}");
+            continue;
+        }
+        assert_eq!(v["type"], "Accepted", "{v}");
+        assert_eq!(v["to"].as_str(), Some(*to), "{v}");
+        let ts = v["ts"].as_u64().unwrap();
+        if let Some(first) = first_ts.insert(id.clone(), ts) {
+            assert_eq!(ts, first, "a retried id keeps its first ts: {v}");
+        }
+    }
+    let want = |who: &str| -> Vec<String> {
+        let mut seen = HashSet::new();
+        sent.iter()
+            .filter(|(id, to)| *to == who && id != "p-40" && seen.insert(id.clone()))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let mut got = Vec::new();
+    while got.len() < want("bob").len() {
+        let m = expect(&mut bob, "Message").await;
+        got.push(m["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        got,
+        want("bob"),
+        "bob's live messages in the order sent, once each"
+    );
+    for (who, node) in [("carol", 0), ("dave", 1)] {
+        let mut c = nodes[node].connect(who).await;
+        let mut got = Vec::new();
+        while got.len() < want(who).len() {
+            let m = expect(&mut c, "Message").await;
+            assert_eq!(m["delayed"], true, "{m}");
+            got.push(m["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(got, want(who), "{who}'s stored messages in the order sent");
+    }
+    stop(nodes).await;
+}

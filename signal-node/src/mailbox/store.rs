@@ -1,7 +1,8 @@
 //! The mailbox store behind one interface: every chat message kept per recipient until the
 //! recipient acknowledges it, with a per-(sender, id) dedupe marker for the TTL, the quota and
 //! the TTL expiry. Two backends: memory (`--dev`, in-process tests) and Redis (one hash tag
-//! `{mb:<user>}` per recipient, one Lua script per operation: atomic and single-slot).
+//! `{mb:<user>}` per recipient: a stream of messages and a dedupe key per (sender, id); one Lua
+//! script per append or page, a plain XDEL per ack).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -122,7 +123,8 @@ end
 return out
 ";
 
-/// Deletes the entries that dedupe markers point at. KEYS: stream, dedupe markers.
+/// Deletes the entries that dedupe markers point at (acknowledged frames whose entry id is
+/// not known here: handed over from another node). KEYS: stream, dedupe markers.
 /// Returns how many entries were deleted.
 const DELETE_LUA: &str = r"
 local n = 0
@@ -363,8 +365,45 @@ impl MailboxStore {
         }
     }
 
-    /// Removes the messages (sender, id) of `user` (acknowledged). Their dedupe markers stay
-    /// for the TTL. Returns how many were removed.
+    /// Removes the entries `entries` of `user` (acknowledged; one XDEL). Their dedupe
+    /// markers stay for the TTL. Returns how many were removed.
+    pub async fn delete_entries(
+        &self,
+        user: &UserId,
+        entries: &[EntryId],
+    ) -> Result<usize, MailboxError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        match &self.backend {
+            Backend::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(b) = m.boxes.get_mut(user) else {
+                    return Ok(0);
+                };
+                let before = b.entries.len();
+                b.entries
+                    .retain(|(seq, _, _)| !entries.contains(&EntryId { ms: 0, seq: *seq }));
+                let n = before - b.entries.len();
+                if b.entries.is_empty() && b.seen.is_empty() {
+                    m.boxes.remove(user);
+                }
+                Ok(n)
+            }
+            Backend::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd("XDEL");
+                cmd.arg(stream_key(user));
+                for e in entries {
+                    cmd.arg(e.to_string());
+                }
+                cmd.query_async(&mut conn).await.map_err(unavailable)
+            }
+        }
+    }
+
+    /// Removes the messages (sender, id) of `user` (acknowledged), found by their dedupe
+    /// markers. Their markers stay for the TTL. Returns how many were removed.
     pub async fn delete(
         &self,
         user: &UserId,

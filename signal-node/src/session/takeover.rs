@@ -334,7 +334,7 @@ impl Node {
 
     /// A resume's `last` acknowledged these chat frames of `user` (contract section 5): they
     /// leave the mailbox and their senders are told `Delivered`, as for an `Ack`.
-    fn acknowledged_by_resume(&self, user: &UserId, mail: Vec<String>) {
+    fn acknowledged_by_resume(&self, user: &UserId, mail: crate::session::AckedMail) {
         if mail.is_empty() {
             return;
         }

@@ -256,7 +256,11 @@ fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
         "the old pager stops"
     );
     let (_, acked) = s.resume_here(&s.token(), 1, 2, Closer::default()).unwrap();
-    assert_eq!(acked, [mail("a", "m1").replace('}', r#","n":1}"#)]);
+    // The acknowledged frame carries its mailbox entry (deleted by id, one XDEL).
+    assert_eq!(
+        acked,
+        [(mail("a", "m1").replace('}', r#","n":1}"#), Some(entry(1)))]
+    );
     assert_eq!(s.mail_upto(), Some(entry(1)));
     assert!(!s.mail_complete());
     // The new pager starts after m1; an entry already delivered is not pushed twice.

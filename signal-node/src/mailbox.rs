@@ -171,7 +171,8 @@ impl Mailbox {
     }
 
     /// The recipient `user` acknowledged `frames` (every frame up to the Ack): the chat
-    /// messages among them leave the mailbox, and their senders are told `Delivered`.
+    /// messages among them leave the mailbox, and their senders are told `Delivered`. Room
+    /// messages were never in a mailbox (contract section 8): no store call, no Delivered.
     pub async fn acknowledged(&self, node: &Node, user: &UserId, frames: Vec<String>) {
         let acked: Vec<(UserId, MessageId)> = frames
             .iter()
@@ -180,6 +181,7 @@ impl Mailbox {
                 Ok(Message::Message(ChatMessage {
                     from: Some(from),
                     id,
+                    room: None,
                     ..
                 })) => Some((from, id)),
                 _ => None,

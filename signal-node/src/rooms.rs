@@ -170,11 +170,39 @@ impl Rooms {
             (h.finish() as usize) % JOIN_STRIPES
         };
         let guard = self.inner.join_locks[stripe].lock().await;
+        local.join_started(&room);
+        let r = self.join_locked(node, session, &room, &user).await;
+        local.join_done(&room);
+        drop(guard);
+        let Some((version, nodes_changed, nodes)) = r? else {
+            return Ok(());
+        };
+        metrics::counter!("signal_room_joins_total").increment(1);
+        tracing::debug!(%user, %room, version, "joined room");
+        if nodes_changed {
+            self.apply_here(&room, version, EventKind::Joined, &user);
+        } else {
+            self.fan_out_event(node, &room, version, EventKind::Joined, &user, nodes)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The part of a join under the room's join lock: the store, the other nodes when the node
+    /// set changed, the local member. `None`: a member already (no event).
+    async fn join_locked(
+        &self,
+        node: &Node,
+        session: &Session,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<(u64, bool, Vec<NodeKey>)>, RoomRefusal> {
+        let local = &self.inner.local;
         let entry = Self::entry(node, session);
         let outcome = self
             .inner
             .store
-            .join(&room, &user, &entry, self.inner.limits.max_members)
+            .join(room, user, &entry, self.inner.limits.max_members)
             .await
             .map_err(|e| unavailable(&e))?;
         let (version, mut members, nodes, nodes_changed, previous) = match outcome {
@@ -212,23 +240,11 @@ impl Rooms {
             } else {
                 RoomEventKind::NodesChanged
             };
-            self.send_event(node, &room, version, kind, &user, targets)
+            self.send_event(node, room, version, kind, user, targets)
                 .await;
         }
-        local.add(&room, session, Some(&joined), version);
-        drop(guard);
-        if version == 0 {
-            return Ok(());
-        }
-        metrics::counter!("signal_room_joins_total").increment(1);
-        tracing::debug!(%user, %room, version, "joined room");
-        if nodes_changed {
-            self.apply_here(&room, version, EventKind::Joined, &user);
-        } else {
-            self.fan_out_event(node, &room, version, EventKind::Joined, &user, nodes)
-                .await;
-        }
-        Ok(())
+        local.add(room, session, Some(&joined), version);
+        Ok((version > 0).then_some((version, nodes_changed, nodes)))
     }
 
     /// `Leave`: Left pushed to the session, or NOTMEMBER.

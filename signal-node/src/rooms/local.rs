@@ -62,6 +62,9 @@ struct State {
     sessions: HashMap<UserId, (u64, BTreeSet<RoomId>)>,
     /// Source of `Room::nodes_gen`.
     gen: u64,
+    /// Joins of this node under way, per room (their events may arrive before their local
+    /// member is added: the gap timer keeps those waiting).
+    joining: HashMap<RoomId, usize>,
 }
 
 /// The local index. Shared behind the `Rooms` handle.
@@ -280,6 +283,23 @@ impl LocalRooms {
             .unwrap_or_default()
     }
 
+    /// A join of `room` on this node starts (until [`LocalRooms::join_done`]): events that
+    /// arrive for the room meanwhile are kept for the joiner, however long it takes.
+    pub fn join_started(&self, room: &RoomId) {
+        *self.lock().joining.entry(room.clone()).or_default() += 1;
+    }
+
+    /// The join started with [`LocalRooms::join_started`] is over (member added or refused).
+    pub fn join_done(&self, room: &RoomId) {
+        let mut st = self.lock();
+        if let Some(n) = st.joining.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                st.joining.remove(room);
+            }
+        }
+    }
+
     /// The cached node set of `room`, or (a miss) the generation to hand to
     /// [`LocalRooms::fill_nodes`] with what the store says.
     pub fn cached_nodes(&self, room: &RoomId) -> Result<Arc<[NodeKey]>, u64> {
@@ -389,6 +409,10 @@ impl LocalRooms {
             return false;
         };
         if r.members.is_empty() {
+            if st.joining.contains_key(room) {
+                // Its joiner is not added yet: wait on.
+                return true;
+            }
             st.rooms.remove(room);
             return false;
         }

@@ -129,6 +129,7 @@ if old ~= ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then changed = 1 end
   if not old then ver = redis.call('INCR', KEYS[3]) end
+  if prev == ARGV[3] then changed = 0 end
 end
 return {ver, redis.call('HKEYS', KEYS[1]), redis.call('HKEYS', KEYS[2]), changed, prev}
 ";
@@ -161,6 +162,7 @@ if redis.call('HINCRBY', KEYS[2], ok, -1) <= 0 then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then changed = 1 end
+if ok == ARGV[3] then changed = 0 end
 return {1, changed, ok, redis.call('HKEYS', KEYS[2])}
 ";
 
@@ -199,7 +201,10 @@ impl MemRoom {
     }
 
     fn node_keys(&self) -> Vec<NodeKey> {
-        self.nodes.keys().filter_map(|k| NodeKey::decode(k)).collect()
+        self.nodes
+            .keys()
+            .filter_map(|k| NodeKey::decode(k))
+            .collect()
     }
 }
 
@@ -306,7 +311,9 @@ impl RoomStore {
                         previous = NodeKey::decode(&key);
                     }
                     r.members.insert(user.clone(), value);
+                    let same_node = previous.as_ref().is_some_and(|p| p.encode() == node);
                     nodes_changed |= r.count(node);
+                    nodes_changed &= !same_node;
                     if old.is_none() {
                         r.version += 1;
                         version = r.version;
@@ -421,7 +428,8 @@ impl RoomStore {
                 if old != value {
                     let (key, gone) = r.uncount(&old);
                     r.members.insert(user.clone(), value);
-                    moved.nodes_changed = r.count(node) || gone;
+                    let same_node = key == node;
+                    moved.nodes_changed = (r.count(node) || gone) && !same_node;
                     moved.previous = NodeKey::decode(&key);
                 }
                 moved.nodes = r.node_keys();
@@ -570,7 +578,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((version, previous.map(|p| p.instance)), (0, Some("i1".into())));
+        assert_eq!(
+            (version, previous.map(|p| p.instance)),
+            (0, Some("i1".into()))
+        );
         assert!(!nodes_changed);
         let JoinOutcome::Joined { .. } = s.join(&r, &a, &entry(1, "i1"), 2).await.unwrap() else {
             panic!()
@@ -582,7 +593,11 @@ mod tests {
         // A leave of another session of `a` is a no-op.
         assert_eq!(s.leave(&r, &a, &entry(9, "i1")).await.unwrap(), None);
         // Moving `b` to instance i1 leaves one node.
-        let moved = s.move_member(&r, &b, &entry(5, "i1")).await.unwrap().unwrap();
+        let moved = s
+            .move_member(&r, &b, &entry(5, "i1"))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(moved.nodes_changed, "i2 left the node set");
         assert_eq!(moved.previous.map(|p| p.instance), Some("i2".into()));
         assert_eq!(moved.nodes.len(), 1);
@@ -593,7 +608,11 @@ mod tests {
         assert_eq!((out.version, out.nodes.len()), (4, 0));
         // Empty: gone, versions start again.
         assert!(s.members(&r).await.unwrap().is_empty());
-        assert!(s.move_member(&r, &b, &entry(5, "i1")).await.unwrap().is_none());
+        assert!(s
+            .move_member(&r, &b, &entry(5, "i1"))
+            .await
+            .unwrap()
+            .is_none());
         let JoinOutcome::Joined { version, .. } = s.join(&r, &c, &entry(3, "i2"), 2).await.unwrap()
         else {
             panic!()

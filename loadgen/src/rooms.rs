@@ -459,11 +459,21 @@ impl Member {
             return;
         };
         let mut next_seq: HashMap<u32, u64> = HashMap::new();
+        // One wait for the stop (not a new waiter on the shared token per frame), and no more
+        // polls of the command channel once the room's scheduler is done: a closed channel is
+        // ready at once, and polling it again spun every member task during the drain,
+        // delaying the last deliveries of the measured window.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        let mut sending = true;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
-                cmd = cmds.recv() => {
-                    let Some(Cmd::Send(seq)) = cmd else { continue };
+                _ = &mut stopped => break,
+                cmd = cmds.recv(), if sending => {
+                    let Some(Cmd::Send(seq)) = cmd else {
+                        sending = false;
+                        continue;
+                    };
                     let Ok(id) = MessageId::new(format!("{}-{seq}", self.me)) else { continue };
                     let msg = Message::Message(ChatMessage {
                         from: None,

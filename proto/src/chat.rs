@@ -126,6 +126,26 @@ pub fn is_chat_frame(frame: &str) -> bool {
     frame.starts_with(r#"{"type":"Message","#)
 }
 
+/// Whether `frame` is the node's serialisation of a room `Message`: `from` (a JSON string)
+/// comes right after the tag, then `room` (a message to a user has `to` there). No parse: the
+/// `from` string is skipped with its escapes.
+pub fn is_room_frame(frame: &str) -> bool {
+    let Some(rest) = frame.strip_prefix(r#"{"type":"Message","from":""#) else {
+        return false;
+    };
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '"' => return rest[i + 1..].starts_with(r#","room":"#),
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -139,6 +159,35 @@ mod tests {
         assert!(MessageId::new("a\u{1}").is_err());
         assert!(MessageId::new("x".repeat(64)).is_ok());
         assert!(MessageId::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn room_frames_are_told_apart_without_a_parse() {
+        let msg = |to: Option<&str>, room: Option<&str>, from: &str| {
+            crate::Message::Message(ChatMessage {
+                from: Some(UserId::new(from).unwrap()),
+                to: to.map(|t| UserId::new(t).unwrap()),
+                room: room.map(|r| RoomId::new(r).unwrap()),
+                id: MessageId::new("m-1").unwrap(),
+                body: r#","room":"x"#.into(),
+                content_type: None,
+                ts: Some(1),
+                delayed: None,
+                extra: Default::default(),
+            })
+            .to_json()
+        };
+        let room = msg(None, Some("r1"), "alice");
+        assert!(is_chat_frame(&room) && is_room_frame(&room));
+        let odd = msg(None, Some("r1"), r#"a\"b",x"#);
+        assert!(is_room_frame(&odd), "{odd}");
+        for f in [
+            msg(Some("bob"), None, "alice"),
+            msg(Some("bob"), None, r#"a","room":"#),
+            r#"{"type":"Ack","n":1}"#.to_owned(),
+        ] {
+            assert!(!is_room_frame(&f), "{f}");
+        }
     }
 
     #[test]

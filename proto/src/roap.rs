@@ -806,16 +806,43 @@ mod tests {
         let odd = UserId::new(r#"al"ice\"#).unwrap();
         let cases = [
             // Spliced: the client's text with "from" in front.
-            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0\r\n","x":{"k":[1]}}"#, true),
-            (r#"  { "type" : "Candidate", "to":"b", "sessionID":"s", "candidate":{"candidate":"c"} } "#, true),
-            (r#"{"type":"Ok","to":"b","sessionID":"s","from":"alice"}"#, true),
+            (
+                r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0\r\n","x":{"k":[1]}}"#,
+                true,
+            ),
+            (
+                r#"  { "type" : "Candidate", "to":"b", "sessionID":"s", "candidate":{"candidate":"c"} } "#,
+                true,
+            ),
+            (
+                r#"{"type":"Ok","to":"b","sessionID":"s","from":"alice"}"#,
+                true,
+            ),
             // Serialised: a client `n`, an escape, `"from"` elsewhere, an Error.
-            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","n":5}"#, false),
-            (r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","\u006e":5}"#, false),
-            (r#"{"type":"Answer","to":"bob","sessionID":"s1","sdp":"v=0","from":null}"#, false),
-            (r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"\"from\""}"#, true),
-            (r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"from"}"#, false),
-            (r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"FAILED","origin":"x"}"#, false),
+            (
+                r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","n":5}"#,
+                false,
+            ),
+            (
+                r#"{"type":"Offer","to":"bob","sessionID":"s1","sdp":"v=0","\u006e":5}"#,
+                false,
+            ),
+            (
+                r#"{"type":"Answer","to":"bob","sessionID":"s1","sdp":"v=0","from":null}"#,
+                false,
+            ),
+            (
+                r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"\"from\""}"#,
+                true,
+            ),
+            (
+                r#"{"type":"Shutdown","to":"bob","sessionID":"s1","x":"from"}"#,
+                false,
+            ),
+            (
+                r#"{"type":"Error","to":"bob","sessionID":"s1","errorType":"FAILED","origin":"x"}"#,
+                false,
+            ),
         ];
         for (text, spliced) in cases {
             for user in [&alice, &odd] {
@@ -825,7 +852,9 @@ mod tests {
                 }
                 want.set_from(user.clone());
                 let want: Value = serde_json::from_str(&want.to_json()).unwrap();
-                let out = Message::parse_client(text).unwrap().into_relay_frame(text, user);
+                let out = Message::parse_client(text)
+                    .unwrap()
+                    .into_relay_frame(text, user);
                 let got: Value = serde_json::from_str(&out).unwrap();
                 assert_eq!(got, want, "{text} as {user}");
                 let kept = out.contains(text.trim().trim_start_matches('{'));

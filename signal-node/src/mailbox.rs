@@ -273,7 +273,8 @@ impl Mailbox {
 
     /// The recipient `user` acknowledged `frames` (every frame up to the Ack): the chat
     /// messages among them leave the mailbox (by entry id when known: one XDEL; else by
-    /// their dedupe markers), and their senders are told `Delivered`.
+    /// their dedupe markers), and their senders are told `Delivered`. Room messages were never
+    /// in a mailbox (contract section 8): no store call, no Delivered.
     pub async fn acknowledged(&self, node: &Node, user: &UserId, frames: AckedMail) {
         let mut entries = Vec::new();
         let mut unknown = Vec::new();
@@ -284,6 +285,7 @@ impl Mailbox {
                 Ok(Message::Message(ChatMessage {
                     from: Some(from),
                     id,
+                    room: None,
                     ..
                 })) => {
                     match entry {

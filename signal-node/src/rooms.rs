@@ -4,6 +4,13 @@
 //! message or a membership change once to each node instance holding members. Hooks: join,
 //! leave, message (from the connection), session end (leave every room), handover and
 //! takeover (the membership moves, no events), dead nodes (their members leave).
+//!
+//! A room message reads the room's node set from the node's cache (`LocalRooms`), not from the
+//! store. A node whose join adds it to a room's node set (or whose join or takeover moves a
+//! member between nodes) tells every node of the set (and the previous one) before the joiner
+//! gets its Joined; every node drops its copy when it hears a membership event or such a
+//! change, before it tells its own members. So a message sent after the sender's node heard of
+//! a join reaches the joiner.
 
 pub mod local;
 pub mod store;
@@ -23,7 +30,9 @@ use crate::node::Node;
 use crate::peers::{Liveness, GONE_TIMEOUT, REQUEST_TIMEOUT};
 use crate::session::{Origin, Session};
 pub use local::{EventKind, LocalRooms, GAP_WAIT};
-pub use store::{JoinOutcome, LeaveOutcome, MemberEntry, NodeKey, RoomStore, RoomStoreError};
+pub use store::{
+    JoinOutcome, LeaveOutcome, MemberEntry, Moved, NodeKey, RoomStore, RoomStoreError,
+};
 
 /// Default `--max-room-members`.
 pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 100;
@@ -161,14 +170,42 @@ impl Rooms {
             (h.finish() as usize) % JOIN_STRIPES
         };
         let guard = self.inner.join_locks[stripe].lock().await;
+        local.join_started(&room);
+        let r = self.join_locked(node, session, &room, &user).await;
+        local.join_done(&room);
+        drop(guard);
+        let Some((version, nodes_changed, nodes)) = r? else {
+            return Ok(());
+        };
+        metrics::counter!("signal_room_joins_total").increment(1);
+        tracing::debug!(%user, %room, version, "joined room");
+        if nodes_changed {
+            self.apply_here(&room, version, EventKind::Joined, &user);
+        } else {
+            self.fan_out_event(node, &room, version, EventKind::Joined, &user, nodes)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The part of a join under the room's join lock: the store, the other nodes when the node
+    /// set changed, the local member. `None`: a member already (no event).
+    async fn join_locked(
+        &self,
+        node: &Node,
+        session: &Session,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<(u64, bool, Vec<NodeKey>)>, RoomRefusal> {
+        let local = &self.inner.local;
         let entry = Self::entry(node, session);
         let outcome = self
             .inner
             .store
-            .join(&room, &user, &entry, self.inner.limits.max_members)
+            .join(room, user, &entry, self.inner.limits.max_members)
             .await
             .map_err(|e| unavailable(&e))?;
-        let (version, mut members, nodes) = match outcome {
+        let (version, mut members, nodes, nodes_changed, previous) = match outcome {
             JoinOutcome::Full => {
                 return Err(refusal(
                     ErrorType::RoomFull,
@@ -182,7 +219,9 @@ impl Rooms {
                 version,
                 members,
                 nodes,
-            } => (version, members, nodes),
+                nodes_changed,
+                previous,
+            } => (version, members, nodes, nodes_changed, previous),
         };
         members.sort();
         let joined = Message::Joined(Joined {
@@ -190,16 +229,22 @@ impl Rooms {
             members,
         })
         .to_json();
-        local.add(&room, session, Some(&joined), version);
-        drop(guard);
-        if version == 0 {
-            return Ok(());
+        if nodes_changed {
+            // The other nodes cache the room's node set: they hear of this node (the event
+            // drops their copy) before the joiner gets its Joined, so that what a member sends
+            // after this join reaches the joiner.
+            let mut targets = nodes.clone();
+            targets.extend(previous.filter(|p| !nodes.contains(p)));
+            let kind = if version > 0 {
+                RoomEventKind::MemberJoined
+            } else {
+                RoomEventKind::NodesChanged
+            };
+            self.send_event(node, room, version, kind, user, targets)
+                .await;
         }
-        metrics::counter!("signal_room_joins_total").increment(1);
-        tracing::debug!(%user, %room, version, "joined room");
-        self.fan_out_event(node, &room, version, EventKind::Joined, &user, nodes)
-            .await;
-        Ok(())
+        local.add(room, session, Some(&joined), version);
+        Ok((version > 0).then_some((version, nodes_changed, nodes)))
     }
 
     /// `Leave`: Left pushed to the session, or NOTMEMBER.
@@ -264,12 +309,7 @@ impl Rooms {
                 format!("you have not joined room {room}"),
             ));
         }
-        let nodes = self
-            .inner
-            .store
-            .nodes(&room)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let nodes = self.nodes_of(&room).await?;
         let ts = now_ms();
         msg.from = Some(user.clone());
         msg.to = None;
@@ -282,7 +322,8 @@ impl Rooms {
         let mut recipients = self.deliver_here(&room, &user, &frame);
         metrics::counter!("signal_room_forwards_total", "route" => "local").increment(1);
         let me = node.instance();
-        let calls = nodes.into_iter().filter(|k| k.instance != me).map(|k| {
+        let calls = nodes.iter().filter(|k| k.instance != me).map(|k| {
+            let k = k.clone();
             let req = RoomMessageRequest {
                 room: room.to_string(),
                 instance: k.instance.clone(),
@@ -330,6 +371,29 @@ impl Rooms {
         })
     }
 
+    /// The node instances holding members of `room`: the cached set, or read from the store
+    /// (and cached unless a change came in meanwhile).
+    async fn nodes_of(&self, room: &RoomId) -> Result<Arc<[NodeKey]>, RoomRefusal> {
+        let gen = match self.inner.local.cached_nodes(room) {
+            Ok(nodes) => {
+                metrics::counter!("signal_room_node_set_reads_total", "source" => "cache")
+                    .increment(1);
+                return Ok(nodes);
+            }
+            Err(gen) => gen,
+        };
+        metrics::counter!("signal_room_node_set_reads_total", "source" => "store").increment(1);
+        let nodes: Arc<[NodeKey]> = self
+            .inner
+            .store
+            .nodes(room)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .into();
+        self.inner.local.fill_nodes(room, gen, nodes.clone());
+        Ok(nodes)
+    }
+
     /// Pushes `frame` to the local members of `room` but `from`; returns how many took it.
     fn deliver_here(&self, room: &RoomId, from: &UserId, frame: &str) -> u64 {
         let mut n = 0;
@@ -353,12 +417,28 @@ impl Rooms {
         user: &UserId,
         nodes: Vec<NodeKey>,
     ) {
+        self.inner.local.invalidate_nodes(room);
         self.apply_here(room, version, kind, user);
-        let me = node.instance();
         let wire_kind = match kind {
             EventKind::Joined => RoomEventKind::MemberJoined,
             EventKind::Left => RoomEventKind::MemberLeft,
         };
+        self.send_event(node, room, version, wire_kind, user, nodes)
+            .await;
+    }
+
+    /// Sends a membership event (or a node-set change) once to every other node instance of
+    /// `nodes`, and waits for their answers (or their timeouts).
+    async fn send_event(
+        &self,
+        node: &Node,
+        room: &RoomId,
+        version: u64,
+        wire_kind: RoomEventKind,
+        user: &UserId,
+        nodes: Vec<NodeKey>,
+    ) {
+        let me = node.instance();
         let calls = nodes.into_iter().filter(|k| k.instance != me).map(|k| {
             let req = RoomEventRequest {
                 room: room.to_string(),
@@ -446,14 +526,17 @@ impl Rooms {
             };
         }
         let kind = match RoomEventKind::try_from(req.kind) {
-            Ok(RoomEventKind::MemberJoined) => EventKind::Joined,
-            Ok(RoomEventKind::MemberLeft) => EventKind::Left,
+            Ok(RoomEventKind::MemberJoined) => Some(EventKind::Joined),
+            Ok(RoomEventKind::MemberLeft) => Some(EventKind::Left),
+            Ok(RoomEventKind::NodesChanged) => None,
             _ => return RoomEventResponse::default(),
         };
-        if let (Ok(room), Ok(user)) = (
-            RoomId::new(req.room.as_str()),
-            UserId::new(req.user.as_str()),
-        ) {
+        let Ok(room) = RoomId::new(req.room.as_str()) else {
+            return RoomEventResponse::default();
+        };
+        // Before the members hear of it: what they send next uses the new node set.
+        self.inner.local.invalidate_nodes(&room);
+        if let (Some(kind), Ok(user)) = (kind, UserId::new(req.user.as_str())) {
             self.apply_here(&room, req.version, kind, &user);
         }
         RoomEventResponse::default()
@@ -513,8 +596,23 @@ impl Rooms {
                 .move_member(&room, session.user(), &entry)
                 .await
             {
-                Ok(true) => self.inner.local.add(&room, session, None, 0),
-                Ok(false) => {}
+                Ok(Some(moved)) => {
+                    self.inner.local.add(&room, session, None, 0);
+                    if moved.nodes_changed {
+                        let mut targets = moved.nodes;
+                        targets.extend(moved.previous.filter(|p| !targets.contains(p)));
+                        self.send_event(
+                            node,
+                            &room,
+                            0,
+                            RoomEventKind::NodesChanged,
+                            session.user(),
+                            targets,
+                        )
+                        .await;
+                    }
+                }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(user = %session.user(), %room, error = %e, "cannot move room membership on takeover")
                 }
@@ -547,15 +645,33 @@ impl Rooms {
     }
 
     async fn try_reassert(&self, node: &Node) -> Result<u64, RoomStoreError> {
+        // The store may have lost node sets: every cached copy is read again.
+        self.inner.local.invalidate_all_nodes();
         let mut restored = 0u64;
         for (room, sessions) in self.inner.local.memberships() {
             for s in sessions {
                 let entry = Self::entry(node, &s);
                 let max = self.inner.limits.max_members;
-                if let JoinOutcome::Joined { version, .. } =
-                    self.inner.store.join(&room, s.user(), &entry, max).await?
+                if let JoinOutcome::Joined {
+                    version,
+                    nodes,
+                    nodes_changed,
+                    ..
+                } = self.inner.store.join(&room, s.user(), &entry, max).await?
                 {
                     restored += u64::from(version > 0);
+                    if nodes_changed {
+                        // The others may have cached a set without this node meanwhile.
+                        self.send_event(
+                            node,
+                            &room,
+                            0,
+                            RoomEventKind::NodesChanged,
+                            s.user(),
+                            nodes,
+                        )
+                        .await;
+                    }
                 }
             }
         }
@@ -577,6 +693,7 @@ impl Rooms {
 
     /// Removes the members of node instance `instance` from `room` (in the background).
     fn clean_instance(&self, node: &Node, room: &RoomId, node_id: &str, instance: &str) {
+        self.inner.local.invalidate_nodes(room);
         let this = self.clone();
         let node = node.clone();
         let room = room.clone();

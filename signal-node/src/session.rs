@@ -759,7 +759,7 @@ impl Session {
     }
 
     /// Acknowledges every frame up to `n` (an `Ack`, or the `last` of a resume); returns the
-    /// chat frames among them.
+    /// chat frames among them (not room messages: they are in no mailbox).
     fn ack_locked(st: &mut State, n: u64) -> AckedMail {
         if n <= st.acked {
             return Vec::new();
@@ -769,7 +769,10 @@ impl Session {
             .ring
             .after(0)
             .take_while(|e| e.n <= n)
-            .filter(|e| signal_proto::chat::is_chat_frame(e.frame.as_str()))
+            .filter(|e| {
+                let f = e.frame.as_str();
+                signal_proto::chat::is_chat_frame(f) && !signal_proto::chat::is_room_frame(f)
+            })
             .map(|e| {
                 let entry = match e.origin {
                     Origin::Mail(m) => Some(m),

@@ -564,3 +564,57 @@ async fn a_stuck_member_is_closed_1013_and_does_not_slow_the_room() {
     assert_eq!(b.metric("signal_slow_consumer_closes_total").await, 1.0);
     assert!(b.metric("signal_sessions_kept_total").await >= 1.0);
 }
+
+/// The sender's node caches the room's node set: a member who joins from a node new to the
+/// room gets the very next message all the same (its node tells the others before its
+/// Joined). And acknowledging room messages tells their sender nothing: they were in no
+/// mailbox, so there is no Delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_on_a_new_node_gets_the_next_message_and_room_acks_send_no_delivered() {
+    let redis = Redis::start().await;
+    let a = NodeProc::start("a", &redis, None, &[]).await;
+    let b = NodeProc::start("b", &redis, None, &[]).await;
+    let (mut alice, _) = a.connect("alice").await;
+    let (mut bob, _) = a.connect("bob").await;
+    join_ok(&mut alice, "r").await;
+    join_ok(&mut bob, "r").await;
+    until_type(&mut alice, "MemberJoined").await;
+    for i in 0..3 {
+        alice
+            .send_json(&room_msg("r", &format!("m-{i}"), "x"))
+            .await;
+        let acc = until_type(&mut alice, "Accepted").await.0;
+        assert_eq!(acc["recipients"], 1, "{acc}");
+    }
+    let cached = r#"signal_room_node_set_reads_total{source="cache"}"#;
+    assert!(
+        a.metric(cached).await >= 2.0,
+        "node a reads its cached node set"
+    );
+    // carol's node b is new to the room: once she has her Joined, alice's next message
+    // reaches her although node a had cached the set {a}.
+    let (mut carol, _) = b.connect("carol").await;
+    assert_eq!(
+        join_ok(&mut carol, "r").await,
+        vec!["alice", "bob", "carol"]
+    );
+    alice.send_json(&room_msg("r", "m-after", "hi carol")).await;
+    let acc = until_type(&mut alice, "Accepted").await.0;
+    assert_eq!(
+        (acc["id"].as_str(), acc["recipients"].as_u64()),
+        (Some("m-after"), Some(2)),
+        "{acc}"
+    );
+    assert_eq!(until_type(&mut carol, "Message").await.0["id"], "m-after");
+    // bob acknowledges every room message: alice hears nothing of it.
+    let mut last = 0;
+    loop {
+        let (v, _) = until_type(&mut bob, "Message").await;
+        last = v["n"].as_u64().unwrap_or(last);
+        if v["id"] == "m-after" {
+            break;
+        }
+    }
+    bob.send_json(&json!({"type":"Ack","n":last})).await;
+    expect_silence(&mut alice, Duration::from_millis(300)).await;
+}

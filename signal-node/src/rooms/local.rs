@@ -2,16 +2,24 @@
 //! room's membership version applied here), and user -> the rooms its session joined. Also
 //! orders membership events: each carries the room's version from Redis and is applied to the
 //! local members in version order; a gap waits at most [`GAP_WAIT`] (its event may have been
-//! lost with a dead node), then is skipped.
+//! lost with a dead node), then is skipped. And caches each room's node set (the node
+//! instances holding members, read from the store on a miss) so that a room message costs no
+//! store read: every membership event and node-set change for the room drops the cached copy
+//! (see `Rooms` for who sends them), and a copy older than [`NODES_TTL`] is read again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use signal_proto::rooms::{MemberJoined, MemberLeft};
 use signal_proto::{Message, RoomId, UserId};
 
+use super::store::NodeKey;
 use crate::session::{Origin, Session};
+
+/// Longest a cached node set is used before it is read again (a safety net: changes drop it
+/// at once).
+pub const NODES_TTL: Duration = Duration::from_secs(5);
 
 /// Longest wait for a missing membership event before the ones after it are applied.
 pub const GAP_WAIT: Duration = Duration::from_millis(1000);
@@ -40,6 +48,11 @@ struct Room {
     /// Events that arrived ahead of a missing one, by version.
     pending: BTreeMap<u64, (EventKind, UserId)>,
     gap_since: Option<Instant>,
+    /// The room's node set as last read, and when.
+    nodes: Option<(Arc<[NodeKey]>, Instant)>,
+    /// Changes with every drop of `nodes`: a read that started before a drop does not fill
+    /// the cache with what it read.
+    nodes_gen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +60,11 @@ struct State {
     rooms: HashMap<RoomId, Room>,
     /// user -> (its session's id, the rooms it joined).
     sessions: HashMap<UserId, (u64, BTreeSet<RoomId>)>,
+    /// Source of `Room::nodes_gen`.
+    gen: u64,
+    /// Joins of this node under way, per room (their events may arrive before their local
+    /// member is added: the gap timer keeps those waiting).
+    joining: HashMap<RoomId, usize>,
 }
 
 /// The local index. Shared behind the `Rooms` handle.
@@ -160,7 +178,12 @@ impl LocalRooms {
             *entry = (session.id(), BTreeSet::new());
         }
         entry.1.insert(room.clone());
+        st.gen += 1;
+        let gen = st.gen;
         let r = st.rooms.entry(room.clone()).or_default();
+        // A join here may change the node set (and a recreated room gets a new generation).
+        r.nodes = None;
+        r.nodes_gen = gen;
         if let Some(f) = first {
             let _ = session.push(f, Origin::Node);
         }
@@ -260,6 +283,69 @@ impl LocalRooms {
             .unwrap_or_default()
     }
 
+    /// A join of `room` on this node starts (until [`LocalRooms::join_done`]): events that
+    /// arrive for the room meanwhile are kept for the joiner, however long it takes.
+    pub fn join_started(&self, room: &RoomId) {
+        *self.lock().joining.entry(room.clone()).or_default() += 1;
+    }
+
+    /// The join started with [`LocalRooms::join_started`] is over (member added or refused).
+    pub fn join_done(&self, room: &RoomId) {
+        let mut st = self.lock();
+        if let Some(n) = st.joining.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                st.joining.remove(room);
+            }
+        }
+    }
+
+    /// The cached node set of `room`, or (a miss) the generation to hand to
+    /// [`LocalRooms::fill_nodes`] with what the store says.
+    pub fn cached_nodes(&self, room: &RoomId) -> Result<Arc<[NodeKey]>, u64> {
+        let st = self.lock();
+        let Some(r) = st.rooms.get(room) else {
+            return Err(u64::MAX);
+        };
+        match &r.nodes {
+            Some((nodes, at)) if at.elapsed() < NODES_TTL => Ok(nodes.clone()),
+            _ => Err(r.nodes_gen),
+        }
+    }
+
+    /// Caches `nodes` (read from the store after [`LocalRooms::cached_nodes`] answered `gen`)
+    /// unless the set was dropped since.
+    pub fn fill_nodes(&self, room: &RoomId, gen: u64, nodes: Arc<[NodeKey]>) {
+        let mut st = self.lock();
+        if let Some(r) = st.rooms.get_mut(room) {
+            if r.nodes_gen == gen {
+                r.nodes = Some((nodes, Instant::now()));
+            }
+        }
+    }
+
+    /// The node set of `room` may have changed: the next message reads it from the store.
+    pub fn invalidate_nodes(&self, room: &RoomId) {
+        let mut st = self.lock();
+        st.gen += 1;
+        let gen = st.gen;
+        if let Some(r) = st.rooms.get_mut(room) {
+            r.nodes = None;
+            r.nodes_gen = gen;
+        }
+    }
+
+    /// Every cached node set is dropped (the store may have lost and regained its state).
+    pub fn invalidate_all_nodes(&self) {
+        let mut st = self.lock();
+        st.gen += 1;
+        let gen = st.gen;
+        for r in st.rooms.values_mut() {
+            r.nodes = None;
+            r.nodes_gen = gen;
+        }
+    }
+
     /// Applies membership event `version` of `room` to the local members, in version order.
     /// `bound`: most events kept waiting for a gap. Returns whether a gap is now open (the
     /// caller arms [`LocalRooms::flush_gap`] after [`GAP_WAIT`]).
@@ -323,6 +409,10 @@ impl LocalRooms {
             return false;
         };
         if r.members.is_empty() {
+            if st.joining.contains_key(room) {
+                // Its joiner is not added yet: wait on.
+                return true;
+            }
             st.rooms.remove(room);
             return false;
         }

@@ -80,9 +80,25 @@ pub enum JoinOutcome {
         version: u64,
         members: Vec<UserId>,
         nodes: Vec<NodeKey>,
+        /// The room's node set changed (this node instance is new in it, or the user's
+        /// previous entry was the last one of `previous`): the nodes caching it must be told.
+        nodes_changed: bool,
+        /// The node instance of the user's previous entry, when it had one (a new session).
+        previous: Option<NodeKey>,
     },
     /// The room has `max` members.
     Full,
+}
+
+/// A member moved to another session (`move_member`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The room's node set changed (see [`JoinOutcome::Joined`]).
+    pub nodes_changed: bool,
+    /// The node instance the entry was on before (`None`: it was this entry already).
+    pub previous: Option<NodeKey>,
+    /// Every node instance holding members now.
+    pub nodes: Vec<NodeKey>,
 }
 
 /// A leave that happened: its number and the node instances still holding members.
@@ -92,23 +108,30 @@ pub struct LeaveOutcome {
     pub nodes: Vec<NodeKey>,
 }
 
-/// KEYS: m, n, v. ARGV: user, entry, node key, max members.
+/// KEYS: m, n, v. ARGV: user, entry, node key, max members. Returns {version, members,
+/// node keys, node set changed (0/1), previous entry's node key or ''}.
 const JOIN_LUA: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local ver = 0
+local changed = 0
+local prev = ''
 if old ~= ARGV[2] then
   if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-    return {-1, {}, {}}
+    return {-1, {}, {}, 0, ''}
   end
   if old then
-    local ok = string.sub(old, (string.find(old, ' ', 1, true) or 0) + 1)
-    if redis.call('HINCRBY', KEYS[2], ok, -1) <= 0 then redis.call('HDEL', KEYS[2], ok) end
+    prev = string.sub(old, (string.find(old, ' ', 1, true) or 0) + 1)
+    if redis.call('HINCRBY', KEYS[2], prev, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], prev)
+      changed = 1
+    end
   end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then changed = 1 end
   if not old then ver = redis.call('INCR', KEYS[3]) end
+  if prev == ARGV[3] then changed = 0 end
 end
-return {ver, redis.call('HKEYS', KEYS[1]), redis.call('HKEYS', KEYS[2])}
+return {ver, redis.call('HKEYS', KEYS[1]), redis.call('HKEYS', KEYS[2]), changed, prev}
 ";
 
 /// KEYS: m, n, v. ARGV: user, entry. Returns {0, {}} when the user is not that member.
@@ -125,16 +148,22 @@ return {ver, nodes}
 ";
 
 /// KEYS: m, n. ARGV: user, new entry, new node key. Moves a member's entry to the session
-/// that resumed it (no event). Returns 0 if the user is no longer a member.
+/// that resumed it (no event). Returns {0, 0, '', {}} if the user is no longer a member, else
+/// {1, node set changed (0/1), previous node key or '', node keys}.
 const MOVE_LUA: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-if old == ARGV[2] then return 1 end
+if not old then return {0, 0, '', {}} end
+if old == ARGV[2] then return {1, 0, '', redis.call('HKEYS', KEYS[2])} end
+local changed = 0
 local ok = string.sub(old, (string.find(old, ' ', 1, true) or 0) + 1)
-if redis.call('HINCRBY', KEYS[2], ok, -1) <= 0 then redis.call('HDEL', KEYS[2], ok) end
+if redis.call('HINCRBY', KEYS[2], ok, -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ok)
+  changed = 1
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-return 1
+if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then changed = 1 end
+if ok == ARGV[3] then changed = 0 end
+return {1, changed, ok, redis.call('HKEYS', KEYS[2])}
 ";
 
 fn keys(room: &RoomId) -> [String; 3] {
@@ -150,14 +179,32 @@ struct MemRoom {
 }
 
 impl MemRoom {
-    fn uncount(&mut self, entry: &str) {
+    /// Uncounts the entry's node; returns that node key and whether it left the node set.
+    fn uncount(&mut self, entry: &str) -> (String, bool) {
         let key = entry.split_once(' ').map_or("", |(_, k)| k).to_owned();
+        let mut gone = false;
         if let Some(c) = self.nodes.get_mut(&key) {
             *c = c.saturating_sub(1);
             if *c == 0 {
                 self.nodes.remove(&key);
+                gone = true;
             }
         }
+        (key, gone)
+    }
+
+    /// Counts a member on node `key`; returns whether the node is new in the set.
+    fn count(&mut self, key: String) -> bool {
+        let c = self.nodes.entry(key).or_default();
+        *c += 1;
+        *c == 1
+    }
+
+    fn node_keys(&self) -> Vec<NodeKey> {
+        self.nodes
+            .keys()
+            .filter_map(|k| NodeKey::decode(k))
+            .collect()
     }
 }
 
@@ -249,6 +296,8 @@ impl RoomStore {
                 let r = m.entry(room.clone()).or_default();
                 let old = r.members.get(user).cloned();
                 let mut version = 0;
+                let mut nodes_changed = false;
+                let mut previous = None;
                 if old.as_deref() != Some(value.as_str()) {
                     if old.is_none() && r.members.len() >= max {
                         if r.members.is_empty() {
@@ -257,10 +306,14 @@ impl RoomStore {
                         return Ok(JoinOutcome::Full);
                     }
                     if let Some(old) = &old {
-                        r.uncount(old);
+                        let (key, gone) = r.uncount(old);
+                        nodes_changed |= gone;
+                        previous = NodeKey::decode(&key);
                     }
                     r.members.insert(user.clone(), value);
-                    *r.nodes.entry(node).or_default() += 1;
+                    let same_node = previous.as_ref().is_some_and(|p| p.encode() == node);
+                    nodes_changed |= r.count(node);
+                    nodes_changed &= !same_node;
                     if old.is_none() {
                         r.version += 1;
                         version = r.version;
@@ -269,7 +322,9 @@ impl RoomStore {
                 Ok(JoinOutcome::Joined {
                     version,
                     members: r.members.keys().cloned().collect(),
-                    nodes: r.nodes.keys().filter_map(|k| NodeKey::decode(k)).collect(),
+                    nodes: r.node_keys(),
+                    nodes_changed,
+                    previous,
                 })
             }
             Backend::Redis { conn, join, .. } => {
@@ -279,8 +334,13 @@ impl RoomStore {
                     inv.key(k);
                 }
                 inv.arg(user.as_str()).arg(value).arg(node).arg(max);
-                let (version, members, node_keys): (i64, Vec<String>, Vec<String>) =
-                    inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+                let (version, members, node_keys, changed, previous): (
+                    i64,
+                    Vec<String>,
+                    Vec<String>,
+                    i64,
+                    String,
+                ) = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
                 if version < 0 {
                     return Ok(JoinOutcome::Full);
                 }
@@ -288,6 +348,8 @@ impl RoomStore {
                     version: version as u64,
                     members: users(members),
                     nodes: nodes(node_keys),
+                    nodes_changed: changed == 1,
+                    previous: NodeKey::decode(&previous),
                 })
             }
         }
@@ -311,7 +373,7 @@ impl RoomStore {
                     return Ok(None);
                 }
                 r.members.remove(user);
-                r.uncount(&value);
+                let _ = r.uncount(&value);
                 r.version += 1;
                 let out = LeaveOutcome {
                     version: r.version,
@@ -339,39 +401,52 @@ impl RoomStore {
         }
     }
 
-    /// Moves `user`'s membership to `entry` (a resumed session), without an event. `false`:
+    /// Moves `user`'s membership to `entry` (a resumed session), without an event. `None`:
     /// the user is no longer a member.
     pub async fn move_member(
         &self,
         room: &RoomId,
         user: &UserId,
         entry: &MemberEntry,
-    ) -> Result<bool, RoomStoreError> {
+    ) -> Result<Option<Moved>, RoomStoreError> {
         let value = entry.encode();
         let node = entry.node.encode();
         match &self.backend {
             Backend::Memory(m) => {
                 let mut m = Self::mem(m);
                 let Some(r) = m.get_mut(room) else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let Some(old) = r.members.get(user).cloned() else {
-                    return Ok(false);
+                    return Ok(None);
+                };
+                let mut moved = Moved {
+                    nodes_changed: false,
+                    previous: None,
+                    nodes: Vec::new(),
                 };
                 if old != value {
-                    r.uncount(&old);
+                    let (key, gone) = r.uncount(&old);
                     r.members.insert(user.clone(), value);
-                    *r.nodes.entry(node).or_default() += 1;
+                    let same_node = key == node;
+                    moved.nodes_changed = (r.count(node) || gone) && !same_node;
+                    moved.previous = NodeKey::decode(&key);
                 }
-                Ok(true)
+                moved.nodes = r.node_keys();
+                Ok(Some(moved))
             }
             Backend::Redis { conn, moved, .. } => {
                 let mut conn = conn.clone();
                 let [m, n, _] = keys(room);
                 let mut inv = moved.prepare_invoke();
                 inv.key(m).key(n).arg(user.as_str()).arg(value).arg(node);
-                let ok: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-                Ok(ok == 1)
+                let (ok, changed, previous, node_keys): (i64, i64, String, Vec<String>) =
+                    inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+                Ok((ok == 1).then(|| Moved {
+                    nodes_changed: changed == 1,
+                    previous: NodeKey::decode(&previous),
+                    nodes: nodes(node_keys),
+                }))
             }
         }
     }
@@ -467,23 +542,50 @@ mod tests {
             version,
             members,
             nodes,
+            nodes_changed,
+            previous,
         } = s.join(&r, &a, &entry(1, "i1"), 2).await.unwrap()
         else {
             panic!()
         };
         assert_eq!((version, members.len(), nodes.len()), (1, 1, 1));
+        assert!(nodes_changed, "the first member's node is new in the set");
+        assert_eq!(previous, None);
         // Joining again: no new version.
         let JoinOutcome::Joined { version, .. } = s.join(&r, &a, &entry(1, "i1"), 2).await.unwrap()
         else {
             panic!()
         };
         assert_eq!(version, 0);
-        let JoinOutcome::Joined { version, nodes, .. } =
-            s.join(&r, &b, &entry(2, "i2"), 2).await.unwrap()
+        let JoinOutcome::Joined {
+            version,
+            nodes,
+            nodes_changed,
+            ..
+        } = s.join(&r, &b, &entry(2, "i2"), 2).await.unwrap()
         else {
             panic!()
         };
         assert_eq!((version, nodes.len()), (2, 2));
+        assert!(nodes_changed, "i2 is new in the node set");
+        // A new session of `a` on the same instance: no version, node set unchanged.
+        let JoinOutcome::Joined {
+            version,
+            nodes_changed,
+            previous,
+            ..
+        } = s.join(&r, &a, &entry(11, "i1"), 2).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (version, previous.map(|p| p.instance)),
+            (0, Some("i1".into()))
+        );
+        assert!(!nodes_changed);
+        let JoinOutcome::Joined { .. } = s.join(&r, &a, &entry(1, "i1"), 2).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(
             s.join(&r, &c, &entry(3, "i2"), 2).await.unwrap(),
             JoinOutcome::Full
@@ -491,7 +593,14 @@ mod tests {
         // A leave of another session of `a` is a no-op.
         assert_eq!(s.leave(&r, &a, &entry(9, "i1")).await.unwrap(), None);
         // Moving `b` to instance i1 leaves one node.
-        assert!(s.move_member(&r, &b, &entry(5, "i1")).await.unwrap());
+        let moved = s
+            .move_member(&r, &b, &entry(5, "i1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(moved.nodes_changed, "i2 left the node set");
+        assert_eq!(moved.previous.map(|p| p.instance), Some("i2".into()));
+        assert_eq!(moved.nodes.len(), 1);
         assert_eq!(s.nodes(&r).await.unwrap().len(), 1);
         let out = s.leave(&r, &a, &entry(1, "i1")).await.unwrap().unwrap();
         assert_eq!((out.version, out.nodes.len()), (3, 1));
@@ -499,7 +608,11 @@ mod tests {
         assert_eq!((out.version, out.nodes.len()), (4, 0));
         // Empty: gone, versions start again.
         assert!(s.members(&r).await.unwrap().is_empty());
-        assert!(!s.move_member(&r, &b, &entry(5, "i1")).await.unwrap());
+        assert!(s
+            .move_member(&r, &b, &entry(5, "i1"))
+            .await
+            .unwrap()
+            .is_none());
         let JoinOutcome::Joined { version, .. } = s.join(&r, &c, &entry(3, "i2"), 2).await.unwrap()
         else {
             panic!()

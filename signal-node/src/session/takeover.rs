@@ -417,7 +417,7 @@ impl Node {
                     ErrorType::Offline,
                     format!("{user}'s session ended before the message was delivered"),
                 );
-                let _ = router.relay(&Origin::Node, &sender, &msg.to_json()).await;
+                let _ = router.relay(&Origin::Node, sender, &msg.to_json()).await;
             }
         });
     }

@@ -145,23 +145,23 @@ pub async fn run(
     metrics::gauge!("signal_draining").set(0.0);
 
     let grpc_stop = CancellationToken::new();
+    // The relay server runs on the main runtime: it is the cross-node hot path (a Deliver
+    // pushes into a session whose writer runs here; from another runtime every frame would
+    // cost a cross-thread wake-up). The heartbeat has a thread of its own (below).
     let grpc = {
         let router = grpc_server
             .layer(grpc_auth)
             .add_service(RelayServer::new(relay::RelayService::new(node.clone())));
-        let listener = listeners.grpc.into_std()?;
         let stop = grpc_stop.clone();
-        liveness::on_own_thread("signal-grpc", move || async move {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    TcpListenerStream::new(listeners.grpc),
                     stop.cancelled_owned(),
                 )
                 .await
                 .map_err(|e| e.to_string())
-        })?
+        })
     };
     let http_stop = CancellationToken::new();
     let app = http::router(node.clone(), metrics);

@@ -1,9 +1,9 @@
-//! The liveness path on threads of its own: the heartbeat to central and the gRPC server
-//! (central's probes, the peers' calls) each run on a single-threaded runtime in a dedicated
-//! OS thread, so that a burst on the main runtime (a million presence snapshots, a takeover
-//! wave) delays them by an OS time slice, not by the length of the main run queue. Missing
-//! heartbeats for `--node-timeout-ms` gets a node evicted, and an unanswered probe takes it
-//! out of the live set: both announce its users offline elsewhere.
+//! The liveness path on a thread of its own: the heartbeat to central runs on a
+//! single-threaded runtime in a dedicated OS thread, so that a burst on the main runtime (a
+//! million presence snapshots, a takeover wave) delays it by an OS time slice, not by the
+//! length of the main run queue. Missing heartbeats for `--node-timeout-ms` gets a node
+//! evicted, which announces its users offline elsewhere. (The gRPC server stays on the main
+//! runtime: it is the cross-node relay path, and a Deliver wakes a writer there.)
 
 use std::future::Future;
 

@@ -325,9 +325,11 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
         });
     }
     while schedulers.join_next().await.is_some() {}
-    // Let the last deliveries arrive.
+    // Let the last deliveries and the last answers arrive (a sender's Accepted follows the
+    // fan-out, so it can come after every member has the message).
     let drain_until = Instant::now() + DRAIN;
-    while Instant::now() < drain_until && !tracker.lock().in_flight.is_empty() {
+    let settled = |t: &Tally| t.in_flight.is_empty() && t.accepted + t.refused >= t.sent;
+    while Instant::now() < drain_until && !settled(&tracker.lock()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();

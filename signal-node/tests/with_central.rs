@@ -142,6 +142,9 @@ async fn node_central_no_longer_lists_is_offline_then_reachable_again() {
     let mut bob = b.connect("bob").await;
     bob.send_json(&offer("alice", "s1")).await;
     assert_eq!(alice.next_json().await["sessionID"], "s1");
+    // bob's reader answers the Ping only once the forward of s1 has its answer from a: a
+    // SIGSTOP before that answer left b would time s1 out (UNAVAILABLE) instead.
+    roundtrip(&mut bob).await;
 
     // Node a hangs (SIGSTOP): its sockets stay open but nothing answers. Central evicts it.
     a.proc.signal(19);

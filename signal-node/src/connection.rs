@@ -648,17 +648,13 @@ impl Reader {
                     }
                     Err(r) => {
                         tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
-                        metrics::counter!("signal_errors_total", "error_type" => r.error.as_str())
-                            .increment(1);
-                        let m = Message::chat_error(
-                            self.user.clone(),
+                        self.reply_chat_error(
                             Some(to),
                             Some(id.as_str()),
                             None,
                             r.error,
                             r.description,
                         );
-                        let _ = self.session.push(&m.to_json(), Origin::Node);
                     }
                 }
             }

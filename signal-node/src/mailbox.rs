@@ -5,6 +5,7 @@
 //! flow-controlled), and acknowledge (delete what the recipient acknowledged, tell the sender
 //! `Delivered`).
 
+pub mod batch;
 pub mod store;
 
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use signal_proto::{Accepted, ChatMessage, Delivered, ErrorType, Message, Message
 use crate::node::Node;
 use crate::router::Router;
 use crate::session::{AckedMail, Origin, Session};
-pub use store::{Appended, EntryId, MailboxError, MailboxStore, StoreLimits, StoredMessage};
+pub use store::{
+    Appended, EntryId, MailboxError, MailboxStore, NewMessage, StoreLimits, StoredMessage,
+};
 
 /// Messages read from the store per page when pushing at connect.
 pub const PUSH_PAGE: usize = 50;
@@ -83,6 +86,8 @@ pub struct Mailbox {
     limits: MailboxLimits,
     /// `inflight_node` permits, one held by each store under way.
     stores: Arc<Semaphore>,
+    /// Where the stores go: together with those ready at the same time.
+    batcher: batch::Batcher,
 }
 
 fn now_ms() -> u64 {
@@ -94,10 +99,12 @@ fn now_ms() -> u64 {
 impl Mailbox {
     pub fn new(store: MailboxStore, limits: MailboxLimits) -> Mailbox {
         let stores = Arc::new(Semaphore::new(limits.inflight_node.max(1)));
+        let batcher = batch::Batcher::new(store.clone(), limits.store, limits.inflight_node);
         Mailbox {
             store,
             limits,
             stores,
+            batcher,
         }
     }
 
@@ -167,7 +174,8 @@ impl Mailbox {
         self.stores.clone().acquire_owned().await.ok()
     }
 
-    /// [`Mailbox::store_prepared`] holding `permit` until the append is done.
+    /// [`Mailbox::store_prepared`] holding `permit` until the append is done, through the
+    /// batcher (appends ready at the same time share a round trip: [`batch`]).
     pub fn store_with(
         &self,
         permit: Option<OwnedSemaphorePermit>,
@@ -175,14 +183,11 @@ impl Mailbox {
         p: Prepared,
     ) -> impl std::future::Future<Output = (Prepared, Result<Appended, MailboxError>)> + Send + 'static
     {
-        let store = self.store.clone();
-        let limits = self.limits.store;
+        let batcher = self.batcher.clone();
         async move {
-            let r = store
-                .append(&p.to, &sender, &p.id, &p.frame, p.ts, limits)
-                .await;
+            let r = batcher.append(sender, p).await;
             drop(permit);
-            (p, r)
+            r
         }
     }
 

@@ -71,32 +71,47 @@ impl std::fmt::Display for EntryId {
     }
 }
 
-/// Appends a message unless a duplicate, after dropping expired entries; quota checked in
-/// the same script. KEYS: stream, dedupe. ARGV: frame, ts, max, ttl_ms.
-/// Returns {status (0 stored, 1 duplicate, 2 full), first ts or entry id, expired}.
+/// Appends messages for one recipient (each unless a duplicate), in the order given, after
+/// dropping expired entries once; the quota is checked per message (once full, every later
+/// message of the call is refused too: nothing is stored out of order). KEYS: stream, then one
+/// dedupe marker per message. ARGV: max, ttl_ms, then frame and ts per message. Returns
+/// {expired, status1, v1, status2, v2, ...}: status 0 stored (v = entry id), 1 duplicate
+/// (v = the marker "<first ts> <entry id>"), 2 full.
 const APPEND_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[4])
-local expired = 0
+local max = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local out = {0}
 local len = redis.call('XLEN', KEYS[1])
 if len > 0 then
-  expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
-  len = len - expired
+  out[1] = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
+  len = len - out[1]
 end
-local d = redis.call('GET', KEYS[2])
-if d then
-  return {1, d, expired}
+local added = false
+for i = 2, #KEYS do
+  local d = redis.call('GET', KEYS[i])
+  if d then
+    out[#out + 1] = 1
+    out[#out + 1] = d
+  elseif len >= max then
+    out[#out + 1] = 2
+    out[#out + 1] = ''
+  else
+    local eid = redis.call('XADD', KEYS[1], '*', 'f', ARGV[2 * i - 1])
+    redis.call('SET', KEYS[i], ARGV[2 * i] .. ' ' .. eid, 'PX', ttl)
+    len = len + 1
+    added = true
+    out[#out + 1] = 0
+    out[#out + 1] = eid
+  end
 end
-if len >= tonumber(ARGV[3]) then
-  return {2, '', expired}
-end
-local eid = redis.call('XADD', KEYS[1], '*', 'f', ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. eid, 'PX', ttl)
 -- Twice the TTL: an idle mailbox vanishes, but not before its expired entries are counted
 -- by the next append or page within that time.
-redis.call('PEXPIRE', KEYS[1], 2 * ttl)
-return {0, eid, expired}
+if added then
+  redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+end
+return out
 ";
 
 /// A page after a cursor, after dropping expired entries. KEYS: stream. ARGV: after, count,
@@ -223,6 +238,186 @@ fn unavailable(e: redis::RedisError) -> MailboxError {
     MailboxError::Unavailable(e.to_string())
 }
 
+impl Memory {
+    /// [`MailboxStore::append_batch`] in memory.
+    fn append(
+        &mut self,
+        to: &UserId,
+        msgs: &[NewMessage<'_>],
+        limits: StoreLimits,
+    ) -> Vec<Result<Appended, MailboxError>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut next = self.next;
+        let b = self.boxes.entry(to.clone()).or_default();
+        expired_metric(b.expire(limits.ttl));
+        for msg in msgs {
+            let key = (msg.sender.clone(), msg.id.clone());
+            if let Some((first, _, _)) = b.seen.get(&key) {
+                out.push(Ok(Appended::Duplicate { ts: *first }));
+                continue;
+            }
+            if b.entries.len() >= limits.max_messages {
+                out.push(Err(MailboxError::Full));
+                continue;
+            }
+            next += 1;
+            let now = Instant::now();
+            b.entries.push_back((next, now, msg.frame.to_owned()));
+            b.seen.insert(key, (msg.ts, next, now + limits.ttl));
+            out.push(Ok(Appended::Stored(EntryId { ms: 0, seq: next })));
+        }
+        self.next = next;
+        out
+    }
+}
+
+/// One message of an append: who sent it, its id, the frame the recipient gets, its `ts`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub sender: &'a UserId,
+    pub id: &'a MessageId,
+    pub frame: &'a str,
+    pub ts: u64,
+}
+
+/// The EVALSHA of [`APPEND_LUA`] for `msgs` to `to`.
+fn append_cmd(
+    script: &redis::Script,
+    to: &UserId,
+    msgs: &[NewMessage<'_>],
+    limits: StoreLimits,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(1 + msgs.len())
+        .arg(stream_key(to));
+    for m in msgs {
+        cmd.arg(dedupe_key(to, m.sender, m.id));
+    }
+    cmd.arg(limits.max_messages).arg(ttl_ms(limits.ttl));
+    for m in msgs {
+        cmd.arg(m.frame).arg(m.ts);
+    }
+    cmd
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// `cmd` (an EVALSHA of `script`), loading the script first if the server lost it.
+async fn eval_loading(
+    conn: &mut RedisConn,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<redis::Value> {
+    match cmd.query_async(conn).await {
+        Err(e) if is_noscript(&e) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        r => r,
+    }
+}
+
+/// The EVALSHAs `cmd(0..n)` of `script` in one pipeline, one answer each; those the server
+/// refused with NOSCRIPT (they did nothing) go again, after loading the script, in one more.
+async fn pipeline_loading(
+    conn: &mut RedisConn,
+    script: &redis::Script,
+    n: usize,
+    cmd: impl Fn(usize) -> redis::Cmd,
+) -> Vec<redis::RedisResult<redis::Value>> {
+    let mut out = pipeline_once(conn, (0..n).map(&cmd)).await;
+    let again: Vec<usize> = (0..out.len())
+        .filter(|&i| out[i].as_ref().is_err_and(is_noscript))
+        .collect();
+    if again.is_empty() {
+        return out;
+    }
+    if let Err(e) = script.load_async(conn).await {
+        for &i in &again {
+            out[i] = Err(e.clone());
+        }
+        return out;
+    }
+    let retried = pipeline_once(conn, again.iter().map(|&i| cmd(i))).await;
+    for (i, r) in again.into_iter().zip(retried) {
+        out[i] = r;
+    }
+    out
+}
+
+/// `cmds` in one pipeline, one answer each (a failure of the whole pipeline is each one's).
+async fn pipeline_once(
+    conn: &mut RedisConn,
+    cmds: impl Iterator<Item = redis::Cmd>,
+) -> Vec<redis::RedisResult<redis::Value>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut n = 0;
+    for c in cmds {
+        pipe.add_command(c);
+        n += 1;
+    }
+    match pipe
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+        .await
+    {
+        Ok(v) if v.len() == n => v,
+        Ok(v) => {
+            let e = redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "pipeline answer of the wrong length",
+                format!("{} answers for {n} commands", v.len()),
+            ));
+            (0..n).map(|_| Err(e.clone())).collect()
+        }
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// The answers of one append script for `msgs`, in their order.
+fn append_answers(
+    v: redis::Value,
+    msgs: &[NewMessage<'_>],
+) -> Result<Vec<Result<Appended, MailboxError>>, MailboxError> {
+    let bad = |what: &str| MailboxError::Unavailable(format!("bad append answer: {what}"));
+    let out: Vec<redis::Value> = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
+    if out.len() != 1 + 2 * msgs.len() {
+        return Err(bad("wrong length"));
+    }
+    let mut it = out.into_iter();
+    let expired: usize = it
+        .next()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or(0);
+    expired_metric(expired);
+    let mut answers = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let (Some(status), Some(v)) = (it.next(), it.next()) else {
+            return Err(bad("too short"));
+        };
+        let status: i64 = redis::from_redis_value(status).map_err(|e| bad(&e.to_string()))?;
+        let v: String = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
+        answers.push(match status {
+            0 => EntryId::parse(&v)
+                .map(Appended::Stored)
+                .ok_or_else(|| MailboxError::Unavailable(format!("bad stream entry id {v:?}"))),
+            1 => {
+                let ts = v
+                    .split(' ')
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(m.ts);
+                Ok(Appended::Duplicate { ts })
+            }
+            _ => Err(MailboxError::Full),
+        });
+    }
+    Ok(answers)
+}
+
 impl MailboxStore {
     pub fn memory() -> MailboxStore {
         MailboxStore {
@@ -260,50 +455,68 @@ impl MailboxStore {
         ts: u64,
         limits: StoreLimits,
     ) -> Result<Appended, MailboxError> {
+        let msg = NewMessage {
+            sender,
+            id,
+            frame,
+            ts,
+        };
+        let mut r = self.append_batch(to, &[msg], limits).await?;
+        r.pop()
+            .unwrap_or_else(|| Err(MailboxError::Unavailable("empty append answer".into())))
+    }
+
+    /// Stores `msgs` for `to`, in this order, in one store call (one script on Redis): each
+    /// gets its own answer (stored, duplicate, full). `Err`: none of them was stored.
+    pub async fn append_batch(
+        &self,
+        to: &UserId,
+        msgs: &[NewMessage<'_>],
+        limits: StoreLimits,
+    ) -> Result<Vec<Result<Appended, MailboxError>>, MailboxError> {
+        let mut r = self.append_groups(&[(to, msgs)], limits).await;
+        r.pop()
+            .unwrap_or_else(|| Err(MailboxError::Unavailable("empty append answer".into())))
+    }
+
+    /// [`MailboxStore::append_batch`] for several recipients at once, in one round trip: on
+    /// one Redis server a pipeline of one script per recipient; on Redis Cluster (a pipeline
+    /// must not cross hash tags) the scripts are issued concurrently, each to its slot. One
+    /// answer per group, in the order given.
+    pub async fn append_groups(
+        &self,
+        groups: &[(&UserId, &[NewMessage<'_>])],
+        limits: StoreLimits,
+    ) -> Vec<Result<Vec<Result<Appended, MailboxError>>, MailboxError>> {
         match &self.backend {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
-                m.next += 1;
-                let seq = m.next;
-                let b = m.boxes.entry(to.clone()).or_default();
-                expired_metric(b.expire(limits.ttl));
-                let key = (sender.clone(), id.clone());
-                if let Some((first, _, _)) = b.seen.get(&key) {
-                    return Ok(Appended::Duplicate { ts: *first });
-                }
-                if b.entries.len() >= limits.max_messages {
-                    return Err(MailboxError::Full);
-                }
-                let now = Instant::now();
-                b.entries.push_back((seq, now, frame.to_owned()));
-                b.seen.insert(key, (ts, seq, now + limits.ttl));
-                Ok(Appended::Stored(EntryId { ms: 0, seq }))
+                groups
+                    .iter()
+                    .map(|(to, msgs)| Ok(m.append(to, msgs, limits)))
+                    .collect()
             }
             Backend::Redis { conn, append, .. } => {
+                let cmd = |i: usize| append_cmd(append, groups[i].0, groups[i].1, limits);
                 let mut conn = conn.clone();
-                let mut inv = append.key(stream_key(to));
-                inv.key(dedupe_key(to, sender, id))
-                    .arg(frame)
-                    .arg(ts)
-                    .arg(limits.max_messages)
-                    .arg(ttl_ms(limits.ttl));
-                let (status, v, expired): (i64, String, usize) =
-                    inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-                expired_metric(expired);
-                match status {
-                    0 => EntryId::parse(&v).map(Appended::Stored).ok_or_else(|| {
-                        MailboxError::Unavailable(format!("bad stream entry id {v:?}"))
-                    }),
-                    1 => {
-                        let ts = v
-                            .split(' ')
-                            .next()
-                            .and_then(|t| t.parse().ok())
-                            .unwrap_or(ts);
-                        Ok(Appended::Duplicate { ts })
-                    }
-                    _ => Err(MailboxError::Full),
-                }
+                let values = if conn.is_cluster() || groups.len() == 1 {
+                    let calls = (0..groups.len()).map(|i| {
+                        let mut conn = conn.clone();
+                        let c = cmd(i);
+                        async move { eval_loading(&mut conn, append, &c).await }
+                    });
+                    futures::future::join_all(calls).await
+                } else {
+                    pipeline_loading(&mut conn, append, groups.len(), cmd).await
+                };
+                values
+                    .into_iter()
+                    .zip(groups)
+                    .map(|(v, (_, msgs))| {
+                        let v = v.map_err(unavailable)?;
+                        append_answers(v, msgs)
+                    })
+                    .collect()
             }
         }
     }

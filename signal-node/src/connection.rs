@@ -467,17 +467,15 @@ impl Reader {
             }
             Message::Ack(a) => {
                 let acked = self.session.ack(a.n);
-                if let Ok(mail) = &acked {
+                if let Ok(mail) = acked {
                     if !mail.is_empty() {
                         let node = self.node.clone();
                         let user = self.user.clone();
-                        let mail = mail.clone();
                         tokio::spawn(async move {
                             node.mailbox().acknowledged(&node, &user, mail).await;
                         });
                     }
-                }
-                if let Err(last) = acked {
+                } else if let Err(last) = acked {
                     tracing::info!(user = %self.user, n = a.n, last, "ack above the last frame sent");
                     self.reply_error(
                         None,

@@ -79,6 +79,16 @@ pub struct Prepared {
     ts: u64,
 }
 
+/// What [`Mailbox::acknowledged`] reads of a delivered chat frame.
+#[derive(serde::Deserialize)]
+struct AckedHead<'a> {
+    #[serde(borrow)]
+    from: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    room: Option<serde::de::IgnoredAny>,
+}
+
 /// The node's mailbox: the store and its limits. A cheap `Clone` handle.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
@@ -286,20 +296,20 @@ impl Mailbox {
         let acked: Vec<(UserId, MessageId)> = frames
             .iter()
             .filter(|(f, _)| is_chat_frame(f))
-            .filter_map(|(f, entry)| match Message::parse(f) {
-                Ok(Message::Message(ChatMessage {
-                    from: Some(from),
-                    id,
-                    room: None,
-                    ..
-                })) => {
-                    match entry {
-                        Some(e) => entries.push(*e),
-                        None => unknown.push((from.clone(), id.clone())),
-                    }
-                    Some((from, id))
+            .filter_map(|(f, entry)| {
+                // The node's own rendering of a Message: only `from`, `id` and `room` are read
+                // (borrowed; the body and the other fields are skipped, not copied).
+                let head: AckedHead<'_> = serde_json::from_str(f).ok()?;
+                if head.room.is_some() {
+                    return None;
                 }
-                _ => None,
+                let from = UserId::new(head.from?.into_owned()).ok()?;
+                let id = MessageId::new(head.id.into_owned()).ok()?;
+                match entry {
+                    Some(e) => entries.push(*e),
+                    None => unknown.push((from.clone(), id.clone())),
+                }
+                Some((from, id))
             })
             .collect();
         if acked.is_empty() {

@@ -71,45 +71,58 @@ impl std::fmt::Display for EntryId {
     }
 }
 
-/// Appends messages for one recipient (each unless a duplicate), in the order given, after
-/// dropping expired entries once; the quota is checked per message (once full, every later
-/// message of the call is refused too: nothing is stored out of order). KEYS: stream, then one
-/// dedupe marker per message. ARGV: max, ttl_ms, then frame and ts per message. Returns
-/// {expired, status1, v1, status2, v2, ...}: status 0 stored (v = entry id), 1 duplicate
-/// (v = the marker "<first ts> <entry id>"), 2 full.
+/// Appends messages for one or more recipients: per recipient (a group), in the order given,
+/// after dropping its expired entries once, each message unless a duplicate; the quota is
+/// checked per message (once full, every later message of the group is refused too: nothing
+/// is stored out of order). KEYS: per group its stream, then one dedupe marker per message.
+/// ARGV: max, ttl_ms, the number of groups G, the number of messages of each group (G
+/// values), then frame and ts per message. Returns, per group, {expired, status1, v1, ...}
+/// one after the other: status 0 stored (v = entry id), 1 duplicate (v = the marker
+/// "<first ts> <entry id>"), 2 full. On Redis Cluster a call has one group (one hash tag).
 const APPEND_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local out = {0}
-local len = redis.call('XLEN', KEYS[1])
-if len > 0 then
-  out[1] = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
-  len = len - out[1]
-end
-local added = false
-for i = 2, #KEYS do
-  local d = redis.call('GET', KEYS[i])
-  if d then
-    out[#out + 1] = 1
-    out[#out + 1] = d
-  elseif len >= max then
-    out[#out + 1] = 2
-    out[#out + 1] = ''
-  else
-    local eid = redis.call('XADD', KEYS[1], '*', 'f', ARGV[2 * i - 1])
-    redis.call('SET', KEYS[i], ARGV[2 * i] .. ' ' .. eid, 'PX', ttl)
-    len = len + 1
-    added = true
-    out[#out + 1] = 0
-    out[#out + 1] = eid
+local groups = tonumber(ARGV[3])
+local out = {}
+local k = 1
+local a = 4 + groups
+for g = 1, groups do
+  local n = tonumber(ARGV[3 + g])
+  local s = KEYS[k]
+  local e = #out + 1
+  out[e] = 0
+  local len = redis.call('XLEN', s)
+  if len > 0 then
+    out[e] = redis.call('XTRIM', s, 'MINID', tostring(now - ttl))
+    len = len - out[e]
   end
-end
--- Twice the TTL: an idle mailbox vanishes, but not before its expired entries are counted
--- by the next append or page within that time.
-if added then
-  redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+  local added = false
+  for i = 1, n do
+    local d = redis.call('GET', KEYS[k + i])
+    if d then
+      out[#out + 1] = 1
+      out[#out + 1] = d
+    elseif len >= max then
+      out[#out + 1] = 2
+      out[#out + 1] = ''
+    else
+      local eid = redis.call('XADD', s, '*', 'f', ARGV[a])
+      redis.call('SET', KEYS[k + i], ARGV[a + 1] .. ' ' .. eid, 'PX', ttl)
+      len = len + 1
+      added = true
+      out[#out + 1] = 0
+      out[#out + 1] = eid
+    end
+    a = a + 2
+  end
+  -- Twice the TTL: an idle mailbox vanishes, but not before its expired entries are
+  -- counted by the next append or page within that time.
+  if added then
+    redis.call('PEXPIRE', s, 2 * ttl)
+  end
+  k = k + n + 1
 end
 return out
 ";
@@ -280,23 +293,31 @@ pub struct NewMessage<'a> {
     pub ts: u64,
 }
 
-/// The EVALSHA of [`APPEND_LUA`] for `msgs` to `to`.
+/// The EVALSHA of [`APPEND_LUA`] for `groups` (recipient, its messages).
 fn append_cmd(
     script: &redis::Script,
-    to: &UserId,
-    msgs: &[NewMessage<'_>],
+    groups: &[(&UserId, &[NewMessage<'_>])],
     limits: StoreLimits,
 ) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash())
-        .arg(1 + msgs.len())
-        .arg(stream_key(to));
-    for m in msgs {
-        cmd.arg(dedupe_key(to, m.sender, m.id));
+    let keys: usize = groups.iter().map(|(_, m)| 1 + m.len()).sum();
+    cmd.arg(script.get_hash()).arg(keys);
+    for (to, msgs) in groups {
+        cmd.arg(stream_key(to));
+        for m in *msgs {
+            cmd.arg(dedupe_key(to, m.sender, m.id));
+        }
     }
-    cmd.arg(limits.max_messages).arg(ttl_ms(limits.ttl));
-    for m in msgs {
-        cmd.arg(m.frame).arg(m.ts);
+    cmd.arg(limits.max_messages)
+        .arg(ttl_ms(limits.ttl))
+        .arg(groups.len());
+    for (_, msgs) in groups {
+        cmd.arg(msgs.len());
+    }
+    for (_, msgs) in groups {
+        for m in *msgs {
+            cmd.arg(m.frame).arg(m.ts);
+        }
     }
     cmd
 }
@@ -320,102 +341,53 @@ async fn eval_loading(
     }
 }
 
-/// The EVALSHAs `cmd(0..n)` of `script` in one pipeline, one answer each; those the server
-/// refused with NOSCRIPT (they did nothing) go again, after loading the script, in one more.
-async fn pipeline_loading(
-    conn: &mut RedisConn,
-    script: &redis::Script,
-    n: usize,
-    cmd: impl Fn(usize) -> redis::Cmd,
-) -> Vec<redis::RedisResult<redis::Value>> {
-    let mut out = pipeline_once(conn, (0..n).map(&cmd)).await;
-    let again: Vec<usize> = (0..out.len())
-        .filter(|&i| out[i].as_ref().is_err_and(is_noscript))
-        .collect();
-    if again.is_empty() {
-        return out;
-    }
-    if let Err(e) = script.load_async(conn).await {
-        for &i in &again {
-            out[i] = Err(e.clone());
-        }
-        return out;
-    }
-    let retried = pipeline_once(conn, again.iter().map(|&i| cmd(i))).await;
-    for (i, r) in again.into_iter().zip(retried) {
-        out[i] = r;
-    }
-    out
-}
+/// The answers of one append script for `groups`: per group, per message in its order.
+type GroupAnswers = Result<Vec<Result<Appended, MailboxError>>, MailboxError>;
 
-/// `cmds` in one pipeline, one answer each (a failure of the whole pipeline is each one's).
-async fn pipeline_once(
-    conn: &mut RedisConn,
-    cmds: impl Iterator<Item = redis::Cmd>,
-) -> Vec<redis::RedisResult<redis::Value>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    let mut n = 0;
-    for c in cmds {
-        pipe.add_command(c);
-        n += 1;
-    }
-    match pipe
-        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
-        .await
-    {
-        Ok(v) if v.len() == n => v,
-        Ok(v) => {
-            let e = redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "pipeline answer of the wrong length",
-                format!("{} answers for {n} commands", v.len()),
-            ));
-            (0..n).map(|_| Err(e.clone())).collect()
-        }
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-    }
-}
-
-/// The answers of one append script for `msgs`, in their order.
 fn append_answers(
     v: redis::Value,
-    msgs: &[NewMessage<'_>],
-) -> Result<Vec<Result<Appended, MailboxError>>, MailboxError> {
+    groups: &[(&UserId, &[NewMessage<'_>])],
+) -> Result<Vec<GroupAnswers>, MailboxError> {
     let bad = |what: &str| MailboxError::Unavailable(format!("bad append answer: {what}"));
     let out: Vec<redis::Value> = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
-    if out.len() != 1 + 2 * msgs.len() {
+    let want: usize = groups.iter().map(|(_, m)| 1 + 2 * m.len()).sum();
+    if out.len() != want {
         return Err(bad("wrong length"));
     }
     let mut it = out.into_iter();
-    let expired: usize = it
-        .next()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or(0);
-    expired_metric(expired);
-    let mut answers = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let (Some(status), Some(v)) = (it.next(), it.next()) else {
-            return Err(bad("too short"));
-        };
-        let status: i64 = redis::from_redis_value(status).map_err(|e| bad(&e.to_string()))?;
-        let v: String = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
-        answers.push(match status {
-            0 => EntryId::parse(&v)
-                .map(Appended::Stored)
-                .ok_or_else(|| MailboxError::Unavailable(format!("bad stream entry id {v:?}"))),
-            1 => {
-                let ts = v
-                    .split(' ')
-                    .next()
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(m.ts);
-                Ok(Appended::Duplicate { ts })
-            }
-            _ => Err(MailboxError::Full),
-        });
+    let mut all = Vec::with_capacity(groups.len());
+    for (_, msgs) in groups {
+        let expired: usize = it
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        expired_metric(expired);
+        let mut answers = Vec::with_capacity(msgs.len());
+        for m in *msgs {
+            let (Some(status), Some(v)) = (it.next(), it.next()) else {
+                return Err(bad("too short"));
+            };
+            let status: i64 =
+                redis::from_redis_value(status).map_err(|e| bad(&e.to_string()))?;
+            let v: String = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
+            answers.push(match status {
+                0 => EntryId::parse(&v).map(Appended::Stored).ok_or_else(|| {
+                    MailboxError::Unavailable(format!("bad stream entry id {v:?}"))
+                }),
+                1 => {
+                    let ts = v
+                        .split(' ')
+                        .next()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(m.ts);
+                    Ok(Appended::Duplicate { ts })
+                }
+                _ => Err(MailboxError::Full),
+            });
+        }
+        all.push(Ok(answers));
     }
-    Ok(answers)
+    Ok(all)
 }
 
 impl MailboxStore {
@@ -480,9 +452,10 @@ impl MailboxStore {
     }
 
     /// [`MailboxStore::append_batch`] for several recipients at once, in one round trip: on
-    /// one Redis server a pipeline of one script per recipient; on Redis Cluster (a pipeline
-    /// must not cross hash tags) the scripts are issued concurrently, each to its slot. One
-    /// answer per group, in the order given.
+    /// one Redis server (standalone, Sentinel) one script call for all of them; on Redis
+    /// Cluster (a call must not cross hash tags) one call per recipient, issued concurrently,
+    /// each to its slot. One answer per group, in the order given. A failed call is the
+    /// failure of each of its groups (nothing of a failed group is answered stored).
     pub async fn append_groups(
         &self,
         groups: &[(&UserId, &[NewMessage<'_>])],
@@ -497,24 +470,34 @@ impl MailboxStore {
                     .collect()
             }
             Backend::Redis { conn, append, .. } => {
-                let cmd = |i: usize| append_cmd(append, groups[i].0, groups[i].1, limits);
-                let mut conn = conn.clone();
-                let values = if conn.is_cluster() || groups.len() == 1 {
-                    let calls = (0..groups.len()).map(|i| {
-                        let mut conn = conn.clone();
-                        let c = cmd(i);
-                        async move { eval_loading(&mut conn, append, &c).await }
-                    });
-                    futures::future::join_all(calls).await
+                // One script call for every group on one server; on Redis Cluster one per
+                // recipient (its hash tag), issued concurrently.
+                let calls: Vec<&[(&UserId, &[NewMessage<'_>])]> = if conn.is_cluster() {
+                    groups.chunks(1).collect()
                 } else {
-                    pipeline_loading(&mut conn, append, groups.len(), cmd).await
+                    vec![groups]
                 };
-                values
+                let calls = calls.into_iter().map(|part| {
+                    let mut conn = conn.clone();
+                    let cmd = append_cmd(append, part, limits);
+                    async move {
+                        let v = eval_loading(&mut conn, append, &cmd)
+                            .await
+                            .map_err(unavailable)?;
+                        append_answers(v, part)
+                    }
+                });
+                futures::future::join_all(calls)
+                    .await
                     .into_iter()
-                    .zip(groups)
-                    .map(|(v, (_, msgs))| {
-                        let v = v.map_err(unavailable)?;
-                        append_answers(v, msgs)
+                    .zip(if conn.is_cluster() {
+                        groups.chunks(1)
+                    } else {
+                        groups.chunks(groups.len().max(1))
+                    })
+                    .flat_map(|(r, part)| match r {
+                        Ok(each) => each,
+                        Err(e) => part.iter().map(|_| Err(e.clone())).collect(),
                     })
                     .collect()
             }

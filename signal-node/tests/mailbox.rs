@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use signal_node::mailbox::MailboxStore;
 use signal_node::{Config, DirectoryConfig};
 use testkit::{Redis, WsClient};
 
@@ -653,4 +654,88 @@ async fn a_burst_of_pipelined_messages_is_answered_and_delivered_in_order() {
         assert_eq!(got, want(who), "{who}'s stored messages in the order sent");
     }
     stop(nodes).await;
+}
+
+/// The node's batcher stores several recipients' messages in one store call: each recipient's
+/// messages keep their order and each message gets its own answer (stored, duplicate of an
+/// earlier one or of one earlier in the same batch, full once the quota is reached).
+async fn batched_appends_keep_order_and_per_message_answers(store: MailboxStore) {
+    use signal_node::mailbox::{Appended, MailboxError, NewMessage, StoreLimits};
+    use signal_proto::{MessageId, UserId};
+    let limits = StoreLimits {
+        max_messages: 3,
+        ttl: Duration::from_secs(60),
+    };
+    let u = |s: &str| UserId::new(s).unwrap();
+    let m = |s: &str| MessageId::new(s).unwrap();
+    let (alice, bob, carol, dave) = (u("alice"), u("bob"), u("carol"), u("dave"));
+    let (m1, m2, m3, m4, x, y) = (m("m1"), m("m2"), m("m3"), m("m4"), m("x"), m("y"));
+    let first = store
+        .append(&dave, &alice, &x, "dave-x", 7, limits)
+        .await
+        .unwrap();
+    assert!(matches!(first, Appended::Stored(_)));
+    let msg = |sender, id, frame, ts| NewMessage {
+        sender,
+        id,
+        frame,
+        ts,
+    };
+    let to_bob = [
+        msg(&alice, &m1, "bob-a1", 10),
+        msg(&carol, &m1, "bob-c1", 11),
+        msg(&alice, &m2, "bob-a2", 12),
+        msg(&alice, &m3, "bob-a3", 13),
+        msg(&alice, &m1, "bob-a1-again", 14),
+        msg(&alice, &m4, "bob-a4", 15),
+    ];
+    let to_carol = [msg(&alice, &m1, "carol-a1", 20), msg(&alice, &m1, "carol-a1", 21)];
+    let to_dave = [msg(&alice, &x, "dave-x-again", 30), msg(&bob, &y, "dave-y", 31)];
+    let answers = store
+        .append_groups(
+            &[(&bob, &to_bob), (&carol, &to_carol), (&dave, &to_dave)],
+            limits,
+        )
+        .await;
+    assert_eq!(answers.len(), 3);
+    let bob_a: Vec<_> = answers[0].clone().unwrap();
+    assert!(matches!(bob_a[0], Ok(Appended::Stored(_))), "{bob_a:?}");
+    assert!(matches!(bob_a[1], Ok(Appended::Stored(_))), "{bob_a:?}");
+    assert!(matches!(bob_a[2], Ok(Appended::Stored(_))), "{bob_a:?}");
+    assert_eq!(bob_a[3], Err(MailboxError::Full), "quota of 3");
+    assert_eq!(bob_a[4], Ok(Appended::Duplicate { ts: 10 }), "dedupe before quota");
+    assert_eq!(bob_a[5], Err(MailboxError::Full));
+    let carol_a = answers[1].clone().unwrap();
+    assert!(matches!(carol_a[0], Ok(Appended::Stored(_))), "{carol_a:?}");
+    assert_eq!(carol_a[1], Ok(Appended::Duplicate { ts: 20 }));
+    let dave_a = answers[2].clone().unwrap();
+    assert_eq!(dave_a[0], Ok(Appended::Duplicate { ts: 7 }));
+    assert!(matches!(dave_a[1], Ok(Appended::Stored(_))), "{dave_a:?}");
+
+    let frames = |user: UserId| {
+        let store = store.clone();
+        async move {
+            let page = store.page(&user, None, 10, limits).await.unwrap();
+            let entries: Vec<_> = page.iter().map(|p| p.entry).collect();
+            let mut sorted = entries.clone();
+            sorted.sort();
+            assert_eq!(entries, sorted, "entry ids grow in append order");
+            page.into_iter().map(|p| p.frame).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(frames(bob.clone()).await, ["bob-a1", "bob-c1", "bob-a2"]);
+    assert_eq!(frames(carol.clone()).await, ["carol-a1"]);
+    assert_eq!(frames(dave.clone()).await, ["dave-x", "dave-y"]);
+}
+
+#[tokio::test]
+async fn batched_appends_in_redis() {
+    let redis = Redis::start().await;
+    let store = MailboxStore::redis(redis.url().as_str()).unwrap();
+    batched_appends_keep_order_and_per_message_answers(store).await;
+}
+
+#[tokio::test]
+async fn batched_appends_in_memory() {
+    batched_appends_keep_order_and_per_message_answers(MailboxStore::memory()).await;
 }

@@ -466,3 +466,61 @@ async fn redis_over_tls_with_the_test_ca() {
     let (_alice, _bob, _) = exercise(&s, "carol").await;
     mailbox_delivered(&s, "carol").await;
 }
+
+/// A batch of appends for several recipients on a Redis Cluster: one script call per
+/// recipient (their hash tags are on different slots), each message answered on its own, each
+/// mailbox in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_batched_appends_go_one_call_per_recipient() {
+    use signal_node::mailbox::{Appended, MailboxError, MailboxStore, NewMessage, StoreLimits};
+    use signal_proto::{MessageId, UserId};
+    let cluster = RedisCluster::start().await;
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let cfg = RedisConfig::parse(RedisMode::Cluster, &cluster.urls(), None, None);
+    let store = MailboxStore::redis(cfg).unwrap();
+    let limits = StoreLimits {
+        max_messages: 2,
+        ttl: Duration::from_secs(60),
+    };
+    let users: Vec<UserId> = ["bob", "carol", "dave", "erin"]
+        .iter()
+        .map(|s| UserId::new(*s).unwrap())
+        .collect();
+    let alice = UserId::new("alice").unwrap();
+    let ids: Vec<MessageId> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|s| MessageId::new(*s).unwrap())
+        .collect();
+    let frames: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| ids.iter().map(|id| format!("{u}-{id}")).collect())
+        .collect();
+    let msgs: Vec<Vec<NewMessage<'_>>> = frames
+        .iter()
+        .map(|f| {
+            ids.iter()
+                .zip(f)
+                .enumerate()
+                .map(|(i, (id, frame))| NewMessage {
+                    sender: &alice,
+                    id,
+                    frame,
+                    ts: i as u64,
+                })
+                .collect()
+        })
+        .collect();
+    let groups: Vec<(&UserId, &[NewMessage<'_>])> =
+        users.iter().zip(&msgs).map(|(u, m)| (u, m.as_slice())).collect();
+    let answers = store.append_groups(&groups, limits).await;
+    assert_eq!(answers.len(), users.len());
+    for (u, a) in users.iter().zip(answers) {
+        let a = a.unwrap();
+        assert!(matches!(a[0], Ok(Appended::Stored(_))), "{u}: {a:?}");
+        assert!(matches!(a[1], Ok(Appended::Stored(_))), "{u}: {a:?}");
+        assert_eq!(a[2], Err(MailboxError::Full), "{u}: quota of 2");
+        let page = store.page(u, None, 10, limits).await.unwrap();
+        let got: Vec<&str> = page.iter().map(|p| p.frame.as_str()).collect();
+        assert_eq!(got, [format!("{u}-m1"), format!("{u}-m2")], "{u}");
+    }
+}

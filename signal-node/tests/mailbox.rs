@@ -689,8 +689,14 @@ async fn batched_appends_keep_order_and_per_message_answers(store: MailboxStore)
         msg(&alice, &m1, "bob-a1-again", 14),
         msg(&alice, &m4, "bob-a4", 15),
     ];
-    let to_carol = [msg(&alice, &m1, "carol-a1", 20), msg(&alice, &m1, "carol-a1", 21)];
-    let to_dave = [msg(&alice, &x, "dave-x-again", 30), msg(&bob, &y, "dave-y", 31)];
+    let to_carol = [
+        msg(&alice, &m1, "carol-a1", 20),
+        msg(&alice, &m1, "carol-a1", 21),
+    ];
+    let to_dave = [
+        msg(&alice, &x, "dave-x-again", 30),
+        msg(&bob, &y, "dave-y", 31),
+    ];
     let answers = store
         .append_groups(
             &[(&bob, &to_bob), (&carol, &to_carol), (&dave, &to_dave)],
@@ -703,7 +709,11 @@ async fn batched_appends_keep_order_and_per_message_answers(store: MailboxStore)
     assert!(matches!(bob_a[1], Ok(Appended::Stored(_))), "{bob_a:?}");
     assert!(matches!(bob_a[2], Ok(Appended::Stored(_))), "{bob_a:?}");
     assert_eq!(bob_a[3], Err(MailboxError::Full), "quota of 3");
-    assert_eq!(bob_a[4], Ok(Appended::Duplicate { ts: 10 }), "dedupe before quota");
+    assert_eq!(
+        bob_a[4],
+        Ok(Appended::Duplicate { ts: 10 }),
+        "dedupe before quota"
+    );
     assert_eq!(bob_a[5], Err(MailboxError::Full));
     let carol_a = answers[1].clone().unwrap();
     assert!(matches!(carol_a[0], Ok(Appended::Stored(_))), "{carol_a:?}");

@@ -510,8 +510,11 @@ async fn redis_cluster_batched_appends_go_one_call_per_recipient() {
                 .collect()
         })
         .collect();
-    let groups: Vec<(&UserId, &[NewMessage<'_>])> =
-        users.iter().zip(&msgs).map(|(u, m)| (u, m.as_slice())).collect();
+    let groups: Vec<(&UserId, &[NewMessage<'_>])> = users
+        .iter()
+        .zip(&msgs)
+        .map(|(u, m)| (u, m.as_slice()))
+        .collect();
     let answers = store.append_groups(&groups, limits).await;
     assert_eq!(answers.len(), users.len());
     for (u, a) in users.iter().zip(answers) {

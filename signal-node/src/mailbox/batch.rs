@@ -95,11 +95,7 @@ impl Batcher {
     }
 }
 
-async fn run(
-    store: MailboxStore,
-    limits: StoreLimits,
-    mut rx: mpsc::Receiver<Job>,
-) {
+async fn run(store: MailboxStore, limits: StoreLimits, mut rx: mpsc::Receiver<Job>) {
     let mut inflight = FuturesUnordered::new();
     loop {
         let first = tokio::select! {
@@ -154,7 +150,8 @@ async fn flush(store: MailboxStore, limits: StoreLimits, jobs: Vec<Job>) {
         .map(|(m, msgs)| (&jobs[m[0]].p.to, msgs.as_slice()))
         .collect();
     let answers = store.append_groups(&groups, limits).await;
-    let mut results: Vec<Option<Result<Appended, MailboxError>>> = jobs.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Result<Appended, MailboxError>>> =
+        jobs.iter().map(|_| None).collect();
     for (m, a) in members.iter().zip(answers) {
         match a {
             Ok(each) => {

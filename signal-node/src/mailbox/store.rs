@@ -367,13 +367,12 @@ fn append_answers(
             let (Some(status), Some(v)) = (it.next(), it.next()) else {
                 return Err(bad("too short"));
             };
-            let status: i64 =
-                redis::from_redis_value(status).map_err(|e| bad(&e.to_string()))?;
+            let status: i64 = redis::from_redis_value(status).map_err(|e| bad(&e.to_string()))?;
             let v: String = redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
             answers.push(match status {
-                0 => EntryId::parse(&v).map(Appended::Stored).ok_or_else(|| {
-                    MailboxError::Unavailable(format!("bad stream entry id {v:?}"))
-                }),
+                0 => EntryId::parse(&v)
+                    .map(Appended::Stored)
+                    .ok_or_else(|| MailboxError::Unavailable(format!("bad stream entry id {v:?}"))),
                 1 => {
                     let ts = v
                         .split(' ')

@@ -20,7 +20,7 @@ WARMUP=${WARMUP:-3}
 RUNS=${RUNS:-many big peak}
 mkdir -p "$OUT"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p loadgen -p signal-node
-BIN=target/release
+BIN=${BIN:-target/release}
 
 . loadgen/bench/lib.sh
 REDIS_PORT=$(free_port)

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{BindIps, Target};
@@ -383,6 +384,20 @@ impl Conn {
         loop {
             return match self.ws.next().await {
                 Some(Ok(WsMessage::Text(t))) => Ok(t.as_str().to_owned()),
+                Some(Ok(WsMessage::Close(f))) => Err(Some(f.map_or(1005, |f| u16::from(f.code)))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Err(None),
+            };
+        }
+    }
+
+    /// The next text frame as it came, with the moment it was read (`Err` with the close
+    /// code when the connection ended). No copy and no parse: for a hot loop that reads only a
+    /// few fields (`--scenario rooms`). Cancel-safe.
+    pub async fn next_text_at(&mut self) -> Result<(Utf8Bytes, Instant), Option<u16>> {
+        loop {
+            return match self.ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => Ok((t, Instant::now())),
                 Some(Ok(WsMessage::Close(f))) => Err(Some(f.map_or(1005, |f| u16::from(f.code)))),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => Err(None),

@@ -317,10 +317,10 @@ impl Rooms {
         msg.delayed = None;
         let id = msg.id.clone();
         let frame = Message::Message(msg).to_json();
-        // This node first (it holds the sender), then every other node instance, in parallel;
-        // the sender's next frame is read only after all answered (per-sender order).
-        let mut recipients = self.deliver_here(&room, &user, &frame);
-        metrics::counter!("signal_room_forwards_total", "route" => "local").increment(1);
+        // One forward to every other node instance, started (polled once: the requests are
+        // queued on their channels) before this node's own fan-out, so that the nodes fan out
+        // in parallel rather than one after the other; the sender's next frame is read only
+        // after all answered (per-sender order).
         let me = node.instance();
         let calls = nodes.iter().filter(|k| k.instance != me).map(|k| {
             let k = k.clone();
@@ -343,7 +343,16 @@ impl Rooms {
                 (k, liveness, r)
             }
         });
-        for (k, liveness, r) in join_all(calls).await {
+        let remote = join_all(calls);
+        tokio::pin!(remote);
+        let started = futures::poll!(&mut remote);
+        let mut recipients = self.deliver_here(&room, &user, &frame);
+        metrics::counter!("signal_room_forwards_total", "route" => "local").increment(1);
+        let answers = match started {
+            std::task::Poll::Ready(answers) => answers,
+            std::task::Poll::Pending => remote.await,
+        };
+        for (k, liveness, r) in answers {
             match r {
                 Ok(RoomMessageResponse {
                     wrong_instance: false,

@@ -121,8 +121,35 @@ impl Own {
     }
 }
 
-/// What one local watcher was last shown of a user.
-pub type Seen = Option<(Shown, String)>;
+/// What one local watcher was last shown of a user: the state, the note and the version of
+/// the update (0: not known, e.g. carried by an older node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown1 {
+    pub state: Shown,
+    pub note: String,
+    pub version: u64,
+}
+
+impl Shown1 {
+    fn of(upd: &Update) -> Shown1 {
+        Shown1 {
+            state: upd.state,
+            note: upd.note.clone(),
+            version: upd.version,
+        }
+    }
+
+    /// Whether showing `upd` to a watcher that was shown this would tell it nothing new: the
+    /// same state and note, or an update older than the one it has (a session taken over was
+    /// shown by its old node a state this node's slot may not have yet).
+    fn covers(&self, upd: &Update) -> bool {
+        (self.state == upd.state && self.note == upd.note)
+            || (self.version > 0 && self.version >= upd.version)
+    }
+}
+
+/// What one local watcher was last shown of a user (`None`: nothing yet).
+pub type Seen = Option<Shown1>;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -257,40 +284,49 @@ impl Index {
         max: usize,
         out: &mut Delivered,
     ) -> Result<Vec<UserId>, TooMany> {
-        let Some(own) = self.owns.get(&sid) else {
+        let Index {
+            owns,
+            slots,
+            subscriptions,
+        } = self;
+        let Some(own) = owns.get_mut(&sid) else {
             return Ok(Vec::new());
         };
-        let fresh: HashSet<&UserId> = users
-            .iter()
-            .map(|(u, _)| u)
-            .filter(|u| !own.subs.contains(*u))
-            .collect();
-        if own.subs.len() + fresh.len() > max {
-            return Err(TooMany {
-                max,
-                have: own.subs.len(),
-            });
+        // The bound is all or nothing (a frame may name a user twice: counted once). A
+        // takeover (no bound) skips the count.
+        if max != usize::MAX {
+            let fresh: HashSet<&UserId> = users
+                .iter()
+                .map(|(u, _)| u)
+                .filter(|u| !own.subs.contains(*u))
+                .collect();
+            if own.subs.len() + fresh.len() > max {
+                return Err(TooMany {
+                    max,
+                    have: own.subs.len(),
+                });
+            }
         }
-        let session = own.session.clone();
         let mut need = Vec::new();
         for (user, seen) in users {
-            let Some(own) = self.owns.get_mut(&sid) else {
-                break;
-            };
-            if own.subs.insert(user.clone()) {
-                self.subscriptions += 1;
+            // No clone of the id where it is already there (a takeover of 100 subscriptions
+            // of users this node watches already clones none).
+            if !own.subs.contains(user) {
+                own.subs.insert(user.clone());
+                *subscriptions += 1;
             }
-            let slot = self.slots.entry(user.clone()).or_default();
+            if !slots.contains_key(user) {
+                slots.insert(user.clone(), Slot::default());
+            }
+            let Some(slot) = slots.get_mut(user) else {
+                continue;
+            };
             // A new subscription is answered with the current state even if an earlier one
             // of this session showed it.
             let entry = slot.watchers.entry(sid).or_insert(None);
-            if seen.is_some() {
-                *entry = seen.clone();
-            } else {
-                *entry = None;
-            }
+            entry.clone_from(seen);
             match &slot.current {
-                Some(cur) => deliver_one(&session, cur, entry, out),
+                Some(cur) => deliver_one(&own.session, cur, entry, out),
                 // The snapshot in flight is applied to this watcher too.
                 None if slot.fetching => {}
                 None => {
@@ -383,14 +419,14 @@ impl Index {
             let Some(own) = self.owns.get(sid) else {
                 continue;
             };
-            if seen.as_ref() == Some(&(upd.state, upd.note.clone())) {
+            if seen.as_ref().is_some_and(|s| s.covers(upd)) {
                 out.suppressed += 1;
                 continue;
             }
             let f = frame.get_or_insert_with(|| upd.frame());
             match own.session.push(f, Origin::Node) {
                 Ok(_) => {
-                    *seen = Some((upd.state, upd.note.clone()));
+                    *seen = Some(Shown1::of(upd));
                     out.pushed += 1;
                 }
                 Err(_) => out.failed += 1,
@@ -411,9 +447,10 @@ impl Index {
                     user: u.to_string(),
                     state: s
                         .as_ref()
-                        .map(|(st, _)| st.as_str().to_owned())
+                        .map(|s| s.state.as_str().to_owned())
                         .unwrap_or_default(),
-                    note: s.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+                    note: s.as_ref().map(|s| s.note.clone()).unwrap_or_default(),
+                    version: s.as_ref().map_or(0, |s| s.version),
                 })
                 .collect(),
         }
@@ -421,13 +458,13 @@ impl Index {
 }
 
 fn deliver_one(session: &Session, cur: &Update, seen: &mut Seen, out: &mut Delivered) {
-    if seen.as_ref() == Some(&(cur.state, cur.note.clone())) {
+    if seen.as_ref().is_some_and(|s| s.covers(cur)) {
         out.suppressed += 1;
         return;
     }
     match session.push(&cur.frame(), Origin::Node) {
         Ok(_) => {
-            *seen = Some((cur.state, cur.note.clone()));
+            *seen = Some(Shown1::of(cur));
             out.pushed += 1;
         }
         Err(_) => out.failed += 1,
@@ -437,7 +474,11 @@ fn deliver_one(session: &Session, cur: &Update, seen: &mut Seen, out: &mut Deliv
 /// A subscription as carried by a handover: the user and what the client was shown.
 pub fn seen_from_wire(s: signal_proto::relay::Seen) -> Option<(UserId, Seen)> {
     let user = UserId::new(s.user).ok()?;
-    let seen = Shown::parse(&s.state).map(|st| (st, s.note));
+    let seen = Shown::parse(&s.state).map(|state| Shown1 {
+        state,
+        note: s.note,
+        version: s.version,
+    });
     Some((user, seen))
 }
 
@@ -523,7 +564,14 @@ mod tests {
         assert!(r.gone.is_empty());
         assert_eq!(
             r.seen,
-            vec![(bob.clone(), Some((Shown::Away, "x".to_owned())))]
+            vec![(
+                bob.clone(),
+                Some(Shown1 {
+                    state: Shown::Away,
+                    note: "x".to_owned(),
+                    version: 12
+                })
+            )]
         );
         let r = ix.remove(2).unwrap();
         assert_eq!(r.gone, vec![bob.clone()]);

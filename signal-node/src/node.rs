@@ -77,6 +77,8 @@ struct Inner {
     takeovers: tokio::sync::Semaphore,
     /// A session was handed over or ended: a paced drain may release the next one.
     drain_progress: tokio::sync::Notify,
+    /// Sessions the drain released (1012) that are still here (see [`Node::drain`]).
+    released: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Who is connecting, and whether a ticket from central proved it.
@@ -140,6 +142,7 @@ impl Node {
                 tasks: TaskTracker::new(),
                 expiry: Expiry::default(),
                 drain_progress: tokio::sync::Notify::new(),
+                released: Mutex::default(),
                 connections: AtomicUsize::new(0),
                 reassert_wanted: tokio::sync::Notify::new(),
                 takeovers,
@@ -414,8 +417,11 @@ impl Node {
                 waited += t.elapsed();
             }
             if let Some(c) = s.closer() {
+                if max_inflight > 0 {
+                    self.released().insert(s.id());
+                    inflight.push_back((tokio::time::Instant::now(), s.id()));
+                }
                 c.close(CLOSE_DRAINING, "node draining");
-                inflight.push_back((tokio::time::Instant::now(), s));
             }
         }
         // Connections that slipped in while the snapshot was taken.
@@ -454,21 +460,34 @@ impl Node {
     /// (not yet taken over or ended; each counts for at most [`DRAIN_HOLD`]), or `latest`.
     async fn drain_turn(
         &self,
-        inflight: &mut std::collections::VecDeque<(tokio::time::Instant, crate::session::Session)>,
+        inflight: &mut std::collections::VecDeque<(tokio::time::Instant, u64)>,
         max: usize,
         latest: tokio::time::Instant,
     ) {
         loop {
-            // Registered before the check: a handover between the check and the wait wakes it.
+            // Created before the check: a handover between the check and the wait leaves a
+            // permit, so it is not missed.
             let progressed = self.inner.drain_progress.notified();
-            inflight.retain(|(at, s)| !s.is_ended() && at.elapsed() < DRAIN_HOLD);
-            let Some((oldest, _)) = inflight.front() else {
+            let (count, oldest) = {
+                let mut released = self.released();
+                // Oldest first: gone ones and those past the hold leave the queue.
+                while let Some((at, id)) = inflight.front() {
+                    if at.elapsed() >= DRAIN_HOLD {
+                        released.remove(id);
+                    } else if released.contains(id) {
+                        break;
+                    }
+                    inflight.pop_front();
+                }
+                (released.len(), inflight.front().map(|(at, _)| *at))
+            };
+            let Some(oldest) = oldest else {
                 return;
             };
-            if inflight.len() < max || tokio::time::Instant::now() >= latest {
+            if count < max || tokio::time::Instant::now() >= latest {
                 return;
             }
-            let until = (*oldest + DRAIN_HOLD).min(latest);
+            let until = (oldest + DRAIN_HOLD).min(latest);
             tokio::select! {
                 _ = progressed => {}
                 _ = tokio::time::sleep_until(until) => {}
@@ -476,9 +495,16 @@ impl Node {
         }
     }
 
-    /// A session left this node (handed over or ended): a paced drain may go on.
-    pub(crate) fn drain_progressed(&self) {
-        if self.is_draining() {
+    fn released(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.inner
+            .released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Session `id` left this node (handed over or ended): a paced drain may go on.
+    pub(crate) fn drain_progressed(&self, id: u64) {
+        if self.is_draining() && self.released().remove(&id) {
             self.inner.drain_progress.notify_one();
         }
     }

@@ -383,20 +383,24 @@ impl Index {
     /// subscriptions. Returns it, what each subscription was shown, and the users nobody
     /// here watches now.
     pub fn remove(&mut self, sid: u64) -> Option<Removed> {
-        let subs: Vec<UserId> = self.owns.get(&sid)?.subs.iter().cloned().collect();
-        let seen: Vec<(UserId, Seen)> = subs
-            .iter()
-            .map(|u| {
-                let seen = self
-                    .slots
-                    .get(u)
-                    .and_then(|s| s.watchers.get(&sid).cloned())
-                    .flatten();
-                (u.clone(), seen)
-            })
-            .collect();
-        let gone = self.unsubscribe(sid, &subs);
-        let own = self.owns.remove(&sid)?;
+        // Moved out, not cloned: a drain hands thousands of sessions with 100
+        // subscriptions each over.
+        let mut own = self.owns.remove(&sid)?;
+        let subs = std::mem::take(&mut own.subs);
+        let mut seen = Vec::with_capacity(subs.len());
+        let mut gone = Vec::new();
+        for user in subs {
+            self.subscriptions -= 1;
+            let mut shown = None;
+            if let Some(slot) = self.slots.get_mut(&user) {
+                shown = slot.watchers.remove(&sid).flatten();
+                if slot.watchers.is_empty() {
+                    self.slots.remove(&user);
+                    gone.push(user.clone());
+                }
+            }
+            seen.push((user, shown));
+        }
         Some(Removed { own, seen, gone })
     }
 
@@ -436,21 +440,24 @@ impl Index {
     }
 
     /// What a handed-over session carries: its state and, per subscription, what it was shown.
-    pub fn carry(own: &Own, seen: &[(UserId, Seen)]) -> SessionPresence {
+    pub fn carry(own: Own, seen: Vec<(UserId, Seen)>) -> SessionPresence {
         SessionPresence {
             state: own.avail.as_str().to_owned(),
-            note: own.note.clone(),
+            note: own.note,
             since: own.since,
             subscriptions: seen
-                .iter()
-                .map(|(u, s)| signal_proto::relay::Seen {
-                    user: u.to_string(),
-                    state: s
-                        .as_ref()
-                        .map(|s| s.state.as_str().to_owned())
-                        .unwrap_or_default(),
-                    note: s.as_ref().map(|s| s.note.clone()).unwrap_or_default(),
-                    version: s.as_ref().map_or(0, |s| s.version),
+                .into_iter()
+                .map(|(u, s)| match s {
+                    Some(s) => signal_proto::relay::Seen {
+                        user: u.into_string(),
+                        state: s.state.as_str().to_owned(),
+                        note: s.note,
+                        version: s.version,
+                    },
+                    None => signal_proto::relay::Seen {
+                        user: u.into_string(),
+                        ..Default::default()
+                    },
                 })
                 .collect(),
         }

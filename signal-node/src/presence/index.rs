@@ -588,4 +588,52 @@ mod tests {
         );
         assert_eq!(ix.watched(), 0);
     }
+
+    /// A session taken over was shown a newer state by its old node than this node's slot
+    /// has (the notification is still on its way here): the older state is not shown (it
+    /// was a spurious or stale notification), nor is any update older than what it saw;
+    /// the next newer one is.
+    #[test]
+    fn a_carried_subscription_is_not_shown_an_older_state() {
+        let mut ix = Index::default();
+        let carol = session(2, "carol");
+        ix.start(carol.clone(), Availability::Online, String::new(), 1);
+        let bob = UserId::new("bob").unwrap();
+        let mut out = Delivered::default();
+        ix.subscribe(2, &[(bob.clone(), None)], 10, &mut out)
+            .unwrap();
+        ix.apply(&upd(Shown::Online, "", 10), &mut out);
+        assert_eq!(frames(&carol), 1);
+        // Alice arrives by takeover; her old node showed her v12 (away "x").
+        let alice = session(1, "alice");
+        ix.start(alice.clone(), Availability::Online, String::new(), 1);
+        let shown = Shown1 {
+            state: Shown::Away,
+            note: "x".into(),
+            version: 12,
+        };
+        let need = ix
+            .subscribe(1, &[(bob.clone(), Some(shown))], usize::MAX, &mut out)
+            .unwrap();
+        assert!(need.is_empty());
+        assert_eq!(frames(&alice), 0, "v10 is older than what alice was shown");
+        ix.apply(&upd(Shown::Busy, "y", 11), &mut out);
+        assert_eq!(frames(&alice), 0, "v11 too");
+        assert_eq!(frames(&carol), 2);
+        ix.apply(&upd(Shown::Away, "x", 12), &mut out);
+        assert_eq!(frames(&alice), 0, "the state she has");
+        ix.apply(&upd(Shown::Online, "z", 13), &mut out);
+        assert_eq!(frames(&alice), 1, "a newer change is shown");
+        // An older node carries no version (0): the state is compared as before.
+        let dave = session(3, "dave");
+        ix.start(dave.clone(), Availability::Online, String::new(), 1);
+        let old = Shown1 {
+            state: Shown::Away,
+            note: "x".into(),
+            version: 0,
+        };
+        ix.subscribe(3, &[(bob.clone(), Some(old))], usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(frames(&dave), 1);
+    }
 }

@@ -25,8 +25,9 @@ pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
 /// Default `--takeover-concurrency`.
 pub const DEFAULT_TAKEOVER_CONCURRENCY: usize = 256;
-/// Default of `--drain-inflight`.
-pub const DEFAULT_DRAIN_INFLIGHT: usize = 64;
+/// Default of `--drain-inflight`: off (the contract's spread over the drain window). The
+/// 2-core box showed no clear gain from 64 (docs/benchmarks.md, Presence, 2026-12-03 evening).
+pub const DEFAULT_DRAIN_INFLIGHT: usize = 0;
 /// Default `--resume-buffer-frames`.
 pub const DEFAULT_RESUME_BUFFER_FRAMES: usize = 1024;
 /// Default `--resume-buffer-bytes`.

@@ -431,8 +431,8 @@ impl Node {
             }
         }
         tracing::info!(node = %self.id(), sessions = n, secs = start.elapsed().as_secs_f64(), paced_secs = waited.as_secs_f64(), "drain: every connection closed");
-        let handover_until = (start + window + resume_window)
-            .max(tokio::time::Instant::now() + resume_window / 2);
+        let handover_until =
+            (start + window + resume_window).max(tokio::time::Instant::now() + resume_window / 2);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         while !self.inner.hub.is_empty()
             && tokio::time::Instant::now() < handover_until

@@ -9,6 +9,7 @@
 #
 #   USERS=10000 WATCH=100 RATE=200 DURATION=60 loadgen/bench/presence.sh
 #   BIN=/tmp/before USERS=... loadgen/bench/presence.sh     # prebuilt binaries, no build
+#   DRAIN_INFLIGHT=0 ...                                      # the nodes' --drain-inflight
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/bench}
@@ -63,7 +64,7 @@ start_node() { # index
     "$BIN/signal-node" --id "node-$((i + 1))" \
         --listen "127.0.0.1:${NODE_HTTP[$i]}" --grpc-listen "127.0.0.1:${NODE_GRPC[$i]}" \
         --central "http://127.0.0.1:$CENTRAL_GRPC" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-        --secret "$SECRET" --drain-ms "$DRAIN_MS" --rate-limit 0 \
+        --secret "$SECRET" --drain-ms "$DRAIN_MS" --rate-limit 0 ${DRAIN_INFLIGHT:+--drain-inflight "$DRAIN_INFLIGHT"} \
         >> "$OUT/presence-node-$((i + 1)).log" 2>&1 &
     NODE_PID[$i]=$!
     wait_ready "http://127.0.0.1:${NODE_HTTP[$i]}/readyz" "node-$((i + 1))"
@@ -76,7 +77,7 @@ BASE=$(rcli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 
 CMD="loadgen --central http://127.0.0.1:$CENTRAL_HTTP --scenario presence --users $USERS --watch $WATCH --rate $RATE --duration $DURATION --warmup $WARMUP --reconnect-share $RECONNECT"
 {
-    echo "== presence: $CMD (rolling restart: $ROLL, --drain-ms $DRAIN_MS)"
+    echo "== presence: $CMD (rolling restart: $ROLL, --drain-ms $DRAIN_MS, --drain-inflight ${DRAIN_INFLIGHT:-default})"
     echo "date: $(date -u +%FT%TZ)  machine: $(nproc) cores $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)  load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$OUT/presence.txt"
 LOADGEN_NO_PROGRESS=1 RUST_LOG=info "$BIN/loadgen" --central "http://127.0.0.1:$CENTRAL_HTTP" \

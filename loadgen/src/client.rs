@@ -416,6 +416,14 @@ impl Conn {
             .await
     }
 
+    /// After the node's close frame (`next_text` gave `Err`): sends the close reply now, as a
+    /// browser does. (tungstenite queues it and writes it on the next read or flush; a client
+    /// that goes on to reconnect without one leaves the node's reader waiting for it, and a
+    /// takeover of the session waits for that reader: 0.8 s per resume.)
+    pub async fn reply_close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.ws.flush()).await;
+    }
+
     /// Logs out: a normal close, waiting briefly for the node's close reply.
     pub async fn close(mut self) {
         let frame = CloseFrame {

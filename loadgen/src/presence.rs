@@ -385,6 +385,7 @@ async fn user(
                     }
                     tracing::debug!(user = %me, ?code, "presence user disconnected: resuming");
                     s.c.drops.fetch_add(1, Ordering::Relaxed);
+                    conn.reply_close().await;
                     match reconnect(&s, i, &token, last_n).await {
                         Some(c) => conn = c,
                         None => return,

@@ -101,6 +101,12 @@ pub struct Args {
     /// Window over which a draining node closes its connections (1012), in milliseconds.
     #[arg(long, env = "SIGNAL_DRAIN_MS", default_value_t = 10_000)]
     pub drain_ms: u64,
+    /// A draining node's sessions released (1012) and not yet resumed on another node at
+    /// once: past it the drain waits (beyond the drain window if need be, at most half the
+    /// resume window more) so that the other nodes get the clients at the rate they take them
+    /// over. 0: no bound (spread evenly over the drain window only).
+    #[arg(long, env = "SIGNAL_DRAIN_INFLIGHT", default_value_t = crate::config::DEFAULT_DRAIN_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub drain_inflight: u64,
     /// Outbound queue per connection, in messages: a connection whose queue is full is closed
     /// (1013) and the sender of the message that did not fit gets UNAVAILABLE.
     #[arg(long, env = "SIGNAL_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -305,6 +311,8 @@ impl Args {
         c.max_used_tickets = usize::try_from(self.max_used_tickets)
             .map_err(|_| invalid("max-used-tickets", "too large"))?;
         c.resume_window = Duration::from_millis(self.resume_window_ms);
+        c.drain_inflight = usize::try_from(self.drain_inflight)
+            .map_err(|_| invalid("drain-inflight", "too large"))?;
         c.takeover_concurrency = usize::try_from(self.takeover_concurrency)
             .map_err(|_| invalid("takeover-concurrency", "too large"))?;
         c.resume_buffer_frames = usize::try_from(self.resume_buffer_frames)

@@ -25,6 +25,9 @@ pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
 /// Default `--takeover-concurrency`.
 pub const DEFAULT_TAKEOVER_CONCURRENCY: usize = 256;
+/// Default of `--drain-inflight`: off (the contract's spread over the drain window). The
+/// 2-core box showed no clear gain from 64 (docs/benchmarks.md, Presence, 2026-12-03 evening).
+pub const DEFAULT_DRAIN_INFLIGHT: usize = 0;
 /// Default `--resume-buffer-frames`.
 pub const DEFAULT_RESUME_BUFFER_FRAMES: usize = 1024;
 /// Default `--resume-buffer-bytes`.
@@ -87,6 +90,9 @@ pub struct Config {
     /// Takeovers of sessions kept on other nodes in progress at once
     /// (`--takeover-concurrency`); more connections resuming wait for a turn.
     pub takeover_concurrency: usize,
+    /// A draining node's sessions released (1012) and not yet taken over elsewhere at once
+    /// (`--drain-inflight`, 0 = no bound: evenly over the drain window only).
+    pub drain_inflight: usize,
     /// Browser origins allowed to open a WebSocket (a request without `Origin` always may).
     pub allowed_origins: AllowedOrigins,
     /// Where `/metrics` renders from; `None` -> the global recorder of `telemetry`.
@@ -179,6 +185,7 @@ impl Config {
             resume_buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
             handover_stop: None,
             takeover_concurrency: DEFAULT_TAKEOVER_CONCURRENCY,
+            drain_inflight: DEFAULT_DRAIN_INFLIGHT,
             allowed_origins: AllowedOrigins::any(),
             metrics: None,
             max_used_tickets: crate::tickets::DEFAULT_MAX_USED_TICKETS,

@@ -30,6 +30,10 @@ use crate::webhooks::Webhooks;
 /// this node.
 pub(crate) const CLAIM_STRIPES: usize = 1024;
 
+/// How long a session released by a paced drain counts as in flight (see [`Node::drain`]):
+/// a client that does not come back within it does not hold the drain up.
+pub const DRAIN_HOLD: Duration = Duration::from_secs(1);
+
 /// State of the registration with central, for `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct CentralStatus {
@@ -71,6 +75,10 @@ struct Inner {
     reassert_wanted: tokio::sync::Notify,
     /// Turns for takeovers (`config.takeover_concurrency`).
     takeovers: tokio::sync::Semaphore,
+    /// A session was handed over or ended: a paced drain may release the next one.
+    drain_progress: tokio::sync::Notify,
+    /// Sessions the drain released (1012) that are still here (see [`Node::drain`]).
+    released: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Who is connecting, and whether a ticket from central proved it.
@@ -133,6 +141,8 @@ impl Node {
                     .collect(),
                 tasks: TaskTracker::new(),
                 expiry: Expiry::default(),
+                drain_progress: tokio::sync::Notify::new(),
+                released: Mutex::default(),
                 connections: AtomicUsize::new(0),
                 reassert_wanted: tokio::sync::Notify::new(),
                 takeovers,
@@ -369,20 +379,48 @@ impl Node {
         metrics::gauge!("signal_draining").set(1.0);
     }
 
-    /// Closes every connection with 1012, spread evenly over `window`; then keeps serving
-    /// the takeover of the sessions it keeps until each is resumed elsewhere or its resume
-    /// window passes (bounded: `window` + the resume window), ends the rest, and waits
-    /// (bounded) for the connection tasks and their notices to finish.
+    /// Closes every connection with 1012, paced: spread evenly over at least `window`, and
+    /// at most `--drain-inflight` sessions released and not yet taken over by another node
+    /// at once (each counts for at most [`DRAIN_HOLD`]), so that the other nodes get the
+    /// clients at the rate they adopt them instead of a herd that queues there (the queue
+    /// is the time a client is away: its watchers' notifications wait in its buffer). The
+    /// i-th session is released by `start + (window + resume window / 2) * i / n` however
+    /// slow the others are. Then keeps serving the takeover of the sessions it keeps until
+    /// each is resumed elsewhere or `start + window + resume window` (the bound as before:
+    /// deployments size their grace period by it), ends the rest, and waits (bounded) for
+    /// the connection tasks and their notices to finish.
     pub async fn drain(&self, window: Duration) {
         self.set_draining();
         let sessions = self.inner.hub.snapshot();
         let n = sessions.len();
-        tracing::info!(node = %self.id(), sessions = n, window_ms = window.as_millis() as u64, "draining");
+        let resume_window = self.inner.config.resume_window;
+        let max_inflight = self.inner.config.drain_inflight;
+        tracing::info!(node = %self.id(), sessions = n, window_ms = window.as_millis() as u64, max_inflight, "draining");
         let start = tokio::time::Instant::now();
+        let stretch = window + resume_window / 2;
+        let cut_short = || {
+            self.inner
+                .config
+                .handover_stop
+                .as_ref()
+                .is_some_and(|t| t.is_cancelled())
+        };
+        let mut inflight = std::collections::VecDeque::new();
+        let mut waited = Duration::ZERO;
         for (i, (_, s)) in sessions.into_iter().enumerate() {
-            let at = start + window.mul_f64(i as f64 / n as f64);
-            tokio::time::sleep_until(at).await;
+            let share = i as f64 / n as f64;
+            tokio::time::sleep_until(start + window.mul_f64(share)).await;
+            if max_inflight > 0 && !cut_short() {
+                let t = tokio::time::Instant::now();
+                self.drain_turn(&mut inflight, max_inflight, start + stretch.mul_f64(share))
+                    .await;
+                waited += t.elapsed();
+            }
             if let Some(c) = s.closer() {
+                if max_inflight > 0 {
+                    self.released().insert(s.id());
+                    inflight.push_back((tokio::time::Instant::now(), s.id()));
+                }
                 c.close(CLOSE_DRAINING, "node draining");
             }
         }
@@ -392,15 +430,10 @@ impl Node {
                 c.close(CLOSE_DRAINING, "node draining");
             }
         }
-        let handover_until = tokio::time::Instant::now() + self.inner.config.resume_window;
+        tracing::info!(node = %self.id(), sessions = n, secs = start.elapsed().as_secs_f64(), paced_secs = waited.as_secs_f64(), "drain: every connection closed");
+        let handover_until =
+            (start + window + resume_window).max(tokio::time::Instant::now() + resume_window / 2);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let cut_short = || {
-            self.inner
-                .config
-                .handover_stop
-                .as_ref()
-                .is_some_and(|t| t.is_cancelled())
-        };
         while !self.inner.hub.is_empty()
             && tokio::time::Instant::now() < handover_until
             && !cut_short()
@@ -420,6 +453,59 @@ impl Node {
             .is_err()
         {
             tracing::warn!(node = %self.id(), "connections still open after the drain window");
+        }
+    }
+
+    /// Waits until fewer than `max` of the sessions released by the drain are still here
+    /// (not yet taken over or ended; each counts for at most [`DRAIN_HOLD`]), or `latest`.
+    async fn drain_turn(
+        &self,
+        inflight: &mut std::collections::VecDeque<(tokio::time::Instant, u64)>,
+        max: usize,
+        latest: tokio::time::Instant,
+    ) {
+        loop {
+            // Created before the check: a handover between the check and the wait leaves a
+            // permit, so it is not missed.
+            let progressed = self.inner.drain_progress.notified();
+            let (count, oldest) = {
+                let mut released = self.released();
+                // Oldest first: gone ones and those past the hold leave the queue.
+                while let Some((at, id)) = inflight.front() {
+                    if at.elapsed() >= DRAIN_HOLD {
+                        released.remove(id);
+                    } else if released.contains(id) {
+                        break;
+                    }
+                    inflight.pop_front();
+                }
+                (released.len(), inflight.front().map(|(at, _)| *at))
+            };
+            let Some(oldest) = oldest else {
+                return;
+            };
+            if count < max || tokio::time::Instant::now() >= latest {
+                return;
+            }
+            let until = (oldest + DRAIN_HOLD).min(latest);
+            tokio::select! {
+                _ = progressed => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn released(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.inner
+            .released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Session `id` left this node (handed over or ended): a paced drain may go on.
+    pub(crate) fn drain_progressed(&self, id: u64) {
+        if self.is_draining() && self.released().remove(&id) {
+            self.inner.drain_progress.notify_one();
         }
     }
 

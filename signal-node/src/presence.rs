@@ -228,8 +228,8 @@ impl Presence {
             Self::gauges(&ix);
             r
         }?;
-        let carry = Index::carry(&removed.own, &removed.seen);
         self.unwatch_later(node, removed.gone);
+        let carry = Index::carry(removed.own, removed.seen);
         Some(carry)
     }
 

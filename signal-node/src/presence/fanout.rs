@@ -49,6 +49,10 @@ pub struct Outbox {
     local: HashMap<UserId, Update>,
     /// (node id, instance) -> batch.
     remote: HashMap<(String, String), Batch>,
+    /// Watching nodes with a `Notify` in flight: their batch waits for its answer (one call
+    /// in flight per node keeps its updates in order and the calls bounded), while the
+    /// other nodes and the local watchers go on every tick.
+    busy: std::collections::HashSet<(String, String)>,
 }
 
 fn put(map: &mut HashMap<UserId, Update>, upd: Update) {
@@ -145,8 +149,8 @@ impl Presence {
         unwatched
     }
 
-    /// Flushes the outbox every tick until `stop`, then once more; probes a degraded store
-    /// and resynchronises when it answers again.
+    /// Flushes the outbox every tick until `stop`, then once more (waiting for the calls in
+    /// flight, bounded); probes a degraded store and resynchronises when it answers again.
     pub async fn run(self, node: Node, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.inner.limits.tick.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +160,7 @@ impl Presence {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            self.flush(&node).await;
+            self.flush(&node, false).await;
             if self.inner.degraded.load(Ordering::Acquire) && last_probe.elapsed() >= PROBE_EVERY {
                 last_probe = Instant::now();
                 if self.inner.store.ping().await.is_ok() {
@@ -166,18 +170,39 @@ impl Presence {
                 }
             }
         }
-        self.flush(&node).await;
+        // The last tick: the calls still in flight answer first (a bounded wait: each has the
+        // request timeout), so that their nodes' remaining updates go out too.
+        let until = Instant::now() + crate::peers::REQUEST_TIMEOUT;
+        while !self.outbox().busy.is_empty() && Instant::now() < until {
+            tick.tick().await;
+        }
+        self.flush(&node, true).await;
     }
 
-    /// One tick: local watchers at once, one `Notify` per watching node (concurrently; in
-    /// order per node, since the next tick waits for this one).
-    pub async fn flush(&self, node: &Node) {
+    /// One tick: local watchers at once, one `Notify` per watching node that has none in
+    /// flight (concurrently, each in its own task unless `wait`: a watching node slow to
+    /// answer, e.g. busy adopting a drained node's sessions, delays only its own updates,
+    /// not this node's local watchers nor the other nodes; before, the next tick waited for
+    /// every call of this one).
+    pub async fn flush(&self, node: &Node, wait: bool) {
         let (local, remote) = {
-            let mut out = self.outbox();
-            (
-                std::mem::take(&mut out.local),
-                std::mem::take(&mut out.remote),
-            )
+            let mut guard = self.outbox();
+            let out = &mut *guard;
+            let local = std::mem::take(&mut out.local);
+            let ready: Vec<(String, String)> = out
+                .remote
+                .keys()
+                .filter(|k| !out.busy.contains(*k))
+                .cloned()
+                .collect();
+            let mut remote = Vec::with_capacity(ready.len());
+            for k in ready {
+                if let Some(b) = out.remote.remove(&k) {
+                    out.busy.insert(k.clone());
+                    remote.push((k, b));
+                }
+            }
+            (local, remote)
         };
         if !local.is_empty() {
             let mut d = Delivered::default();
@@ -193,64 +218,81 @@ impl Presence {
         }
         let sends = remote.into_iter().map(|((id, instance), batch)| {
             let node = node.clone();
+            let this = self.clone();
             async move {
                 let req = NotifyRequest {
                     updates: batch.updates.values().map(Update::to_wire).collect(),
                 };
                 let n = req.updates.len() as u64;
                 let res = node.peers().notify(&batch.url, req).await;
-                (id, instance, batch, n, res)
+                this.notify_answered(&node, id, instance, batch, n, res);
             }
         });
-        for (id, instance, mut batch, n, res) in futures::future::join_all(sends).await {
-            let w = WatcherNode {
-                node: id.clone(),
-                instance: instance.clone(),
-                grpc_url: batch.url.clone(),
-            };
-            match res {
-                Ok(resp) => {
-                    metrics::counter!("signal_presence_notify_total", "outcome" => "ok")
-                        .increment(1);
-                    metrics::counter!("signal_presence_updates_sent_total").increment(n);
-                    let users: Vec<UserId> = resp
-                        .unwatched
-                        .into_iter()
-                        .filter_map(|u| UserId::new(u).ok())
-                        .collect();
-                    if !users.is_empty() {
-                        self.drop_watcher(node, w, users);
-                    }
+        if wait {
+            futures::future::join_all(sends).await;
+        } else {
+            for send in sends {
+                tokio::spawn(send);
+            }
+        }
+    }
+
+    /// The answer to one `Notify`: entries the node no longer wants are dropped; a failure is
+    /// retried next tick (merged with what came meanwhile), or dropped with the node's
+    /// watcher entries if the node is gone or never answers.
+    fn notify_answered(
+        &self,
+        node: &Node,
+        id: String,
+        instance: String,
+        mut batch: Batch,
+        n: u64,
+        res: Result<signal_proto::relay::NotifyResponse, ForwardError>,
+    ) {
+        self.outbox().busy.remove(&(id.clone(), instance.clone()));
+        let w = WatcherNode {
+            node: id.clone(),
+            instance: instance.clone(),
+            grpc_url: batch.url.clone(),
+        };
+        match res {
+            Ok(resp) => {
+                metrics::counter!("signal_presence_notify_total", "outcome" => "ok").increment(1);
+                metrics::counter!("signal_presence_updates_sent_total").increment(n);
+                let users: Vec<UserId> = resp
+                    .unwatched
+                    .into_iter()
+                    .filter_map(|u| UserId::new(u).ok())
+                    .collect();
+                if !users.is_empty() {
+                    self.drop_watcher(node, w, users);
                 }
-                Err(e) => {
-                    let loc = Location {
-                        node_id: id.clone(),
-                        instance: instance.clone(),
-                        conn: 0,
-                        grpc_url: batch.url.clone(),
-                    };
-                    let gone = node.peers().liveness(&loc) == Liveness::Gone;
-                    batch.attempts += 1;
-                    if gone
-                        || batch.attempts >= MAX_ATTEMPTS
-                        || matches!(e, ForwardError::BadUrl(_))
-                    {
-                        metrics::counter!("signal_presence_notify_total", "outcome" => "dropped")
-                            .increment(1);
-                        tracing::info!(node = %id, error = %e, updates = n, gone, "presence: watching node unreachable, its entries dropped");
-                        let users: Vec<UserId> = batch.updates.into_keys().collect();
-                        self.drop_watcher(node, w, users);
-                    } else {
-                        metrics::counter!("signal_presence_notify_total", "outcome" => "retry")
-                            .increment(1);
-                        tracing::debug!(node = %id, error = %e, "presence notify failed: retrying next tick");
-                        let mut out = self.outbox();
-                        let slot = out.remote.entry((id, instance)).or_default();
-                        slot.url = batch.url;
-                        slot.attempts = slot.attempts.max(batch.attempts);
-                        for (_, upd) in batch.updates {
-                            put(&mut slot.updates, upd);
-                        }
+            }
+            Err(e) => {
+                let loc = Location {
+                    node_id: id.clone(),
+                    instance: instance.clone(),
+                    conn: 0,
+                    grpc_url: batch.url.clone(),
+                };
+                let gone = node.peers().liveness(&loc) == Liveness::Gone;
+                batch.attempts += 1;
+                if gone || batch.attempts >= MAX_ATTEMPTS || matches!(e, ForwardError::BadUrl(_)) {
+                    metrics::counter!("signal_presence_notify_total", "outcome" => "dropped")
+                        .increment(1);
+                    tracing::info!(node = %id, error = %e, updates = n, gone, "presence: watching node unreachable, its entries dropped");
+                    let users: Vec<UserId> = batch.updates.into_keys().collect();
+                    self.drop_watcher(node, w, users);
+                } else {
+                    metrics::counter!("signal_presence_notify_total", "outcome" => "retry")
+                        .increment(1);
+                    tracing::debug!(node = %id, error = %e, "presence notify failed: retrying next tick");
+                    let mut out = self.outbox();
+                    let slot = out.remote.entry((id, instance)).or_default();
+                    slot.url = batch.url;
+                    slot.attempts = slot.attempts.max(batch.attempts);
+                    for (_, upd) in batch.updates {
+                        put(&mut slot.updates, upd);
                     }
                 }
             }

@@ -121,8 +121,35 @@ impl Own {
     }
 }
 
-/// What one local watcher was last shown of a user.
-pub type Seen = Option<(Shown, String)>;
+/// What one local watcher was last shown of a user: the state, the note and the version of
+/// the update (0: not known, e.g. carried by an older node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown1 {
+    pub state: Shown,
+    pub note: String,
+    pub version: u64,
+}
+
+impl Shown1 {
+    fn of(upd: &Update) -> Shown1 {
+        Shown1 {
+            state: upd.state,
+            note: upd.note.clone(),
+            version: upd.version,
+        }
+    }
+
+    /// Whether showing `upd` to a watcher that was shown this would tell it nothing new: the
+    /// same state and note, or an update older than the one it has (a session taken over was
+    /// shown by its old node a state this node's slot may not have yet).
+    fn covers(&self, upd: &Update) -> bool {
+        (self.state == upd.state && self.note == upd.note)
+            || (self.version > 0 && self.version >= upd.version)
+    }
+}
+
+/// What one local watcher was last shown of a user (`None`: nothing yet).
+pub type Seen = Option<Shown1>;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -257,40 +284,49 @@ impl Index {
         max: usize,
         out: &mut Delivered,
     ) -> Result<Vec<UserId>, TooMany> {
-        let Some(own) = self.owns.get(&sid) else {
+        let Index {
+            owns,
+            slots,
+            subscriptions,
+        } = self;
+        let Some(own) = owns.get_mut(&sid) else {
             return Ok(Vec::new());
         };
-        let fresh: HashSet<&UserId> = users
-            .iter()
-            .map(|(u, _)| u)
-            .filter(|u| !own.subs.contains(*u))
-            .collect();
-        if own.subs.len() + fresh.len() > max {
-            return Err(TooMany {
-                max,
-                have: own.subs.len(),
-            });
+        // The bound is all or nothing (a frame may name a user twice: counted once). A
+        // takeover (no bound) skips the count.
+        if max != usize::MAX {
+            let fresh: HashSet<&UserId> = users
+                .iter()
+                .map(|(u, _)| u)
+                .filter(|u| !own.subs.contains(*u))
+                .collect();
+            if own.subs.len() + fresh.len() > max {
+                return Err(TooMany {
+                    max,
+                    have: own.subs.len(),
+                });
+            }
         }
-        let session = own.session.clone();
         let mut need = Vec::new();
         for (user, seen) in users {
-            let Some(own) = self.owns.get_mut(&sid) else {
-                break;
-            };
-            if own.subs.insert(user.clone()) {
-                self.subscriptions += 1;
+            // No clone of the id where it is already there (a takeover of 100 subscriptions
+            // of users this node watches already clones none).
+            if !own.subs.contains(user) {
+                own.subs.insert(user.clone());
+                *subscriptions += 1;
             }
-            let slot = self.slots.entry(user.clone()).or_default();
+            if !slots.contains_key(user) {
+                slots.insert(user.clone(), Slot::default());
+            }
+            let Some(slot) = slots.get_mut(user) else {
+                continue;
+            };
             // A new subscription is answered with the current state even if an earlier one
             // of this session showed it.
             let entry = slot.watchers.entry(sid).or_insert(None);
-            if seen.is_some() {
-                *entry = seen.clone();
-            } else {
-                *entry = None;
-            }
+            entry.clone_from(seen);
             match &slot.current {
-                Some(cur) => deliver_one(&session, cur, entry, out),
+                Some(cur) => deliver_one(&own.session, cur, entry, out),
                 // The snapshot in flight is applied to this watcher too.
                 None if slot.fetching => {}
                 None => {
@@ -347,20 +383,24 @@ impl Index {
     /// subscriptions. Returns it, what each subscription was shown, and the users nobody
     /// here watches now.
     pub fn remove(&mut self, sid: u64) -> Option<Removed> {
-        let subs: Vec<UserId> = self.owns.get(&sid)?.subs.iter().cloned().collect();
-        let seen: Vec<(UserId, Seen)> = subs
-            .iter()
-            .map(|u| {
-                let seen = self
-                    .slots
-                    .get(u)
-                    .and_then(|s| s.watchers.get(&sid).cloned())
-                    .flatten();
-                (u.clone(), seen)
-            })
-            .collect();
-        let gone = self.unsubscribe(sid, &subs);
-        let own = self.owns.remove(&sid)?;
+        // Moved out, not cloned: a drain hands thousands of sessions with 100
+        // subscriptions each over.
+        let mut own = self.owns.remove(&sid)?;
+        let subs = std::mem::take(&mut own.subs);
+        let mut seen = Vec::with_capacity(subs.len());
+        let mut gone = Vec::new();
+        for user in subs {
+            self.subscriptions -= 1;
+            let mut shown = None;
+            if let Some(slot) = self.slots.get_mut(&user) {
+                shown = slot.watchers.remove(&sid).flatten();
+                if slot.watchers.is_empty() {
+                    self.slots.remove(&user);
+                    gone.push(user.clone());
+                }
+            }
+            seen.push((user, shown));
+        }
         Some(Removed { own, seen, gone })
     }
 
@@ -383,14 +423,14 @@ impl Index {
             let Some(own) = self.owns.get(sid) else {
                 continue;
             };
-            if seen.as_ref() == Some(&(upd.state, upd.note.clone())) {
+            if seen.as_ref().is_some_and(|s| s.covers(upd)) {
                 out.suppressed += 1;
                 continue;
             }
             let f = frame.get_or_insert_with(|| upd.frame());
             match own.session.push(f, Origin::Node) {
                 Ok(_) => {
-                    *seen = Some((upd.state, upd.note.clone()));
+                    *seen = Some(Shown1::of(upd));
                     out.pushed += 1;
                 }
                 Err(_) => out.failed += 1,
@@ -400,20 +440,24 @@ impl Index {
     }
 
     /// What a handed-over session carries: its state and, per subscription, what it was shown.
-    pub fn carry(own: &Own, seen: &[(UserId, Seen)]) -> SessionPresence {
+    pub fn carry(own: Own, seen: Vec<(UserId, Seen)>) -> SessionPresence {
         SessionPresence {
             state: own.avail.as_str().to_owned(),
-            note: own.note.clone(),
+            note: own.note,
             since: own.since,
             subscriptions: seen
-                .iter()
-                .map(|(u, s)| signal_proto::relay::Seen {
-                    user: u.to_string(),
-                    state: s
-                        .as_ref()
-                        .map(|(st, _)| st.as_str().to_owned())
-                        .unwrap_or_default(),
-                    note: s.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+                .into_iter()
+                .map(|(u, s)| match s {
+                    Some(s) => signal_proto::relay::Seen {
+                        user: u.into_string(),
+                        state: s.state.as_str().to_owned(),
+                        note: s.note,
+                        version: s.version,
+                    },
+                    None => signal_proto::relay::Seen {
+                        user: u.into_string(),
+                        ..Default::default()
+                    },
                 })
                 .collect(),
         }
@@ -421,13 +465,13 @@ impl Index {
 }
 
 fn deliver_one(session: &Session, cur: &Update, seen: &mut Seen, out: &mut Delivered) {
-    if seen.as_ref() == Some(&(cur.state, cur.note.clone())) {
+    if seen.as_ref().is_some_and(|s| s.covers(cur)) {
         out.suppressed += 1;
         return;
     }
     match session.push(&cur.frame(), Origin::Node) {
         Ok(_) => {
-            *seen = Some((cur.state, cur.note.clone()));
+            *seen = Some(Shown1::of(cur));
             out.pushed += 1;
         }
         Err(_) => out.failed += 1,
@@ -437,7 +481,11 @@ fn deliver_one(session: &Session, cur: &Update, seen: &mut Seen, out: &mut Deliv
 /// A subscription as carried by a handover: the user and what the client was shown.
 pub fn seen_from_wire(s: signal_proto::relay::Seen) -> Option<(UserId, Seen)> {
     let user = UserId::new(s.user).ok()?;
-    let seen = Shown::parse(&s.state).map(|st| (st, s.note));
+    let seen = Shown::parse(&s.state).map(|state| Shown1 {
+        state,
+        note: s.note,
+        version: s.version,
+    });
     Some((user, seen))
 }
 
@@ -523,7 +571,14 @@ mod tests {
         assert!(r.gone.is_empty());
         assert_eq!(
             r.seen,
-            vec![(bob.clone(), Some((Shown::Away, "x".to_owned())))]
+            vec![(
+                bob.clone(),
+                Some(Shown1 {
+                    state: Shown::Away,
+                    note: "x".to_owned(),
+                    version: 12
+                })
+            )]
         );
         let r = ix.remove(2).unwrap();
         assert_eq!(r.gone, vec![bob.clone()]);
@@ -532,5 +587,53 @@ mod tests {
             "nobody watches"
         );
         assert_eq!(ix.watched(), 0);
+    }
+
+    /// A session taken over was shown a newer state by its old node than this node's slot
+    /// has (the notification is still on its way here): the older state is not shown (it
+    /// was a spurious or stale notification), nor is any update older than what it saw;
+    /// the next newer one is.
+    #[test]
+    fn a_carried_subscription_is_not_shown_an_older_state() {
+        let mut ix = Index::default();
+        let carol = session(2, "carol");
+        ix.start(carol.clone(), Availability::Online, String::new(), 1);
+        let bob = UserId::new("bob").unwrap();
+        let mut out = Delivered::default();
+        ix.subscribe(2, &[(bob.clone(), None)], 10, &mut out)
+            .unwrap();
+        ix.apply(&upd(Shown::Online, "", 10), &mut out);
+        assert_eq!(frames(&carol), 1);
+        // Alice arrives by takeover; her old node showed her v12 (away "x").
+        let alice = session(1, "alice");
+        ix.start(alice.clone(), Availability::Online, String::new(), 1);
+        let shown = Shown1 {
+            state: Shown::Away,
+            note: "x".into(),
+            version: 12,
+        };
+        let need = ix
+            .subscribe(1, &[(bob.clone(), Some(shown))], usize::MAX, &mut out)
+            .unwrap();
+        assert!(need.is_empty());
+        assert_eq!(frames(&alice), 0, "v10 is older than what alice was shown");
+        ix.apply(&upd(Shown::Busy, "y", 11), &mut out);
+        assert_eq!(frames(&alice), 0, "v11 too");
+        assert_eq!(frames(&carol), 2);
+        ix.apply(&upd(Shown::Away, "x", 12), &mut out);
+        assert_eq!(frames(&alice), 0, "the state she has");
+        ix.apply(&upd(Shown::Online, "z", 13), &mut out);
+        assert_eq!(frames(&alice), 1, "a newer change is shown");
+        // An older node carries no version (0): the state is compared as before.
+        let dave = session(3, "dave");
+        ix.start(dave.clone(), Availability::Online, String::new(), 1);
+        let old = Shown1 {
+            state: Shown::Away,
+            note: "x".into(),
+            version: 0,
+        };
+        ix.subscribe(3, &[(bob.clone(), Some(old))], usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(frames(&dave), 1);
     }
 }

@@ -317,6 +317,7 @@ impl Node {
                 resp.presence = self.presence().handed_over(self, &session);
                 resp.rooms = self.rooms().handed_over(&session);
                 metrics::counter!("signal_sessions_handed_over_total").increment(1);
+                self.drain_progressed(session.id());
                 tracing::info!(%user, session = session.id(), frames = resp.frames.len(), "session handed over");
                 resp
             }
@@ -395,6 +396,7 @@ impl Node {
                 }
             });
         }
+        self.drain_progressed(session.id());
         metrics::counter!("signal_sessions_ended_total", "reason" => reason).increment(1);
         tracing::debug!(%user, session = session.id(), reason, owed = owed.len(), "session ended");
         if owed.is_empty() {

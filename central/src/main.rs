@@ -10,6 +10,10 @@ use central::cli::Args;
 use central::dev::{DevCluster, DevOptions};
 use central::{Config, Listeners};
 use clap::error::ErrorKind;
+
+/// mimalloc, as in `signal-node` (the dev cluster runs its nodes in this process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 

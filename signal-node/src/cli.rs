@@ -92,6 +92,11 @@ pub struct Args {
     /// Text frames larger than this get TOOLARGE (above 4x it the connection is closed, 1009).
     #[arg(long, env = "SIGNAL_MAX_MESSAGE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=(64 * 1024 * 1024)))]
     pub max_message_bytes: u64,
+    /// Frames queued for one peer node at most (all connections together; a frame that finds
+    /// the queue full waits within its relay timeout), and frames sent to it and not yet
+    /// answered at most.
+    #[arg(long, env = "SIGNAL_FORWARD_QUEUE", default_value_t = crate::peers::DEFAULT_FORWARD_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub forward_queue: u64,
     /// Messages per second per connection (0 = unlimited).
     #[arg(long, env = "SIGNAL_RATE_LIMIT", default_value_t = 200)]
     pub rate_limit: u32,
@@ -293,6 +298,8 @@ impl Args {
         c.weight = self.weight;
         c.max_message_bytes = usize::try_from(self.max_message_bytes)
             .map_err(|_| invalid("max-message-bytes", "too large"))?;
+        c.forward_queue = usize::try_from(self.forward_queue)
+            .map_err(|_| invalid("forward-queue", "too large"))?;
         c.rate_limit = self.rate_limit;
         c.rate_burst = self.rate_burst;
         c.drain = Duration::from_millis(self.drain_ms);

@@ -63,6 +63,8 @@ pub struct Config {
     pub weight: u32,
     /// Text frames above this size get TOOLARGE; above 4x it the connection is closed (1009).
     pub max_message_bytes: usize,
+    /// Frames queued for one peer node at most, and sent to it unanswered at most.
+    pub forward_queue: usize,
     /// Messages per second per connection (0 = unlimited).
     pub rate_limit: u32,
     /// Token bucket size.
@@ -173,6 +175,7 @@ impl Config {
             dev_auth: true,
             weight: 1,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            forward_queue: crate::peers::DEFAULT_FORWARD_QUEUE,
             rate_limit: 200,
             rate_burst: 400,
             drain: Duration::from_millis(10_000),

@@ -77,13 +77,14 @@ impl Pongs {
     }
 }
 
-/// Serves an upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, pending: Pending) {
+/// Serves an upgraded socket until it closes. The setup (split, writer task, reader state)
+/// runs before the returned future, so that the future held while the socket idles keeps
+/// neither the unsplit socket nor a second copy of `pending` (about 500 B per connection).
+pub fn serve(socket: WebSocket, mut pending: Pending) -> impl std::future::Future<Output = ()> {
     let node = pending.node.clone();
     let session = pending.session.clone();
     let user = session.user().clone();
     let conn = pending.conn;
-    let closer = pending.closer.clone();
     tracing::info!(%user, node = %node.id(), conn, session = session.id(), resumed = pending.resumed, "connection open");
     metrics::counter!("signal_connections_opened_total").increment(1);
     metrics::gauge!("signal_connections").increment(1.0);
@@ -95,8 +96,8 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         Writer {
             session: session.clone(),
             conn,
-            closer: closer.clone(),
-            welcome: pending.welcome.clone(),
+            closer: pending.closer.clone(),
+            welcome: std::mem::take(&mut pending.welcome),
             start: pending.start,
             pongs: pongs.clone(),
         },
@@ -108,36 +109,48 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
         let session = session.clone();
         tokio::spawn(async move { mailbox.push_at_connect(session, conn).await });
     }
-    let mut reader = Reader {
-        node: node.clone(),
-        user: user.clone(),
-        session: session.clone(),
-        closer: closer.clone(),
-        pongs,
+    let reader = Reader {
         bucket: TokenBucket::new(node.config().rate_limit, node.config().rate_burst),
         router: Router::new(node.clone()),
+        node,
+        user,
+        session,
+        closer: pending.closer.clone(),
+        pongs,
         roap: None,
-        chats: FuturesOrdered::new(),
+        chats: Ordered::default(),
         chats_to: std::collections::VecDeque::new(),
     };
+    run(reader, stream, writer, pending)
+}
+
+/// Reads until the connection closes, then waits for the writer and ends (or keeps) the
+/// session.
+async fn run(
+    mut reader: Reader,
+    stream: SplitStream<WebSocket>,
+    writer: tokio::task::JoinHandle<u64>,
+    pending: Pending,
+) {
     // A resumed session: the old connection's reader (closed 4409) finishes the frames it
     // already read before this one reads its first.
-    let turn = session.reader_turn(READER_HANDOFF).await;
+    let turn = reader.session.reader_turn(READER_HANDOFF).await;
     if turn.is_none() {
-        tracing::warn!(%user, conn, "the previous connection's reader is still busy: reading anyway");
+        tracing::warn!(user = %reader.user, conn = pending.conn, "the previous connection's reader is still busy: reading anyway");
     }
     reader.read_loop(stream).await;
     drop(turn);
     let written = writer.await.unwrap_or(pending.start);
-    let reason = closer.reason().unwrap_or(CloseReason {
+    let reason = reader.closer.reason().unwrap_or(CloseReason {
         code: CLOSE_NORMAL,
         reason: "closed",
     });
+    let node = &reader.node;
     let keep = reason.keeps_session() && node.config().resume_window > Duration::ZERO;
     tracing::info!(
-        %user,
+        user = %reader.user,
         node = %node.id(),
-        conn,
+        conn = pending.conn,
         code = reason.code,
         reason = reason.reason,
         session_kept = keep,
@@ -149,6 +162,37 @@ pub async fn serve(socket: WebSocket, pending: Pending) {
     metrics::gauge!("signal_connections").decrement(1.0);
     node.connection_count(-1);
     pending.finish(keep, written);
+}
+
+/// A `FuturesOrdered` allocated at its first use: an empty one is an `Arc`'d queue of about
+/// 150 B, kept by every connection that never sends a chat message.
+struct Ordered<F: std::future::Future>(Option<FuturesOrdered<F>>);
+
+impl<F: std::future::Future> Default for Ordered<F> {
+    fn default() -> Self {
+        Ordered(None)
+    }
+}
+
+impl<F: std::future::Future> Ordered<F> {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn push_back(&mut self, f: F) {
+        self.0.get_or_insert_with(FuturesOrdered::new).push_back(f)
+    }
+
+    async fn next(&mut self) -> Option<F::Output> {
+        match &mut self.0 {
+            Some(q) => q.next().await,
+            None => None,
+        }
+    }
 }
 
 struct Reader {
@@ -163,7 +207,7 @@ struct Reader {
     roap: Option<Arc<RoapSender>>,
     /// Chat messages of this connection in flight (at most `--mailbox-inflight`), oldest
     /// first: their stores run at once, their pushes and answers go out in this order.
-    chats: FuturesOrdered<BoxFuture<'static, ChatStep>>,
+    chats: Ordered<BoxFuture<'static, ChatStep>>,
     /// The recipient of each entry of `chats` (`None`: an answer waiting its turn). At most
     /// one store per recipient is in flight, so that a recipient's mailbox gets this
     /// sender's messages in the order sent whatever the Redis connection does (reconnects,
@@ -727,76 +771,81 @@ struct Writer {
 /// Writes the Welcome, then the session's frames after `start` in order, pongs and pings,
 /// until the connection closes; then (unless the reader is slow) what is still queued, and
 /// the close frame. Returns the last frame number written to the socket.
-async fn write_loop(
+///
+/// A plain `fn` returning an `async move` block: an `async fn` would keep a second copy of its
+/// arguments in the task (rustc moves them into locals), about 150 B per idle connection.
+fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut w: Writer,
     ping_interval: Duration,
-) -> u64 {
-    let mut written = w.start;
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One wait for the close, registered once (not a new waiter per frame).
-    let closer = w.closer.clone();
-    let closed = closer.closed();
-    tokio::pin!(closed);
-    let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
-    if sink.send(welcome).await.is_err() {
-        w.closer.close(CLOSE_NORMAL, "socket write failed");
-        return written;
-    }
-    loop {
-        let (msg, n) = tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            _ = w.pongs.next() => (WsMessage::Text(Message::Pong.to_json().into()), None),
-            next = w.session.next_frame(w.conn, written) => match next {
-                Some((n, text)) => (WsMessage::Text(text), Some(n)),
-                None => {
-                    // The session went on without this connection (resumed elsewhere, ended).
-                    w.closer.close(CLOSE_REPLACED, "replaced by a newer connection");
-                    break;
+) -> impl std::future::Future<Output = u64> {
+    async move {
+        let mut written = w.start;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One wait for the close, registered once (not a new waiter per frame).
+        let closer = w.closer.clone();
+        let closed = closer.closed();
+        tokio::pin!(closed);
+        let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
+        if sink.send(welcome).await.is_err() {
+            w.closer.close(CLOSE_NORMAL, "socket write failed");
+            return written;
+        }
+        loop {
+            let (msg, n) = tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                _ = w.pongs.next() => (WsMessage::Text(Message::Pong.to_json().into()), None),
+                next = w.session.next_frame(w.conn, written) => match next {
+                    Some((n, text)) => (WsMessage::Text(text), Some(n)),
+                    None => {
+                        // The session went on without this connection (resumed elsewhere, ended).
+                        w.closer.close(CLOSE_REPLACED, "replaced by a newer connection");
+                        break;
+                    }
+                },
+                _ = ping.tick() => (WsMessage::Ping(bytes::Bytes::new()), None),
+            };
+            let sent = tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                r = write_batch(&mut sink, &w, msg, n, written) => r,
+            };
+            match sent {
+                Ok(Some(n)) => written = n,
+                Ok(None) => {}
+                Err(_) => {
+                    w.closer.close(CLOSE_NORMAL, "socket write failed");
+                    return written;
                 }
-            },
-            _ = ping.tick() => (WsMessage::Ping(bytes::Bytes::new()), None),
-        };
-        let sent = tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            r = write_batch(&mut sink, &w, msg, n, written) => r,
-        };
-        match sent {
-            Ok(Some(n)) => written = n,
-            Ok(None) => {}
-            Err(_) => {
-                w.closer.close(CLOSE_NORMAL, "socket write failed");
-                return written;
             }
         }
-    }
-    let Some(reason) = w.closer.reason() else {
-        return written;
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        // What was queued before a drain still goes out; a slow connection gets only the
-        // close frame (its session keeps the rest for a resume).
-        if reason.code != CLOSE_SLOW {
-            while let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) {
-                if sink.send(WsMessage::Text(text)).await.is_err() {
-                    return;
-                }
-                written = n;
-            }
-        }
-        let frame = CloseFrame {
-            code: reason.code,
-            reason: reason.reason.into(),
+        let Some(reason) = w.closer.reason() else {
+            return written;
         };
-        let _ = sink.send(WsMessage::Close(Some(frame))).await;
-        let _ = sink.close().await;
-    })
-    .await;
-    written
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            // What was queued before a drain still goes out; a slow connection gets only the
+            // close frame (its session keeps the rest for a resume).
+            if reason.code != CLOSE_SLOW {
+                while let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) {
+                    if sink.send(WsMessage::Text(text)).await.is_err() {
+                        return;
+                    }
+                    written = n;
+                }
+            }
+            let frame = CloseFrame {
+                code: reason.code,
+                reason: reason.reason.into(),
+            };
+            let _ = sink.send(WsMessage::Close(Some(frame))).await;
+            let _ = sink.close().await;
+        })
+        .await;
+        written
+    }
 }
 
 /// Writes `first` and, when it is a session frame, the frames already queued after it (at most

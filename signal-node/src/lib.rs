@@ -148,21 +148,22 @@ pub async fn run(
     // The relay server runs on the main runtime: it is the cross-node hot path (a Deliver
     // pushes into a session whose writer runs here; from another runtime every frame would
     // cost a cross-thread wake-up). The heartbeat has a thread of its own (below).
-    let grpc = {
-        let router = grpc_server
-            .layer(grpc_auth)
-            .add_service(RelayServer::new(relay::RelayService::new(node.clone())));
-        let stop = grpc_stop.clone();
-        tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listeners.grpc),
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
+    let grpc =
+        {
+            let router = grpc_server.layer(grpc_auth).add_service(RelayServer::new(
+                relay::RelayService::new(node.clone(), grpc_stop.clone()),
+            ));
+            let stop = grpc_stop.clone();
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listeners.grpc),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        };
     let http_stop = CancellationToken::new();
     let app = http::router(node.clone(), metrics);
     let listener = listeners.http.tap_io(|tcp| {

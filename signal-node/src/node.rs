@@ -111,7 +111,8 @@ impl Node {
         let instance = format!("{:016x}", rand::random::<u64>());
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
-        let peers = Peers::new(config.grpc_key(), config.grpc_tls.clone());
+        let peers = Peers::new(config.grpc_key(), config.grpc_tls.clone())
+            .with_forward_queue(config.forward_queue);
         let used_tickets = UsedTickets::new(config.max_used_tickets);
         let takeovers = tokio::sync::Semaphore::new(config.takeover_concurrency.max(1));
         Node {

@@ -18,6 +18,14 @@ use signal_proto::relay::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+mod link;
+
+use link::Link;
+
+/// Frames queued for one peer node at most, and frames sent to it and not yet answered at
+/// most (`--forward-queue`).
+pub const DEFAULT_FORWARD_QUEUE: usize = 4096;
+
 /// Time to establish a TCP connection to a peer node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time for one relay call, connection included.
@@ -90,6 +98,9 @@ pub type PeerClient = RelayClient<AuthChannel<Channel>>;
 #[derive(Clone, Debug)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, PeerClient>>>,
+    /// One delivery stream per peer URL (the relay hot path), created at first use.
+    links: Arc<Mutex<HashMap<String, Link>>>,
+    forward_queue: usize,
     live: Arc<Mutex<LiveState>>,
     signer: Signer,
     tls: Option<GrpcTls>,
@@ -108,10 +119,33 @@ impl Peers {
     pub fn new(key: GrpcKey, tls: Option<GrpcTls>) -> Self {
         Peers {
             channels: Arc::default(),
+            links: Arc::default(),
+            forward_queue: DEFAULT_FORWARD_QUEUE,
             live: Arc::default(),
             signer: Signer::new(key),
             tls,
         }
+    }
+
+    /// The same peers with at most `n` frames queued (and `n` unanswered) per peer node.
+    pub fn with_forward_queue(mut self, n: usize) -> Self {
+        self.forward_queue = n.max(1);
+        self
+    }
+
+    /// The delivery stream to `grpc_url`, started on first use (on the caller's runtime).
+    fn link(&self, grpc_url: &str) -> Result<Link, ForwardError> {
+        let mut map = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = map.get(grpc_url) {
+            return Ok(l.clone());
+        }
+        let client = self.client(grpc_url)?;
+        let link = Link::spawn(client, grpc_url.to_owned(), self.forward_queue);
+        if map.len() >= MAX_CHANNELS {
+            map.clear();
+        }
+        map.insert(grpc_url.to_owned(), link.clone());
+        Ok(link)
     }
 
     /// The relay client for `grpc_url`, creating a lazily connected channel on first use.
@@ -203,19 +237,19 @@ impl Peers {
         }
     }
 
-    /// Asks the node at `loc` to deliver one frame, waiting at most `timeout`.
+    /// Asks the node at `loc` to deliver one frame, waiting at most `timeout`. Frames to one
+    /// node go out in the order of the calls, on that node's delivery stream.
     pub async fn deliver(
         &self,
         loc: &Location,
         req: DeliverRequest,
         timeout: Duration,
     ) -> Result<DeliverStatus, ForwardError> {
-        let mut client = self.client(&loc.grpc_url)?;
+        let link = self.link(&loc.grpc_url)?;
         let start = Instant::now();
-        let res = tokio::time::timeout(timeout, client.deliver(req)).await;
+        let res = tokio::time::timeout(timeout, link.deliver(req)).await;
         metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
-        let resp = classify(res, timeout)?;
-        Ok(DeliverStatus::try_from(resp.status).unwrap_or(DeliverStatus::Unspecified))
+        res.unwrap_or(Err(ForwardError::Timeout(timeout)))
     }
 
     /// Asks the node at `loc` to close the user's connection `loc.conn` (4409).
@@ -317,17 +351,25 @@ fn classify<T>(
     match res {
         Err(_) => Err(ForwardError::Timeout(timeout)),
         Ok(Ok(resp)) => Ok(resp.into_inner()),
-        Ok(Err(status)) => match status.code() {
-            tonic::Code::DeadlineExceeded => Err(ForwardError::Timeout(timeout)),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-                if is_connection_refused(&status) {
-                    Err(ForwardError::Unreachable(status.message().to_owned()))
-                } else {
-                    Err(ForwardError::Transient(status.message().to_owned()))
-                }
+        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            Err(ForwardError::Timeout(timeout))
+        }
+        Ok(Err(status)) => Err(classify_status(&status)),
+    }
+}
+
+/// What a failed call's status means (a deadline is reported with [`REQUEST_TIMEOUT`]).
+fn classify_status(status: &tonic::Status) -> ForwardError {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => ForwardError::Timeout(REQUEST_TIMEOUT),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            if is_connection_refused(status) {
+                ForwardError::Unreachable(status.message().to_owned())
+            } else {
+                ForwardError::Transient(status.message().to_owned())
             }
-            _ => Err(ForwardError::Refused(status.message().to_owned())),
-        },
+        }
+        _ => ForwardError::Refused(status.message().to_owned()),
     }
 }
 

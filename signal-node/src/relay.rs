@@ -3,14 +3,18 @@
 //! calls of central's server API: submit a chat message, disconnect a user.
 
 use signal_proto::relay::relay_server::Relay;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use signal_proto::relay::{
-    DeliverRequest, DeliverResponse, DeliverStatus, DisconnectRequest, DisconnectResponse,
-    KickRequest, KickResponse, NotifyRequest, NotifyResponse, ProbeRequest, ProbeResponse,
-    RoomEventRequest, RoomEventResponse, RoomMessageRequest, RoomMessageResponse, SubmitRequest,
-    SubmitResponse, SubmitStatus, TakeSessionRequest, TakeSessionResponse,
+    DeliverAcks, DeliverBatch, DeliverRequest, DeliverResponse, DeliverStatus, DisconnectRequest,
+    DisconnectResponse, KickRequest, KickResponse, NotifyRequest, NotifyResponse, ProbeRequest,
+    ProbeResponse, RoomEventRequest, RoomEventResponse, RoomMessageRequest, RoomMessageResponse,
+    SubmitRequest, SubmitResponse, SubmitStatus, TakeSessionRequest, TakeSessionResponse,
 };
 use signal_proto::{ChatMessage, ErrorType, MessageId, UserId};
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::RelayError;
 use crate::mailbox::EntryId;
@@ -22,12 +26,29 @@ use crate::session::Origin;
 /// The node's side of node-to-node relay.
 pub struct RelayService {
     node: Node,
+    /// Ends the delivery streams when the node stops (the server waits for open streams).
+    stop: CancellationToken,
 }
 
 impl RelayService {
-    pub fn new(node: Node) -> Self {
-        RelayService { node }
+    pub fn new(node: Node, stop: CancellationToken) -> Self {
+        RelayService { node, stop }
     }
+}
+
+/// Delivers one forwarded frame into the local table.
+fn deliver_one(node: &Node, req: DeliverRequest) -> Result<DeliverStatus, RelayError> {
+    let to = UserId::new(req.to)?;
+    let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
+        (Ok(sender), _) => Origin::roap(sender, req.session_id),
+        (Err(_), Some(e)) => Origin::Mail(e),
+        (Err(_), None) => Origin::Node,
+    };
+    let status = node.deliver_local(&to, &req.frame, req.expect.as_ref(), origin);
+    if status == DeliverStatus::Delivered {
+        metrics::counter!("signal_grpc_delivered_total").increment(1);
+    }
+    Ok(status)
 }
 
 #[tonic::async_trait]
@@ -36,22 +57,39 @@ impl Relay for RelayService {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
-        let req = request.into_inner();
-        let to = UserId::new(req.to).map_err(RelayError::from)?;
-        let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
-            (Ok(sender), _) => Origin::roap(sender, req.session_id),
-            (Err(_), Some(e)) => Origin::Mail(e),
-            (Err(_), None) => Origin::Node,
-        };
-        let status = self
-            .node
-            .deliver_local(&to, &req.frame, req.expect.as_ref(), origin);
-        if status == DeliverStatus::Delivered {
-            metrics::counter!("signal_grpc_delivered_total").increment(1);
-        }
+        let status = deliver_one(&self.node, request.into_inner())?;
         Ok(Response::new(DeliverResponse {
             status: status as i32,
         }))
+    }
+
+    type DeliverStreamStream =
+        Pin<Box<dyn Stream<Item = Result<DeliverAcks, Status>> + Send + 'static>>;
+
+    async fn deliver_stream(
+        &self,
+        request: Request<Streaming<DeliverBatch>>,
+    ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+        let node = self.node.clone();
+        let acks = request
+            .into_inner()
+            .take_until(self.stop.clone().cancelled_owned())
+            .map(move |batch| {
+                let batch = batch?;
+                let statuses = batch
+                    .frames
+                    .into_iter()
+                    .map(|req| match deliver_one(&node, req) {
+                        Ok(s) => s as i32,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "invalid forwarded frame");
+                            DeliverStatus::Invalid as i32
+                        }
+                    })
+                    .collect();
+                Ok(DeliverAcks { statuses })
+            });
+        Ok(Response::new(Box::pin(acks)))
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {

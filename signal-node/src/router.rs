@@ -264,6 +264,9 @@ fn remote_outcome(
             "{to}'s connection is not reading fast enough and was closed"
         )))),
         Ok(DeliverStatus::NotHere | DeliverStatus::Unspecified) => Err(Attempt::Stale(offline(to))),
+        Ok(DeliverStatus::Invalid) => Err(Attempt::Final(unavailable(format!(
+            "{to}'s node refused the frame"
+        )))),
         Err(ForwardError::Unreachable(e) | ForwardError::BadUrl(e)) => {
             tracing::debug!(node = %node_id, error = %e, "peer node unreachable");
             metrics::counter!("signal_forward_failures_total", "kind" => "unreachable")

@@ -1,0 +1,217 @@
+//! One ordered stream of deliveries to one peer node (`Relay.DeliverStream`): the frames every
+//! connection of this node relays to that peer are queued here, go out in batches on one
+//! HTTP/2 stream, and come back answered one status per frame, in order. Owns the queue (its
+//! bound: `--forward-queue`), the frames in flight and the stream's reconnects; falls back to
+//! one unary `Deliver` per frame for a peer that does not know the stream.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use signal_proto::relay::{DeliverBatch, DeliverRequest, DeliverStatus};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{classify_status, ForwardError, PeerClient};
+
+/// Frames sent in one batch at most.
+const BATCH: usize = 64;
+/// Batches handed to the transport and not yet written.
+const OUT_BATCHES: usize = 8;
+/// How long a link stays on unary calls before it tries the stream again (the peer may have
+/// been upgraded meanwhile).
+const UNARY_RETRY: Duration = Duration::from_secs(30);
+/// Time for one unary call of the fallback.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Reply = oneshot::Sender<Result<DeliverStatus, ForwardError>>;
+
+struct Item {
+    req: DeliverRequest,
+    reply: Reply,
+}
+
+/// The sending side of a link; the link's task ends when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Link {
+    tx: mpsc::Sender<Item>,
+}
+
+impl Link {
+    /// Starts the link's task. `queue`: frames waiting to be sent at most, and frames sent
+    /// and not yet answered at most (each).
+    pub fn spawn(client: PeerClient, url: String, queue: usize) -> Link {
+        let queue = queue.max(1);
+        let (tx, rx) = mpsc::channel(queue);
+        tokio::spawn(run(client, url, rx, queue));
+        Link { tx }
+    }
+
+    /// Queues one frame and waits for the peer's answer (the caller bounds the wait). Frames
+    /// are sent in the order queued.
+    pub async fn deliver(&self, req: DeliverRequest) -> Result<DeliverStatus, ForwardError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Item { req, reply }).await.is_err() {
+            return Err(ForwardError::Transient(
+                "the link to the peer stopped".into(),
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ForwardError::Transient(
+                "the link to the peer stopped".into(),
+            ))
+        })
+    }
+}
+
+fn status_of(code: i32) -> Result<DeliverStatus, ForwardError> {
+    match DeliverStatus::try_from(code) {
+        Ok(DeliverStatus::Invalid) => Err(ForwardError::Refused("invalid delivery request".into())),
+        Ok(s) => Ok(s),
+        Err(_) => Ok(DeliverStatus::Unspecified),
+    }
+}
+
+fn fail_all(replies: impl Iterator<Item = Reply>, e: &ForwardError) {
+    for r in replies {
+        let _ = r.send(Err(e.clone()));
+    }
+}
+
+/// Moves `items` into one batch, their replies to the back of `pending`.
+fn batch(items: &mut Vec<Item>, pending: &mut VecDeque<Reply>) -> DeliverBatch {
+    let mut frames = Vec::with_capacity(items.len());
+    for it in items.drain(..) {
+        frames.push(it.req);
+        pending.push_back(it.reply);
+    }
+    DeliverBatch { frames }
+}
+
+async fn run(mut client: PeerClient, url: String, mut rx: mpsc::Receiver<Item>, queue: usize) {
+    // Frames taken from the queue and not sent yet: they survive a reconnect (never sent, so
+    // never a duplicate).
+    let mut items: Vec<Item> = Vec::with_capacity(BATCH);
+    let mut open = true;
+    loop {
+        if items.is_empty() {
+            if !open || rx.recv_many(&mut items, BATCH).await == 0 {
+                return;
+            }
+        }
+        let mut pending: VecDeque<Reply> = VecDeque::new();
+        let (out_tx, out_rx) = mpsc::channel::<DeliverBatch>(OUT_BATCHES);
+        // The first batch leaves with the stream's headers.
+        let first = batch(&mut items, &mut pending);
+        // Kept until the stream is open: a peer without it never saw these frames.
+        let resend = first.frames.clone();
+        if out_tx.try_send(first).is_err() {
+            return; // cannot happen: a fresh channel has room
+        }
+        let opened = client.deliver_stream(ReceiverStream::new(out_rx)).await;
+        let mut acks = match opened {
+            Ok(resp) => resp.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(peer = %url, "peer has no DeliverStream: one Deliver per frame");
+                metrics::counter!("signal_forward_streams_total", "result" => "unary").increment(1);
+                // The first batch went nowhere: it goes unary, then the rest for a while.
+                items.extend(
+                    resend
+                        .into_iter()
+                        .zip(pending.drain(..))
+                        .map(|(req, reply)| Item { req, reply }),
+                );
+                if !unary(&mut client, &mut rx, &mut items).await {
+                    return;
+                }
+                continue;
+            }
+            Err(status) => {
+                let e = classify_status(&status);
+                tracing::debug!(peer = %url, error = %e, "cannot open the delivery stream");
+                metrics::counter!("signal_forward_streams_total", "result" => "failed")
+                    .increment(1);
+                fail_all(pending.drain(..), &e);
+                // What queued meanwhile would meet the same peer: answer it now.
+                while let Ok(it) = rx.try_recv() {
+                    let _ = it.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        drop(resend);
+        metrics::counter!("signal_forward_streams_total", "result" => "opened").increment(1);
+        let err = loop {
+            tokio::select! {
+                biased;
+                ack = acks.message() => match ack {
+                    Ok(Some(a)) => {
+                        if a.statuses.len() > pending.len() {
+                            break ForwardError::Transient("the peer answered frames it was not sent".into());
+                        }
+                        for s in a.statuses {
+                            if let Some(r) = pending.pop_front() {
+                                let _ = r.send(status_of(s));
+                            }
+                        }
+                        if !open && pending.is_empty() && items.is_empty() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break ForwardError::Transient("the peer ended the delivery stream".into()),
+                    Err(status) => break classify_status(&status),
+                },
+                permit = out_tx.reserve(), if !items.is_empty() => match permit {
+                    Ok(p) => p.send(batch(&mut items, &mut pending)),
+                    Err(_) => break ForwardError::Transient("the delivery stream closed".into()),
+                },
+                n = rx.recv_many(&mut items, BATCH), if open && items.is_empty() && pending.len() < queue => {
+                    if n == 0 {
+                        open = false;
+                        if pending.is_empty() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        // Sent and unanswered: maybe delivered, maybe not; the senders are told (UNAVAILABLE).
+        // A refused connection cannot have delivered anything it was sent on an open stream.
+        let e = match err {
+            ForwardError::Unreachable(m) => ForwardError::Transient(m),
+            e => e,
+        };
+        tracing::debug!(peer = %url, error = %e, unanswered = pending.len(), "delivery stream ended");
+        fail_all(pending.drain(..), &e);
+    }
+}
+
+/// The fallback for a peer without `DeliverStream`: one `Deliver` per frame, each on its own
+/// task (a sender waits for each answer before its next frame, so its order holds). Returns
+/// after [`UNARY_RETRY`] (`true`: try the stream again) or when the link is dropped (`false`).
+async fn unary(
+    client: &mut PeerClient,
+    rx: &mut mpsc::Receiver<Item>,
+    items: &mut Vec<Item>,
+) -> bool {
+    let since = Instant::now();
+    loop {
+        for it in items.drain(..) {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let res = tokio::time::timeout(UNARY_TIMEOUT, c.deliver(it.req)).await;
+                let out = match res {
+                    Err(_) => Err(ForwardError::Timeout(UNARY_TIMEOUT)),
+                    Ok(Ok(resp)) => status_of(resp.into_inner().status),
+                    Ok(Err(status)) => Err(classify_status(&status)),
+                };
+                let _ = it.reply.send(out);
+            });
+        }
+        if since.elapsed() >= UNARY_RETRY {
+            return true;
+        }
+        if rx.recv_many(items, BATCH).await == 0 {
+            return false;
+        }
+    }
+}

@@ -98,7 +98,12 @@ pub async fn run(
     // nodes a burst of takeovers whose callers time out does exactly that and would drop
     // every call on the connection; the callers are other nodes that sign their calls.
     let mut grpc_server = tonic::transport::Server::builder()
-        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_RESETS));
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_RESETS))
+        // Each peer's frames arrive on one delivery stream: with HTTP/2's default 64 KiB
+        // window it would carry one window per round trip, and a busy node would starve its
+        // cross-node pairs (see peers/link.rs).
+        .initial_stream_window_size(Some(peers::STREAM_WINDOW))
+        .initial_connection_window_size(Some(peers::CONNECTION_WINDOW));
     if let Some(tls) = &config.grpc_tls {
         grpc_server = grpc_server
             .tls_config(tls.server())

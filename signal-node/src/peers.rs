@@ -25,6 +25,10 @@ use link::Link;
 /// Frames queued for one peer node at most, and frames sent to it and not yet answered at
 /// most (`--forward-queue`).
 pub const DEFAULT_FORWARD_QUEUE: usize = 4096;
+/// HTTP/2 flow-control windows on node-to-node connections (both directions): one delivery
+/// stream carries all of a peer's frames, so it needs more than the default 64 KiB in flight.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Time to establish a TCP connection to a peer node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -158,6 +162,8 @@ impl Peers {
             .map_err(|_| ForwardError::BadUrl(grpc_url.to_owned()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let endpoint = signal_proto::grpc_tls::endpoint(endpoint, self.tls.as_ref())

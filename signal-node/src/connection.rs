@@ -774,6 +774,7 @@ struct Writer {
 ///
 /// A plain `fn` returning an `async move` block: an `async fn` would keep a second copy of its
 /// arguments in the task (rustc moves them into locals), about 150 B per idle connection.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut w: Writer,

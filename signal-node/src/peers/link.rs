@@ -93,10 +93,8 @@ async fn run(mut client: PeerClient, url: String, mut rx: mpsc::Receiver<Item>, 
     let mut items: Vec<Item> = Vec::with_capacity(BATCH);
     let mut open = true;
     loop {
-        if items.is_empty() {
-            if !open || rx.recv_many(&mut items, BATCH).await == 0 {
-                return;
-            }
+        if items.is_empty() && (!open || rx.recv_many(&mut items, BATCH).await == 0) {
+            return;
         }
         let mut pending: VecDeque<Reply> = VecDeque::new();
         let (out_tx, out_rx) = mpsc::channel::<DeliverBatch>(OUT_BATCHES);

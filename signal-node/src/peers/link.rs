@@ -11,7 +11,7 @@ use signal_proto::relay::{DeliverBatch, DeliverRequest, DeliverStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{classify_status, ForwardError, PeerClient};
+use super::{classify, classify_status, ForwardError, PeerClient, REQUEST_TIMEOUT};
 
 /// Frames sent in one batch at most.
 const BATCH: usize = 64;
@@ -20,8 +20,6 @@ const OUT_BATCHES: usize = 8;
 /// How long a link stays on unary calls before it tries the stream again (the peer may have
 /// been upgraded meanwhile).
 const UNARY_RETRY: Duration = Duration::from_secs(30);
-/// Time for one unary call of the fallback.
-const UNARY_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Reply = oneshot::Sender<Result<DeliverStatus, ForwardError>>;
 
@@ -196,12 +194,8 @@ async fn unary(
         for it in items.drain(..) {
             let mut c = client.clone();
             tokio::spawn(async move {
-                let res = tokio::time::timeout(UNARY_TIMEOUT, c.deliver(it.req)).await;
-                let out = match res {
-                    Err(_) => Err(ForwardError::Timeout(UNARY_TIMEOUT)),
-                    Ok(Ok(resp)) => status_of(resp.into_inner().status),
-                    Ok(Err(status)) => Err(classify_status(&status)),
-                };
+                let res = tokio::time::timeout(REQUEST_TIMEOUT, c.deliver(it.req)).await;
+                let out = classify(res, REQUEST_TIMEOUT).and_then(|r| status_of(r.status));
                 let _ = it.reply.send(out);
             });
         }

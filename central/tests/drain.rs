@@ -74,11 +74,16 @@ async fn sigterm_on_a_node_with_20_clients() {
     let signalled = Instant::now();
     a.signal(15);
 
-    // Central stops handing "a" out at once: the node deregisters before it drains. The bound
-    // (one test heartbeat plus slack for a loaded machine) is below one default heartbeat (2 s).
+    // Central stops handing "a" out at once: the node says it is draining before it closes
+    // anything (it stays listed, for the other nodes, until its drain is over). The bound (one
+    // test heartbeat plus slack for a loaded machine) is below one default heartbeat (2 s).
     let within = Duration::from_millis(Timing::FAST.heartbeat_ms) + Duration::from_secs(1);
-    wait_until("central to drop node a", within, || async {
-        !central.node_ids().await.contains(&"a".to_owned())
+    wait_until("central to mark node a draining", within, || async {
+        central
+            .nodes()
+            .await
+            .iter()
+            .all(|n| n["id"] != "a" || n["state"] == "draining")
     })
     .await;
     for i in 0..10 {
@@ -114,6 +119,11 @@ async fn sigterm_on_a_node_with_20_clients() {
 
     let status = a.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
+    // Once drained it deregisters.
+    wait_until("central to drop node a", Duration::from_secs(5), || async {
+        !central.node_ids().await.contains(&"a".to_owned())
+    })
+    .await;
 
     // A message to a drained user gets OFFLINE, from the node, naming the peer.
     watcher

@@ -29,6 +29,8 @@ const STATES: [&str; 3] = ["online", "away", "busy"];
 const ACK_EVERY: u64 = 32;
 /// Quiet time before the final check.
 const SETTLE: Duration = Duration::from_secs(3);
+/// A notification later than this is counted in the per-second breakdown (the target's p99).
+const LATE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy)]
 enum Event {
@@ -63,6 +65,16 @@ struct Shared {
     /// Per watcher, what it was last shown of each watched user.
     seen: Vec<Mutex<HashMap<usize, (String, String)>>>,
     latency: Mutex<Hist>,
+    /// The same, split by whether the watcher reconnected between the change and its
+    /// notification (its own absence is then part of the latency) or stayed connected.
+    latency_stayed: Mutex<Hist>,
+    latency_moved: Mutex<Hist>,
+    /// Per user, when its last reconnect completed (a watcher that came back after a change
+    /// was sent was away for part of that change's latency).
+    back: Vec<Mutex<Option<Instant>>>,
+    /// Notifications later than [`LATE`], by the second of the run their change was sent in.
+    late_by_second: Mutex<std::collections::BTreeMap<u64, (u64, u64)>>,
+    started: Mutex<Option<Instant>>,
     c: Counters,
     stop: CancellationToken,
 }
@@ -96,6 +108,19 @@ pub struct PresenceReport {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
+    /// Notifications to a watcher connected from the change to its notification.
+    pub stayed: u64,
+    pub stayed_ms_p50: f64,
+    pub stayed_ms_p99: f64,
+    pub stayed_ms_max: f64,
+    /// Notifications to a watcher that reconnected (resumed) in between.
+    pub moved: u64,
+    pub moved_ms_p50: f64,
+    pub moved_ms_p99: f64,
+    pub moved_ms_max: f64,
+    /// Notifications later than 250 ms by the second (of the run) their change was sent in:
+    /// (second, to watchers that stayed, to watchers that moved).
+    pub late_by_second: Vec<(u64, u64, u64)>,
     pub wrong: u64,
     pub spurious: u64,
     pub missing: u64,
@@ -132,6 +157,28 @@ impl std::fmt::Display for PresenceReport {
             self.notifications_per_change,
             self.watch
         )?;
+        writeln!(
+            f,
+            "  watcher stayed connected: {} notifications, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            self.stayed, self.stayed_ms_p50, self.stayed_ms_p99, self.stayed_ms_max
+        )?;
+        writeln!(
+            f,
+            "  watcher reconnected in between: {} notifications, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            self.moved, self.moved_ms_p50, self.moved_ms_p99, self.moved_ms_max
+        )?;
+        if !self.late_by_second.is_empty() {
+            let late: Vec<String> = self
+                .late_by_second
+                .iter()
+                .map(|(s, a, b)| format!("{s}s:{a}+{b}"))
+                .collect();
+            writeln!(
+                f,
+                "  later than 250 ms, by second of the change (stayed+moved): {}",
+                late.join(" ")
+            )?;
+        }
         write!(
             f,
             "  wrong {}  spurious {}  final check: missing {}  stale {}  connections dropped {}",
@@ -184,6 +231,11 @@ pub async fn run(
             .collect(),
         seen: (0..n).map(|_| Mutex::default()).collect(),
         latency: Mutex::new(crate::stats::new_hist()),
+        latency_stayed: Mutex::new(crate::stats::new_hist()),
+        latency_moved: Mutex::new(crate::stats::new_hist()),
+        back: (0..n).map(|_| Mutex::default()).collect(),
+        late_by_second: Mutex::default(),
+        started: Mutex::default(),
         c: Counters::default(),
         stop: CancellationToken::new(),
     });
@@ -228,6 +280,7 @@ pub async fn run(
     tokio::time::sleep(config.warmup).await;
     // Events at --rate per second over --duration.
     let start = Instant::now();
+    *lock(&shared.started) = Some(start);
     let rate = config.rate.max(1.0);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -267,6 +320,12 @@ pub async fn run(
     let changes = c.changes.load(Ordering::Relaxed);
     let notified = c.notified.load(Ordering::Relaxed);
     let h = lock(&shared.latency);
+    let stayed = lock(&shared.latency_stayed);
+    let moved = lock(&shared.latency_moved);
+    let late_by_second = lock(&shared.late_by_second)
+        .iter()
+        .map(|(s, (a, b))| (*s, *a, *b))
+        .collect();
     let ms = |us: u64| us as f64 / 1000.0;
     Ok(PresenceReport {
         target: label,
@@ -286,6 +345,15 @@ pub async fn run(
         latency_ms_p50: ms(h.value_at_quantile(0.5)),
         latency_ms_p99: ms(h.value_at_quantile(0.99)),
         latency_ms_max: ms(h.max()),
+        stayed: stayed.len(),
+        stayed_ms_p50: ms(stayed.value_at_quantile(0.5)),
+        stayed_ms_p99: ms(stayed.value_at_quantile(0.99)),
+        stayed_ms_max: ms(stayed.max()),
+        moved: moved.len(),
+        moved_ms_p50: ms(moved.value_at_quantile(0.5)),
+        moved_ms_p99: ms(moved.value_at_quantile(0.99)),
+        moved_ms_max: ms(moved.max()),
+        late_by_second,
         wrong: c.wrong.load(Ordering::Relaxed),
         spurious: c.spurious.load(Ordering::Relaxed),
         missing,
@@ -360,6 +428,7 @@ async fn user(
                             last_n = 0;
                             acked = 0;
                         }
+                        *lock(&s.back[i]) = Some(Instant::now());
                         token = conn.session.clone().unwrap_or_default();
                     }
                 }
@@ -394,6 +463,7 @@ async fn user(
                         last_n = 0;
                         acked = 0;
                     }
+                    *lock(&s.back[i]) = Some(Instant::now());
                     token = conn.session.clone().unwrap_or_default();
                 }
             }
@@ -475,10 +545,26 @@ fn on_presence(s: &Shared, i: usize, v: &Value) {
                 s.c.wrong.fetch_add(1, Ordering::Relaxed);
             }
             s.c.notified.fetch_add(1, Ordering::Relaxed);
-            let us = u64::try_from(at.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
+            let took = at.elapsed();
+            let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
             lock(&s.latency).saturating_record(us);
+            let moved = lock(&s.back[i]).is_some_and(|back| back > at);
+            if moved {
+                lock(&s.latency_moved).saturating_record(us);
+            } else {
+                lock(&s.latency_stayed).saturating_record(us);
+            }
+            if took > LATE {
+                let second =
+                    lock(&s.started).map_or(0, |t0| at.saturating_duration_since(t0).as_secs());
+                let mut late = lock(&s.late_by_second);
+                let e = late.entry(second).or_default();
+                if moved {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
+                }
+            }
         }
         _ => {
             s.c.wrong.fetch_add(1, Ordering::Relaxed);

@@ -60,9 +60,10 @@ const WEBHOOK_FLUSH: Duration = Duration::from_secs(2);
 /// gRPC server below).
 const GRPC_MAX_PENDING_RESETS: usize = 4096;
 
-/// Serves until `shutdown` resolves, then drains: deregisters from central, answers 503 on
-/// `/readyz` and new upgrades, closes the connections with 1012 spread over `config.drain`,
-/// lets in-flight forwards finish, stops gRPC, returns `Ok`.
+/// Serves until `shutdown` resolves, then drains: tells central it is draining (no new
+/// logins; still listed for the other nodes), answers 503 on `/readyz` and new upgrades,
+/// closes the connections with 1012 spread over `config.drain`, lets in-flight forwards
+/// finish, deregisters from central, stops gRPC, returns `Ok`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -180,11 +181,12 @@ pub async fn run(
             .into_future(),
     );
     let reg_stop = CancellationToken::new();
+    let reg_draining = CancellationToken::new();
     let registration = match central {
         Some(url) => {
-            let (node, stop) = (node.clone(), reg_stop.clone());
+            let (node, draining, stop) = (node.clone(), reg_draining.clone(), reg_stop.clone());
             Some(liveness::on_own_thread("signal-heartbeat", move || {
-                registration::run(node, url, stop)
+                registration::run(node, url, draining, stop)
             })?)
         }
         None => None,
@@ -236,11 +238,15 @@ pub async fn run(
     shutdown.await;
     tracing::info!(node = %node.id(), "shutting down");
     node.set_draining();
+    // Central hears "draining" at once (no new logins land here) but keeps the node in the
+    // peer list while it drains: the other nodes go on relaying to its sessions, presence
+    // notifications included, until each has moved. It deregisters once the drain is over.
+    reg_draining.cancel();
+    node.drain(drain).await;
     reg_stop.cancel();
     if let Some(reg) = registration {
         let _ = reg.await;
     }
-    node.drain(drain).await;
     // The user.offline events of the drain get a short chance to go out (the queue is in
     // memory: what is left is lost, see docs/architecture.md).
     node.webhooks().shutdown(WEBHOOK_FLUSH).await;

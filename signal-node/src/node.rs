@@ -108,7 +108,7 @@ impl Node {
             presence,
             rooms,
         } = features;
-        let instance = format!("{:016x}", rand::random::<u64>());
+        let instance = crate::peers::new_instance();
         let tickets = config.secret.as_ref().map(|s| TicketKey::new(s.as_bytes()));
         let registered = config.central.is_none();
         let peers = Peers::new(config.grpc_key(), config.grpc_tls.clone())

@@ -71,11 +71,33 @@ pub enum Liveness {
     /// Listed alive with this instance in a fresh peer list.
     Alive,
     /// Positively dead: this instance was listed before and has left the list (evicted or
-    /// deregistered), or the node id is now listed with another instance (it restarted).
+    /// deregistered), or the node id is now listed with a newer instance (it restarted).
     Gone,
     /// No fresh peer list (no central, or central silent), or an instance this node has never
-    /// seen listed: it may have registered after our last heartbeat.
+    /// seen listed and that is not older than the listed one: it may have registered after
+    /// our last heartbeat (a node restarted under the same id while the list still names
+    /// its previous instance).
     Unknown,
+}
+
+/// A new node instance id: 16 hex digits, the start time in milliseconds (11 digits, good
+/// until the year 2527) then 20 random bits, so that of two instances of one node id the
+/// later started compares greater (see [`Peers::liveness`]).
+pub fn new_instance() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!(
+        "{:011x}{:05x}",
+        ms & 0xfff_ffff_ffff,
+        rand::random::<u32>() & 0xf_ffff
+    )
+}
+
+/// Whether instance `a` of a node id started before instance `b` (ids of [`new_instance`]'s
+/// form compare as strings of equal length; ids of any other form are never called older).
+fn started_before(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a < b
 }
 
 /// How many departed node instances are remembered.
@@ -222,7 +244,10 @@ impl Peers {
         match &st.current {
             Some(set) if set.at.elapsed() <= set.fresh_for => match set.nodes.get(&loc.node_id) {
                 Some(instance) if *instance == loc.instance => Liveness::Alive,
-                Some(_) => Liveness::Gone,
+                Some(instance) if departed() || started_before(&loc.instance, instance) => {
+                    Liveness::Gone
+                }
+                Some(_) => Liveness::Unknown,
                 None if departed() => Liveness::Gone,
                 None => Liveness::Unknown,
             },
@@ -458,6 +483,21 @@ mod tests {
         // b re-registered with the same instance (central had forgotten it): alive again.
         peers.set_live(&[info("a", "2"), info("b", "1")], fresh);
         assert_eq!(peers.liveness(&at("b", "1")), Liveness::Alive);
+        // a restarted again, and our list still names the previous instance: the newer one
+        // is not gone (it registered after our last heartbeat), the older ones are.
+        assert_eq!(peers.liveness(&at("a", "3")), Liveness::Unknown);
+        assert_eq!(peers.liveness(&at("a", "1")), Liveness::Gone);
+        let (older, newer) = (new_instance(), {
+            std::thread::sleep(Duration::from_millis(2));
+            new_instance()
+        });
+        assert!(started_before(&older, &newer), "{older} {newer}");
+        assert_eq!(older.len(), 16);
+        peers.set_live(&[info("a", &older)], fresh);
+        assert_eq!(peers.liveness(&at("a", &newer)), Liveness::Unknown);
+        peers.set_live(&[info("a", &newer)], fresh);
+        assert_eq!(peers.liveness(&at("a", &older)), Liveness::Gone);
+        peers.set_live(&[info("a", "2"), info("b", "1")], fresh);
         // A stale list says nothing.
         peers.set_live(&[info("a", "2")], Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));

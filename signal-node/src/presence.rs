@@ -478,8 +478,8 @@ impl Presence {
     /// `expire_owner`'s work for one user.
     async fn expire_one(&self, node: &Node, d: Update) {
         if self.still_serving(node, &d).await {
-            // A draining node deregisters at once but keeps serving (and handing over)
-            // its sessions: they are not offline.
+            // An evicted node (a late heartbeat) or one that left the list before its
+            // drain was over still serves (and hands over) its sessions: not offline.
             tracing::debug!(user = %d.user, node = %d.owner.node, "owner node left the live set but still serves the user");
             return;
         }

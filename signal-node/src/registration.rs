@@ -1,6 +1,8 @@
 //! The node's registration with central: Register (retried with backoff while central is
 //! down, never blocking service), Heartbeat every interval central asks for (re-registering
-//! when central forgot the node), the live peer set from every answer, Deregister on shutdown.
+//! when central forgot the node), the live peer set from every answer, one heartbeat at once
+//! when the drain starts (central stops handing the node out but keeps listing it to the other
+//! nodes while its sessions move), Deregister when the drain is over.
 //! Every call carries the internal gRPC credentials of the cluster secret.
 
 use std::time::Duration;
@@ -32,8 +34,14 @@ fn freshness(interval: Duration, node_timeout: Duration) -> Duration {
     (interval * 3).max(node_timeout)
 }
 
-/// Keeps the node registered until `stop`, then deregisters (bounded by a timeout).
-pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
+/// Keeps the node registered until `stop`, then deregisters (bounded by a timeout). When
+/// `draining` is cancelled, the next heartbeat (saying so) goes out at once.
+pub async fn run(
+    node: Node,
+    central_url: String,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
     let endpoint = Endpoint::from_shared(central_url.clone())
         .and_then(|e| signal_proto::grpc_tls::endpoint(e, node.config().grpc_tls.as_ref()));
     let endpoint = match endpoint {
@@ -61,6 +69,8 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
     // `node.accepted_total()` as of the last Register or Heartbeat central acknowledged: the
     // next heartbeat reports the increase, so a lost heartbeat loses no counts.
     let mut acked_accepted;
+    // Whether central has been sent a heartbeat since the drain began (reset by Register).
+    let mut drain_told;
     'register: loop {
         // Register, with backoff while central is down.
         let mut backoff = BACKOFF_MIN;
@@ -80,6 +90,8 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
                     let resp = resp.into_inner();
                     // A registration starts central's pending assignments from nothing.
                     acked_accepted = accepted_now;
+                    // Register carries no draining flag: a draining node says so at once.
+                    drain_told = false;
                     let interval = interval_of(resp.heartbeat_interval_ms);
                     let node_timeout = Duration::from_millis(resp.node_timeout_ms);
                     let gone = node
@@ -110,8 +122,10 @@ pub async fn run(node: Node, central_url: String, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break 'register,
+                _ = draining.cancelled(), if !drain_told => {}
                 _ = tokio::time::sleep(interval) => {}
             }
+            drain_told = draining.is_cancelled();
             // The accepted count first, then the connections (see Register above).
             let accepted_now = node.accepted_total();
             let req = HeartbeatRequest {

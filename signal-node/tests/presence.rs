@@ -291,6 +291,10 @@ struct NodeProc {
 
 impl NodeProc {
     async fn start(id: &str, redis: &Redis, central: &TestCentral) -> NodeProc {
+        Self::start_with(id, redis, central, &["--drain-ms", "100"]).await
+    }
+
+    async fn start_with(id: &str, redis: &Redis, central: &TestCentral, args: &[&str]) -> NodeProc {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let proc = Proc::spawn(
@@ -301,7 +305,8 @@ impl NodeProc {
                 .args(["--grpc-listen", &grpc.to_string()])
                 .args(["--redis-url", &redis.url()])
                 .args(["--central", &central.grpc_url()])
-                .args(["--drain-ms", "100", "--resume-window-ms", "2000"])
+                .args(["--resume-window-ms", "2000"])
+                .args(args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),
         );
@@ -427,9 +432,9 @@ fn libc_sigkill() -> i32 {
     9
 }
 
-/// A rolling restart step: the presentity's node drains (SIGTERM: it leaves central's live set
-/// at once but keeps handing its sessions over); the client resumes on the other node. The
-/// watcher sees nothing, not an offline followed by an online.
+/// A rolling restart step: the presentity's node drains (SIGTERM: it is marked draining in
+/// central's live set and keeps handing its sessions over); the client resumes on the other
+/// node. The watcher sees nothing, not an offline followed by an online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_of_the_presentity_node_announces_nothing() {
     let redis = Redis::start().await;
@@ -474,6 +479,90 @@ async fn drain_of_the_presentity_node_announces_nothing() {
     bob.send_json(&set("away", None)).await;
     expect_presence(&mut alice, "bob", "away").await;
     drop(b);
+}
+
+/// Watchers on a draining node: it tells central it drains (no new logins) but stays in the
+/// live set until its drain is over, so the other nodes keep notifying it; a watcher still
+/// waiting for its 1012 gets a change at once, not only once it has moved (before, the node
+/// left the live set at once and its watchers heard nothing until they resumed elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_on_a_draining_node_are_notified_until_they_move() {
+    const N: usize = 20;
+    let redis = Redis::start().await;
+    let heartbeat = Duration::from_millis(250);
+    let central = TestCentral::start(central_config(SECRET, heartbeat, NODE_TIMEOUT)).await;
+    let a = NodeProc::start("a", &redis, &central).await;
+    // 20 watchers closed one by one over 4 s.
+    let mut b = NodeProc::start_with("b", &redis, &central, &["--drain-ms", "4000"]).await;
+    all_live(&[&a, &b], 2).await;
+    let mut alice = a.connect("alice").await;
+    let mut watchers = Vec::new();
+    for i in 0..N {
+        let mut w = b.connect(&format!("w{i}")).await;
+        w.send_json(&subscribe(&["alice"])).await;
+        expect_presence(&mut w, "alice", "online").await;
+        watchers.push(w);
+    }
+    b.proc.signal(15);
+    let b_ready = format!("http://{}/readyz", b.http);
+    wait_until("b to start draining", Duration::from_secs(5), || async {
+        get_json(&b_ready).await.0 == 503
+    })
+    .await;
+    // A margin of three heartbeats for a to have heard central's list since (the failure this
+    // guards against showed from a's first heartbeat after the drain began).
+    tokio::time::sleep(heartbeat * 3).await;
+    assert_eq!(
+        a.live_peers().await,
+        2,
+        "the draining node left the live set"
+    );
+    let changed = Instant::now();
+    alice.send_json(&set("away", None)).await;
+    let outcomes = watchers.into_iter().map(|mut w| {
+        tokio::spawn(async move {
+            loop {
+                match w.recv_within(Duration::from_secs(10)).await {
+                    Some(Received::Json(v)) if v["type"] == "Presence" => {
+                        assert_eq!(
+                            (v["user"].as_str(), v["state"].as_str()),
+                            (Some("alice"), Some("away")),
+                            "{v}"
+                        );
+                        return (true, changed.elapsed());
+                    }
+                    Some(Received::Json(_)) => continue,
+                    Some(Received::Closed(code)) => {
+                        assert_eq!(code, 1012);
+                        return (false, changed.elapsed());
+                    }
+                    other => panic!("expected the change or 1012, got {other:?}"),
+                }
+            }
+        })
+    });
+    let mut notified = 0;
+    for o in futures::future::join_all(outcomes).await {
+        let (got, after) = o.unwrap();
+        if got {
+            notified += 1;
+            assert!(after < Duration::from_secs(1), "notified after {after:?}");
+        } else {
+            // Only a watcher released right after the change may miss it here (it gets it
+            // from its buffer when it resumes).
+            assert!(
+                after < Duration::from_secs(1),
+                "closed {after:?} after the change without it"
+            );
+        }
+    }
+    assert!(
+        notified >= N / 2,
+        "{notified} of {N} watchers notified on the draining node"
+    );
+    let status = b.proc.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(a);
 }
 
 /// A reconnect storm: 1,000 users, each watching 10 others, all resume at once on the other

@@ -138,10 +138,14 @@ async fn dev_cluster_in_process_drains_a_node() {
     // Alice is told to go back to central, which now hands out only the other node.
     assert_eq!(alice.expect_close().await, 1012);
     // (It stays listed, marked draining, until its sessions have moved or expired.)
-    wait_until("the drained node to be marked draining", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move { active_nodes(&base).await == Some(1) }
-    })
+    wait_until(
+        "the drained node to be marked draining",
+        Duration::from_secs(10),
+        || {
+            let base = base.clone();
+            async move { active_nodes(&base).await == Some(1) }
+        },
+    )
     .await;
     let (_alice, again) = connect(&base, "alice").await;
     assert_ne!(again, alice_node);
@@ -231,10 +235,14 @@ async fn dev_drain_route_drains_the_node_and_clients_log_in_again_elsewhere() {
     // Alice is told to go back to central (1012); bob, on the other node, is not disturbed.
     assert_eq!(alice.expect_close().await, 1012);
     // (It stays listed, marked draining, until its sessions have moved or expired.)
-    wait_until("the drained node to be marked draining", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move { active_nodes(&base).await == Some(1) }
-    })
+    wait_until(
+        "the drained node to be marked draining",
+        Duration::from_secs(10),
+        || {
+            let base = base.clone();
+            async move { active_nodes(&base).await == Some(1) }
+        },
+    )
     .await;
     let (mut alice, again) = connect(&base, "alice").await;
     assert_eq!(again, bob_node, "alice logs in again on the remaining node");

@@ -207,3 +207,138 @@ async fn unary(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+
+    use signal_proto::relay::relay_server::{Relay, RelayServer};
+    use signal_proto::relay::*;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A peer of an older version: it answers `Deliver` and knows no `DeliverStream`.
+    #[derive(Clone, Default)]
+    struct OlderPeer {
+        got: Arc<Mutex<Vec<(String, String)>>>,
+    }
+
+    fn no<T>() -> Result<T, Status> {
+        Err(Status::unimplemented("not in this version"))
+    }
+
+    #[tonic::async_trait]
+    impl Relay for OlderPeer {
+        async fn deliver(
+            &self,
+            req: Request<DeliverRequest>,
+        ) -> Result<Response<DeliverResponse>, Status> {
+            let req = req.into_inner();
+            self.got.lock().unwrap().push((req.from, req.frame));
+            Ok(Response::new(DeliverResponse {
+                status: DeliverStatus::Delivered as i32,
+            }))
+        }
+        type DeliverStreamStream = tokio_stream::Empty<Result<DeliverAcks, Status>>;
+        async fn deliver_stream(
+            &self,
+            _: Request<tonic::Streaming<DeliverBatch>>,
+        ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+            no()
+        }
+        async fn kick(&self, _: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+            no()
+        }
+        async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+            no()
+        }
+        async fn take_session(
+            &self,
+            _: Request<TakeSessionRequest>,
+        ) -> Result<Response<TakeSessionResponse>, Status> {
+            no()
+        }
+        async fn submit(
+            &self,
+            _: Request<SubmitRequest>,
+        ) -> Result<Response<SubmitResponse>, Status> {
+            no()
+        }
+        async fn disconnect(
+            &self,
+            _: Request<DisconnectRequest>,
+        ) -> Result<Response<DisconnectResponse>, Status> {
+            no()
+        }
+        async fn notify(
+            &self,
+            _: Request<NotifyRequest>,
+        ) -> Result<Response<NotifyResponse>, Status> {
+            no()
+        }
+        async fn room_message(
+            &self,
+            _: Request<RoomMessageRequest>,
+        ) -> Result<Response<RoomMessageResponse>, Status> {
+            no()
+        }
+        async fn room_event(
+            &self,
+            _: Request<RoomEventRequest>,
+        ) -> Result<Response<RoomEventResponse>, Status> {
+            no()
+        }
+    }
+
+    /// Against a peer without the stream (real gRPC on loopback), a link falls back to one
+    /// unary `Deliver` per frame: the first batch, refused with the stream, is not lost; every
+    /// frame is answered; each sender's frames arrive in its order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_without_the_stream_gets_one_deliver_per_frame_in_order() {
+        const SENDERS: usize = 8;
+        const FRAMES: usize = 25;
+        let peer = OlderPeer::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RelayServer::new(peer.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = crate::peers::Peers::default().client(&url).unwrap();
+        let link = Link::spawn(client, url, 16);
+        let senders = (0..SENDERS).map(|s| {
+            let link = link.clone();
+            tokio::spawn(async move {
+                for i in 0..FRAMES {
+                    let req = DeliverRequest {
+                        to: "bob".into(),
+                        from: format!("s{s}"),
+                        frame: format!("{i}"),
+                        ..DeliverRequest::default()
+                    };
+                    let status = tokio::time::timeout(Duration::from_secs(5), link.deliver(req))
+                        .await
+                        .expect("answered in time");
+                    assert!(matches!(status, Ok(DeliverStatus::Delivered)), "{status:?}");
+                }
+            })
+        });
+        for s in futures::future::join_all(senders).await {
+            s.unwrap();
+        }
+        let got = peer.got.lock().unwrap().clone();
+        assert_eq!(got.len(), SENDERS * FRAMES);
+        for s in 0..SENDERS {
+            let frames: Vec<usize> = got
+                .iter()
+                .filter(|(from, _)| *from == format!("s{s}"))
+                .map(|(_, f)| f.parse().unwrap())
+                .collect();
+            assert_eq!(frames, (0..FRAMES).collect::<Vec<_>>(), "sender s{s}");
+        }
+        server.abort();
+    }
+}

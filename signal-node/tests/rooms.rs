@@ -1,7 +1,8 @@
 //! Rooms (contract section 8) on real `signal-node` processes sharing a real redis-server (and
 //! a real central where node liveness matters): a 100-member room over three nodes with one
 //! forward per node and message, ordered messages from several senders, membership events in
-//! one order, limits and bad input, SIGKILL of a member's node, resume keeping the membership.
+//! one order, limits and bad input, SIGKILL of a member's node, resume keeping the membership
+//! (also through a drain of the member's node).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use testkit::{free_port, wait_for_port, wait_until, Proc, Redis, WsClient};
+use testkit::{free_port, wait_for_port, wait_until, Proc, Received, Redis, WsClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
 const SECRET: &str = "rooms-test-secret";
@@ -397,6 +398,125 @@ async fn sigkill_of_a_members_node_means_member_left_within_the_bound() {
     assert_eq!(join_ok(&mut bob2, "r").await, vec!["alice", "bob"]);
     drop(erin);
     drop(bob);
+}
+
+/// A rolling restart step for rooms: the members' node drains (SIGTERM) while the other node
+/// holds a member too. The draining node stays in central's live set until its drain is over,
+/// so the other node neither drops its members (no MemberLeft, no MemberJoined when they come
+/// back) nor stops forwarding to them: every member gets every message, live before its 1012
+/// or from its buffer where it resumes. (Before, the node left the live set at once, and the
+/// other node removed its members from the room at its next heartbeat.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_keeps_the_room_whole_while_its_members_move() {
+    const MOVING: usize = 10;
+    let redis = Redis::start().await;
+    let heartbeat = Duration::from_millis(200);
+    let central = TestCentral::start(central_config(
+        SECRET,
+        heartbeat,
+        Duration::from_millis(1500),
+    ))
+    .await;
+    let a = NodeProc::start("a", &redis, Some(&central.grpc_url()), &[]).await;
+    let mut b = NodeProc::start(
+        "b",
+        &redis,
+        Some(&central.grpc_url()),
+        &["--drain-ms", "3000"],
+    )
+    .await;
+    wait_until(
+        "both nodes see each other",
+        Duration::from_secs(10),
+        || async { a.live_peers().await == json!(["a", "b"]) },
+    )
+    .await;
+    let (mut alice, _) = a.connect("alice").await;
+    join_ok(&mut alice, "r").await;
+    let mut movers = Vec::new();
+    for i in 0..MOVING {
+        let user = format!("m{i}");
+        let (mut c, w) = b.connect(&user).await;
+        join_ok(&mut c, "r").await;
+        until_type(&mut alice, "MemberJoined").await;
+        movers.push((user, c, w["session"].as_str().unwrap().to_owned()));
+    }
+    b.proc.signal(15);
+    let b_ready = format!("http://{}/readyz", b.http);
+    wait_until("b to start draining", Duration::from_secs(5), || async {
+        get_json(&b_ready).await.0 == 503
+    })
+    .await;
+    // A margin of three heartbeats for a to have heard central's list since.
+    tokio::time::sleep(heartbeat * 3).await;
+    assert_eq!(
+        a.live_peers().await,
+        json!(["a", "b"]),
+        "the draining node left the live set"
+    );
+    alice
+        .send_json(&room_msg("r", "d-1", "while b drains"))
+        .await;
+    // Each member reads until its 1012 and resumes on a, where it finds what it missed.
+    let a_http = a.http;
+    let moves = movers.into_iter().map(|(user, mut c, token)| {
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut got = Vec::new();
+            loop {
+                match c.recv().await {
+                    Received::Json(v) => {
+                        last = v["n"].as_u64().unwrap_or(last);
+                        if v["type"] == "Message" {
+                            got.push(v["id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    Received::Closed(code) => {
+                        assert_eq!(code, 1012, "{user}");
+                        break;
+                    }
+                    Received::Ended => panic!("{user}: no close frame"),
+                }
+            }
+            let url = format!("ws://{a_http}/ws?user={user}&resume={token}&last={last}");
+            let (mut c, w) = WsClient::connect_welcomed(&url).await;
+            assert_eq!(w["resumed"], true, "{user}: {w}");
+            if got.is_empty() {
+                let v = until_type(&mut c, "Message").await.0;
+                got.push(v["id"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(got, vec!["d-1"], "{user}");
+            (user, c)
+        })
+    });
+    let mut moved = Vec::new();
+    for m in futures::future::join_all(moves).await {
+        moved.push(m.unwrap());
+    }
+    // All on a now: one more message reaches every one of them.
+    alice
+        .send_json(&room_msg("r", "d-2", "after the move"))
+        .await;
+    let mut seen = Vec::new();
+    let acc = loop {
+        let v = alice.next_json().await;
+        if v["type"] == "Accepted" && v["id"] == "d-2" {
+            break v;
+        }
+        seen.push(v);
+    };
+    assert_eq!(acc["recipients"], MOVING as u64, "{acc}");
+    for (user, c) in &mut moved {
+        assert_eq!(until_type(c, "Message").await.0["id"], "d-2", "{user}");
+    }
+    assert!(
+        seen.iter()
+            .all(|f| f["type"] != "MemberLeft" && f["type"] != "MemberJoined"),
+        "alice saw the movers leave or join: {seen:?}"
+    );
+    let status = b.proc.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    expect_silence(&mut alice, Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,16 +137,7 @@ async fn dev_cluster_in_process_drains_a_node() {
     assert!(!cluster.drain_node(99));
     // Alice is told to go back to central, which now hands out only the other node.
     assert_eq!(alice.expect_close().await, 1012);
-    // (It stays listed, marked draining, until its sessions have moved or expired.)
-    wait_until(
-        "the drained node to be marked draining",
-        Duration::from_secs(10),
-        || {
-            let base = base.clone();
-            async move { active_nodes(&base).await == Some(1) }
-        },
-    )
-    .await;
+    wait_marked_draining(&base).await;
     let (_alice, again) = connect(&base, "alice").await;
     assert_ne!(again, alice_node);
     cluster.shutdown().await.unwrap();
@@ -154,6 +145,17 @@ async fn dev_cluster_in_process_drains_a_node() {
 
 /// Starts `central --dev` on a free port and waits until it lists `n` nodes.
 /// How many nodes `/v1/nodes` lists; `None` when central does not answer.
+/// Waits until central lists one node that is not draining: the drained one stays listed,
+/// marked draining, until its sessions have moved or expired.
+async fn wait_marked_draining(base: &str) {
+    wait_until(
+        "the drained node to be marked draining",
+        Duration::from_secs(10),
+        || async move { active_nodes(base).await == Some(1) },
+    )
+    .await;
+}
+
 /// Listed nodes that are not draining, or `None` when central does not answer.
 async fn active_nodes(base: &str) -> Option<usize> {
     let r = reqwest::get(format!("{base}/v1/nodes")).await.ok()?;
@@ -234,16 +236,7 @@ async fn dev_drain_route_drains_the_node_and_clients_log_in_again_elsewhere() {
     assert_eq!(body["state"], "draining");
     // Alice is told to go back to central (1012); bob, on the other node, is not disturbed.
     assert_eq!(alice.expect_close().await, 1012);
-    // (It stays listed, marked draining, until its sessions have moved or expired.)
-    wait_until(
-        "the drained node to be marked draining",
-        Duration::from_secs(10),
-        || {
-            let base = base.clone();
-            async move { active_nodes(&base).await == Some(1) }
-        },
-    )
-    .await;
+    wait_marked_draining(&base).await;
     let (mut alice, again) = connect(&base, "alice").await;
     assert_eq!(again, bob_node, "alice logs in again on the remaining node");
     alice

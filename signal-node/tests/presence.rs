@@ -504,14 +504,8 @@ async fn watchers_on_a_draining_node_are_notified_until_they_move() {
         watchers.push(w);
     }
     b.proc.signal(15);
-    let b_ready = format!("http://{}/readyz", b.http);
-    wait_until("b to start draining", Duration::from_secs(5), || async {
-        get_json(&b_ready).await.0 == 503
-    })
-    .await;
-    // A margin of three heartbeats for a to have heard central's list since (the failure this
-    // guards against showed from a's first heartbeat after the drain began).
-    tokio::time::sleep(heartbeat * 3).await;
+    // (The failure this guards against showed from a's first heartbeat after the drain began.)
+    wait_draining(b.http, heartbeat).await;
     assert_eq!(
         a.live_peers().await,
         2,

@@ -76,6 +76,14 @@ impl NodeProc {
     async fn live_peers(&self) -> Value {
         get_json(&format!("http://{}/readyz", self.http)).await.1["central"]["livePeers"].clone()
     }
+
+    /// Waits until this node's last peer list from central names exactly `ids`.
+    async fn wait_live_peers(&self, ids: Value) {
+        wait_until("the live peer set", Duration::from_secs(10), || async {
+            self.live_peers().await == ids
+        })
+        .await;
+    }
 }
 
 fn join(room: &str) -> Value {
@@ -360,12 +368,7 @@ async fn sigkill_of_a_members_node_means_member_left_within_the_bound() {
     .await;
     let a = NodeProc::start("a", &redis, Some(&central.grpc_url()), &[]).await;
     let b = NodeProc::start("b", &redis, Some(&central.grpc_url()), &[]).await;
-    wait_until(
-        "both nodes see each other",
-        Duration::from_secs(10),
-        || async { a.live_peers().await == json!(["a", "b"]) },
-    )
-    .await;
+    a.wait_live_peers(json!(["a", "b"])).await;
     let (mut alice, _) = a.connect("alice").await;
     let (mut bob, _) = b.connect("bob").await;
     let (mut erin, _) = b.connect("erin").await;
@@ -425,12 +428,7 @@ async fn a_drain_keeps_the_room_whole_while_its_members_move() {
         &["--drain-ms", "3000"],
     )
     .await;
-    wait_until(
-        "both nodes see each other",
-        Duration::from_secs(10),
-        || async { a.live_peers().await == json!(["a", "b"]) },
-    )
-    .await;
+    a.wait_live_peers(json!(["a", "b"])).await;
     let (mut alice, _) = a.connect("alice").await;
     join_ok(&mut alice, "r").await;
     let mut movers = Vec::new();
@@ -442,13 +440,7 @@ async fn a_drain_keeps_the_room_whole_while_its_members_move() {
         movers.push((user, c, w["session"].as_str().unwrap().to_owned()));
     }
     b.proc.signal(15);
-    let b_ready = format!("http://{}/readyz", b.http);
-    wait_until("b to start draining", Duration::from_secs(5), || async {
-        get_json(&b_ready).await.0 == 503
-    })
-    .await;
-    // A margin of three heartbeats for a to have heard central's list since.
-    tokio::time::sleep(heartbeat * 3).await;
+    wait_draining(b.http, heartbeat).await;
     assert_eq!(
         a.live_peers().await,
         json!(["a", "b"]),

@@ -195,6 +195,19 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (status, body)
 }
 
+/// Waits until the node serving HTTP at `http` has begun its drain (`/readyz` answers 503),
+/// then three `heartbeat`s more: the other nodes have heard central's peer list since.
+pub async fn wait_draining(http: SocketAddr, heartbeat: Duration) {
+    let ready = format!("http://{http}/readyz");
+    testkit::wait_until(
+        "the node to start draining",
+        Duration::from_secs(5),
+        || async { get_json(&ready).await.0 == 503 },
+    )
+    .await;
+    tokio::time::sleep(heartbeat * 3).await;
+}
+
 /// central served by `central::run` inside the test process (open login, cluster `secret`,
 /// heartbeats and probes every `tick`, nodes evicted after `node_timeout`).
 pub fn central_config(secret: &str, tick: Duration, node_timeout: Duration) -> central::Config {

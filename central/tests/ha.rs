@@ -156,26 +156,12 @@ async fn redis_outage_gives_503_and_heals_by_itself() {
 async fn central_starts_while_redis_is_down() {
     let mut redis = Redis::start().await;
     let url = redis.url();
+    // (testkit keeps the port while Redis is down: see `Redis::kill`.)
     redis.kill();
-    // Hold Redis's port while it is down, answering nothing (each connection is dropped): a
-    // free port is free for every test of this binary, and once another one's HTTP server took
-    // it and central spoke Redis to it for 15 s.
-    let hold = tokio::net::TcpListener::bind(("127.0.0.1", redis.port))
-        .await
-        .unwrap();
-    let holder = tokio::spawn(async move {
-        loop {
-            if let Ok((conn, _)) = hold.accept().await {
-                drop(conn);
-            }
-        }
-    });
     let c = Central::start(Timing::FAST, &["--redis-url", &url]).await;
     let (s, body) = c.login("alice").await;
     assert_eq!(s, 503, "{body}");
     let _n = Node::start("late", &c.grpc_url(), 1, &[]);
-    holder.abort();
-    let _ = holder.await; // the listener is closed once the task is gone
     redis.restart().await;
     wait_until("login to work", Duration::from_secs(15), || async {
         c.login("alice").await.0 == 200

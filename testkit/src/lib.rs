@@ -135,12 +135,59 @@ pub fn redis_server_bin() -> PathBuf {
 pub struct Redis {
     pub port: u16,
     proc: Option<Proc>,
+    /// While the server is killed: its port, kept from other tests (see [`Redis::kill`]).
+    hold: Option<PortHold>,
+}
+
+/// Keeps a loopback port taken while its server is down: every connection is accepted and
+/// closed at once, so a client sees the outage as a broken connection, and no other test's
+/// `free_port` gets the port meanwhile (one did: an HTTP server took a killed Redis's port and
+/// central spoke Redis to it until its test timed out).
+struct PortHold {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortHold {
+    /// `None` if the port cannot be bound (then it is simply free, as before).
+    fn take(port: u16) -> Option<PortHold> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind(("127.0.0.1", port)).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Some(PortHold {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for PortHold {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Redis {
     pub async fn start() -> Redis {
         let port = free_port();
-        let mut r = Redis { port, proc: None };
+        let mut r = Redis {
+            port,
+            proc: None,
+            hold: None,
+        };
         r.restart().await;
         r
     }
@@ -149,14 +196,17 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Kills the server (SIGKILL), as an outage would.
+    /// Kills the server (SIGKILL), as an outage would. Its port stays taken until
+    /// [`Redis::restart`] (connections are accepted and closed at once).
     pub fn kill(&mut self) {
         self.proc = None;
+        self.hold = PortHold::take(self.port);
     }
 
     /// Starts the server (again) on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         self.proc = None;
+        self.hold = None;
         let proc = Proc::spawn(
             "redis-server",
             Command::new(redis_server_bin())

@@ -143,8 +143,6 @@ async fn dev_cluster_in_process_drains_a_node() {
     cluster.shutdown().await.unwrap();
 }
 
-/// Starts `central --dev` on a free port and waits until it lists `n` nodes.
-/// How many nodes `/v1/nodes` lists; `None` when central does not answer.
 /// Waits until central lists one node that is not draining: the drained one stays listed,
 /// marked draining, until its sessions have moved or expired.
 async fn wait_marked_draining(base: &str) {
@@ -156,26 +154,25 @@ async fn wait_marked_draining(base: &str) {
     .await;
 }
 
-/// Listed nodes that are not draining, or `None` when central does not answer.
-async fn active_nodes(base: &str) -> Option<usize> {
+/// How many nodes `/v1/nodes` lists that `keep` accepts; `None` when central does not answer.
+async fn count_nodes(base: &str, keep: impl Fn(&serde_json::Value) -> bool) -> Option<usize> {
     let r = reqwest::get(format!("{base}/v1/nodes")).await.ok()?;
     let v = r.json::<serde_json::Value>().await.ok()?;
     Some(
         v["nodes"]
             .as_array()
-            .map_or(0, |a| a.iter().filter(|n| n["state"] != "draining").count()),
+            .map_or(0, |a| a.iter().filter(|n| keep(n)).count()),
     )
 }
 
+/// Listed nodes that are not draining.
+async fn active_nodes(base: &str) -> Option<usize> {
+    count_nodes(base, |n| n["state"] != "draining").await
+}
+
+/// Listed nodes that answered central's probe (only those are handed out).
 async fn listed_nodes(base: &str) -> Option<usize> {
-    let r = reqwest::get(format!("{base}/v1/nodes")).await.ok()?;
-    let v = r.json::<serde_json::Value>().await.ok()?;
-    // Only nodes that answered central's probe are handed out.
-    Some(
-        v["nodes"]
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|n| n["reachable"] == true).count()),
-    )
+    count_nodes(base, |n| n["reachable"] == true).await
 }
 
 /// Starts `central --dev` with `n` nodes and the given drain window; waits until central lists them, reachable.

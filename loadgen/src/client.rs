@@ -39,6 +39,7 @@ pub struct Connector {
     next_ip: AtomicU64,
     timeout: Duration,
     permits: Semaphore,
+    read_buffer: usize,
 }
 
 #[derive(serde::Deserialize)]
@@ -121,9 +122,11 @@ fn encode_query(s: &str) -> String {
 /// Small read buffers: tens of thousands of connections, frames of a few KB. Each read
 /// zero-fills this much first (tungstenite), so it is kept near the node's 2 KiB: 16 KiB made
 /// the memset the client's largest cost at 60,000 frames/s.
-fn ws_config() -> WebSocketConfig {
+const READ_BUFFER: usize = 4 * 1024;
+
+fn ws_config(read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(read_buffer)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20))
 }
@@ -163,7 +166,16 @@ impl Connector {
             next_ip: AtomicU64::new(0),
             timeout,
             permits: Semaphore::new(concurrency.max(1)),
+            read_buffer: READ_BUFFER,
         })
+    }
+
+    /// Reads with a `bytes` buffer instead (tungstenite zero-fills it before every read, also
+    /// the one that finds the socket empty: for 1,000 members each reading one short frame per
+    /// message, a 4 KiB buffer made that memset the client's largest cost).
+    pub fn with_read_buffer(mut self, bytes: usize) -> Connector {
+        self.read_buffer = bytes;
+        self
     }
 
     /// Logs `user` in and opens its WebSocket (`slot` picks the node with `--node`), waiting
@@ -208,15 +220,18 @@ impl Connector {
             url = with_query(&url, "last", &last.to_string());
         }
         let stream = self.dial(&url).await?;
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                        anyhow!("upgrade refused: HTTP {}", resp.status())
-                    }
-                    e => anyhow!("WebSocket handshake: {e}"),
-                })?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            url.as_str(),
+            stream,
+            Some(ws_config(self.read_buffer)),
+        )
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                anyhow!("upgrade refused: HTTP {}", resp.status())
+            }
+            e => anyhow!("WebSocket handshake: {e}"),
+        })?;
         let welcome = loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Text(t))) => match Message::parse(t.as_str()) {

@@ -24,6 +24,8 @@ use crate::stats::Hist;
 
 /// Acknowledge after this many numbered frames (keeps the node's resume buffer short).
 const ACK_EVERY: u64 = 64;
+/// Room frames are a few hundred bytes: a larger frame grows the buffer for itself.
+const ROOM_READ_BUFFER: usize = 256;
 /// After the last send, how long deliveries may still arrive before they count as lost.
 const DRAIN: Duration = Duration::from_secs(3);
 
@@ -244,16 +246,19 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
     if members < 2 {
         bail!("--room-members must be at least 2");
     }
-    let connector = Arc::new(Connector::new(
-        target,
-        config
-            .jwt_secret
-            .as_deref()
-            .map(|s| JwtMinter::new(s, config.jwt_audience.clone(), config.jwt_issuer.clone())),
-        config.bind_ips.clone(),
-        config.timeout,
-        config.connect_concurrency,
-    )?);
+    let connector = Arc::new(
+        Connector::new(
+            target,
+            config
+                .jwt_secret
+                .as_deref()
+                .map(|s| JwtMinter::new(s, config.jwt_audience.clone(), config.jwt_issuer.clone())),
+            config.bind_ips.clone(),
+            config.timeout,
+            config.connect_concurrency,
+        )?
+        .with_read_buffer(ROOM_READ_BUFFER),
+    );
     let run = crate::run_id();
     let now = Instant::now();
     // Placeholder until everyone joined; replaced below.

@@ -14,6 +14,9 @@ use crate::ids::{NodeId, SessionId, UserId};
 use crate::presence::{Presence, SetPresence, Watch};
 use crate::rooms::{Join, Joined, Leave, Left, MemberJoined, MemberLeft};
 
+mod relayed;
+pub use relayed::Relayed;
+
 /// Extra, unknown fields of a message, relayed untouched.
 pub type Extra = Map<String, Value>;
 

@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
+use signal_proto::roap::Relayed;
 use signal_proto::{ChatMessage, ErrorType, Message, ParseError, RoomId, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
@@ -321,7 +322,7 @@ impl Reader {
                     WsMessage::Text(t) => Box::pin(self.on_text(t.as_str())).await,
                     WsMessage::Binary(_) => {
                         self.drain_chats().await;
-                        if self.allowed(&None, &None) {
+                        if self.allowed(None, None) {
                             self.reply_error(
                                 None,
                                 None,
@@ -340,15 +341,15 @@ impl Reader {
         }
     }
 
-    /// Takes a rate-limit token; answers RATELIMITED when there is none.
-    /// Takes a token; when there is none, answers RATELIMITED (naming the peer and session).
-    fn allowed(&mut self, peer: &Option<UserId>, session: &Option<SessionId>) -> bool {
+    /// Takes a rate-limit token; when there is none, answers RATELIMITED (naming the peer and
+    /// session).
+    fn allowed(&mut self, peer: Option<&UserId>, session: Option<&SessionId>) -> bool {
         if self.bucket.take() {
             return true;
         }
         self.reply_error(
-            peer.clone(),
-            session.clone(),
+            peer.cloned(),
+            session.cloned(),
             ErrorType::RateLimited,
             format!(
                 "more than {} messages per second (burst {}): message dropped",
@@ -382,6 +383,11 @@ impl Reader {
     async fn on_text(&mut self, text: &str) {
         let start = Instant::now();
         let max = self.node.config().max_message_bytes;
+        if text.len() <= max {
+            if let Some(r) = Relayed::read(text, &self.user) {
+                return self.on_relayed(r, start).await;
+            }
+        }
         let parsed = Message::parse_client(text);
         // Frames are processed in order: only direct chat messages (answered in order through
         // `chats`), Pings and Acks (no answer to order) overtake the chat messages in flight.
@@ -414,7 +420,7 @@ impl Reader {
                 }
                 return;
             }
-            if self.allowed(&peer, &session) {
+            if self.allowed(peer.as_ref(), session.as_ref()) {
                 tracing::info!(user = %self.user, bytes = text.len(), max, "frame too large");
                 self.reply_error(
                     peer,
@@ -431,7 +437,7 @@ impl Reader {
         let allowed = match &parsed {
             // An Error answering a chat message carries its id (contract, part two).
             Ok(Message::Message(c)) => self.chat_allowed(c),
-            _ => self.allowed(&peer, &session),
+            _ => self.allowed(peer.as_ref(), session.as_ref()),
         };
         if !allowed {
             return;
@@ -542,21 +548,56 @@ impl Reader {
             );
             return;
         };
-        if let Some(from) = msg.from() {
-            if from != &self.user {
-                tracing::info!(user = %self.user, claimed = %from, "spoofed from refused");
-                self.reply_error(
-                    Some(to),
-                    Some(sid),
-                    ErrorType::Forbidden,
-                    format!("from must be your own user id ({})", self.user),
-                );
-                return;
-            }
+        if self.spoofed(msg.from(), &to, &sid) {
+            return;
         }
         let kind = msg.kind();
         // The client's text with `from` spliced in (no second JSON pass), see proto.
         let frame = msg.into_relay_frame(text, &self.user);
+        self.relay_roap(start, kind, to, sid, frame).await;
+    }
+
+    /// A relayed ROAP message read on the fast path (`Relayed`: the plain frames, borrowed,
+    /// no SDP copied): the same steps as [`Self::on_text`] takes for it after the full parse.
+    async fn on_relayed(&mut self, r: Relayed<'_>, start: Instant) {
+        self.drain_chats().await;
+        if !self.allowed(Some(&r.to), Some(&r.session_id)) {
+            return;
+        }
+        if self.spoofed(r.from.as_ref(), &r.to, &r.session_id) {
+            return;
+        }
+        let (kind, to, sid) = (r.kind, r.to.clone(), r.session_id.clone());
+        let frame = r.into_frame(&self.user);
+        self.relay_roap(start, kind, to, sid, frame).await;
+    }
+
+    /// Whether the client wrote a `from` other than itself (answered FORBIDDEN).
+    fn spoofed(&mut self, from: Option<&UserId>, to: &UserId, sid: &SessionId) -> bool {
+        match from {
+            Some(from) if from != &self.user => {
+                tracing::info!(user = %self.user, claimed = %from, "spoofed from refused");
+                self.reply_error(
+                    Some(to.clone()),
+                    Some(sid.clone()),
+                    ErrorType::Forbidden,
+                    format!("from must be your own user id ({})", self.user),
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Relays a ROAP `frame` of type `kind` to `to`; an undelivered one is answered.
+    async fn relay_roap(
+        &mut self,
+        start: Instant,
+        kind: &'static str,
+        to: UserId,
+        sid: SessionId,
+        frame: String,
+    ) {
         let sender = match &self.roap {
             Some(r) if r.session_id == sid.as_str() => r.clone(),
             _ => {

@@ -2,9 +2,13 @@
 //! with a code, and which closes keep the session for a resume. (The outbound queue itself is
 //! the session's ring: `session.rs`.)
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// Close code of a connection whose outbound queue overflowed (the client does not read fast
 /// enough): 1013 "try again later".
@@ -59,37 +63,81 @@ impl CloseReason {
 /// Closes a connection once; the first reason wins.
 #[derive(Clone, Debug, Default)]
 pub struct Closer {
-    token: CancellationToken,
-    reason: Arc<Mutex<Option<CloseReason>>>,
+    inner: Arc<CloserInner>,
+}
+
+#[derive(Debug, Default)]
+struct CloserInner {
+    /// Set once, by the first `close`; read without a lock.
+    reason: OnceLock<CloseReason>,
+    /// Wakes the [`Closed`] futures after `reason` is set.
+    closing: Notify,
 }
 
 impl Closer {
     /// Asks the connection to close with `code`; returns false if it was already closing.
     pub fn close(&self, code: u16, reason: &'static str) -> bool {
-        let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.is_some() {
+        if self.inner.reason.set(CloseReason { code, reason }).is_err() {
             return false;
         }
-        *r = Some(CloseReason { code, reason });
-        drop(r);
-        self.token.cancel();
+        self.inner.closing.notify_waiters();
         true
     }
 
     pub fn reason(&self) -> Option<CloseReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.reason.get().cloned()
     }
 
     pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
+        self.inner.reason.get().is_some()
     }
 
-    /// Resolves when `close` has been called.
-    pub async fn closed(&self) {
-        self.token.cancelled().await;
+    /// Resolves when `close` has been called. Made once per loop and polled with every frame:
+    /// a poll is one atomic load while its task's waker stays registered.
+    pub fn closed(&self) -> Closed<'_> {
+        Closed {
+            closer: self,
+            notified: self.inner.closing.notified(),
+            registered: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Closer::closed`].
+    pub struct Closed<'a> {
+        closer: &'a Closer,
+        #[pin]
+        notified: Notified<'a>,
+        // The waker the `notified` holds (a poll with the same one need not touch the
+        // `Notify`'s lock).
+        registered: Option<Waker>,
+    }
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.closer.is_closed() {
+            return Poll::Ready(());
+        }
+        // `close` sets the reason before it wakes the registered waiters.
+        if this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        match this.notified.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                *this.registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -115,5 +163,44 @@ mod tests {
             reason: "node draining"
         }
         .keeps_session());
+    }
+
+    #[tokio::test]
+    async fn closed_wakes_every_waiter_once_and_stays_ready() {
+        let c = Closer::default();
+        let (ready_tx, mut ready) = tokio::sync::mpsc::channel(2);
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let c = c.clone();
+                let ready_tx = ready_tx.clone();
+                tokio::spawn(async move {
+                    let closed = c.closed();
+                    tokio::pin!(closed);
+                    // Polled again and again (as the loops do with every frame) before the close.
+                    for _ in 0..3 {
+                        assert!(futures::poll!(closed.as_mut()).is_pending());
+                        tokio::task::yield_now().await;
+                    }
+                    ready_tx.send(()).await.unwrap();
+                    closed.await;
+                    c.reason().unwrap().code
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            ready.recv().await.unwrap();
+        }
+        assert!(c.close(CLOSE_DRAINING, "node draining"));
+        for w in waiters {
+            let code = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("woken by the close")
+                .unwrap();
+            assert_eq!(code, CLOSE_DRAINING);
+        }
+        // Made after the close: ready at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.closed())
+            .await
+            .expect("ready after the close");
     }
 }

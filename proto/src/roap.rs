@@ -280,6 +280,41 @@ pub fn append_field(frame: &str, name: &str, value: impl std::fmt::Display) -> O
     Some(out)
 }
 
+/// The types a client's frame is relayed to a peer as: the five ROAP messages and a client's
+/// Error, as an index (per-type tables such as metric handles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoapKind {
+    Offer,
+    Answer,
+    Ok,
+    Candidate,
+    Shutdown,
+    Error,
+}
+
+impl RoapKind {
+    pub const ALL: [RoapKind; 6] = [
+        RoapKind::Offer,
+        RoapKind::Answer,
+        RoapKind::Ok,
+        RoapKind::Candidate,
+        RoapKind::Shutdown,
+        RoapKind::Error,
+    ];
+
+    /// The type name, as in the frame's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoapKind::Offer => "Offer",
+            RoapKind::Answer => "Answer",
+            RoapKind::Ok => "Ok",
+            RoapKind::Candidate => "Candidate",
+            RoapKind::Shutdown => "Shutdown",
+            RoapKind::Error => "Error",
+        }
+    }
+}
+
 /// Every frame of the WebSocket protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -501,6 +536,19 @@ impl Message {
             _ => {}
         }
         Ok(msg)
+    }
+
+    /// Which relayed type this is, if one (see [`Message::is_relayed`]).
+    pub fn roap_kind(&self) -> Option<RoapKind> {
+        match self {
+            Message::Offer(_) => Some(RoapKind::Offer),
+            Message::Answer(_) => Some(RoapKind::Answer),
+            Message::Ok(_) => Some(RoapKind::Ok),
+            Message::Candidate(_) => Some(RoapKind::Candidate),
+            Message::Shutdown(_) => Some(RoapKind::Shutdown),
+            Message::Error(_) => Some(RoapKind::Error),
+            _ => None,
+        }
     }
 
     /// The type name, e.g. `"Offer"` (also used as a metrics label).

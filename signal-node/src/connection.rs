@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
-use signal_proto::roap::Relayed;
+use signal_proto::roap::{Relayed, RoapKind};
 use signal_proto::{ChatMessage, ErrorType, Message, ParseError, RoomId, SessionId, UserId};
 use tokio_tungstenite::tungstenite;
 
@@ -27,6 +27,7 @@ use crate::ratelimit::TokenBucket;
 use crate::router::Router;
 use crate::session::takeover::Pending;
 use crate::session::{Next, Origin, RoapSender, Session};
+use crate::telemetry::RelayMetrics;
 
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -127,42 +128,48 @@ pub fn serve(socket: WebSocket, mut pending: Pending) -> impl std::future::Futur
 
 /// Reads until the connection closes, then waits for the writer and ends (or keeps) the
 /// session.
-async fn run(
+///
+/// A plain `fn` returning an `async move` block, as `write_loop`: an `async fn` keeps a second
+/// copy of its arguments (the reader state, `pending`) in the task, about 390 B per connection.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run(
     mut reader: Reader,
     stream: SplitStream<WebSocket>,
     writer: tokio::task::JoinHandle<u64>,
     pending: Pending,
-) {
-    // A resumed session: the old connection's reader (closed 4409) finishes the frames it
-    // already read before this one reads its first.
-    let turn = reader.session.reader_turn(READER_HANDOFF).await;
-    if turn.is_none() {
-        tracing::warn!(user = %reader.user, conn = pending.conn, "the previous connection's reader is still busy: reading anyway");
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // A resumed session: the old connection's reader (closed 4409) finishes the frames it
+        // already read before this one reads its first.
+        let turn = reader.session.reader_turn(READER_HANDOFF).await;
+        if turn.is_none() {
+            tracing::warn!(user = %reader.user, conn = pending.conn, "the previous connection's reader is still busy: reading anyway");
+        }
+        reader.read_loop(stream).await;
+        drop(turn);
+        let written = writer.await.unwrap_or(pending.start);
+        let reason = reader.closer.reason().unwrap_or(CloseReason {
+            code: CLOSE_NORMAL,
+            reason: "closed",
+        });
+        let node = &reader.node;
+        let keep = reason.keeps_session() && node.config().resume_window > Duration::ZERO;
+        tracing::info!(
+            user = %reader.user,
+            node = %node.id(),
+            conn = pending.conn,
+            code = reason.code,
+            reason = reason.reason,
+            session_kept = keep,
+            secs = pending.opened.elapsed().as_secs_f64(),
+            "connection closed"
+        );
+        metrics::counter!("signal_connections_closed_total", "code" => reason.code.to_string())
+            .increment(1);
+        metrics::gauge!("signal_connections").decrement(1.0);
+        node.connection_count(-1);
+        pending.finish(keep, written);
     }
-    reader.read_loop(stream).await;
-    drop(turn);
-    let written = writer.await.unwrap_or(pending.start);
-    let reason = reader.closer.reason().unwrap_or(CloseReason {
-        code: CLOSE_NORMAL,
-        reason: "closed",
-    });
-    let node = &reader.node;
-    let keep = reason.keeps_session() && node.config().resume_window > Duration::ZERO;
-    tracing::info!(
-        user = %reader.user,
-        node = %node.id(),
-        conn = pending.conn,
-        code = reason.code,
-        reason = reason.reason,
-        session_kept = keep,
-        secs = pending.opened.elapsed().as_secs_f64(),
-        "connection closed"
-    );
-    metrics::counter!("signal_connections_closed_total", "code" => reason.code.to_string())
-        .increment(1);
-    metrics::gauge!("signal_connections").decrement(1.0);
-    node.connection_count(-1);
-    pending.finish(keep, written);
 }
 
 /// A `FuturesOrdered` allocated at its first use: an empty one is an `Arc`'d queue of about
@@ -551,7 +558,16 @@ impl Reader {
         if self.spoofed(msg.from(), &to, &sid) {
             return;
         }
-        let kind = msg.kind();
+        let Some(kind) = msg.roap_kind() else {
+            // Every message with `to` and `sessionID` is one (parse_client guarantees it).
+            self.reply_error(
+                Some(to),
+                Some(sid),
+                ErrorType::BadMessage,
+                "not a relayed message".into(),
+            );
+            return;
+        };
         // The client's text with `from` spliced in (no second JSON pass), see proto.
         let frame = msg.into_relay_frame(text, &self.user);
         self.relay_roap(start, kind, to, sid, frame).await;
@@ -593,7 +609,7 @@ impl Reader {
     async fn relay_roap(
         &mut self,
         start: Instant,
-        kind: &'static str,
+        kind: RoapKind,
         to: UserId,
         sid: SessionId,
         frame: String,
@@ -611,12 +627,7 @@ impl Reader {
         };
         let origin = Origin::Roap(sender);
         match self.router.relay(&origin, &to, &frame).await {
-            Ok(route) => {
-                metrics::counter!("signal_messages_relayed_total", "type" => kind, "route" => route.as_str())
-                    .increment(1);
-                metrics::histogram!("signal_relay_seconds", "route" => route.as_str())
-                    .record(start.elapsed().as_secs_f64());
-            }
+            Ok(route) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
             Err(u) => {
                 tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
                 self.reply_error(Some(to), Some(sid), u.error, u.description);

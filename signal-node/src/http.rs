@@ -121,9 +121,9 @@ async fn ws(
 
 /// Read buffer per WebSocket connection: allocated at the upgrade and kept while the socket
 /// idles, so it is most of an idle connection's memory. tungstenite reads at most this much per
-/// syscall and grows the buffer to the size of a larger frame, so a 3 KB SDP offer costs two
-/// reads instead of one (see docs/benchmarks.md, memory per idle connection).
-const WS_BUFFER_BYTES: usize = 2 * 1024;
+/// syscall and grows the buffer to the size of a larger frame: a 2.5-3 KB SDP offer takes two
+/// reads with 1.5 KiB as with 2 KiB (see docs/benchmarks.md, memory per idle connection).
+const WS_BUFFER_BYTES: usize = 1024;
 
 /// Bytes tungstenite gathers before it writes to the socket: the writer feeds a burst of queued
 /// frames and flushes once, so an Offer and its Candidates leave in one syscall. The write

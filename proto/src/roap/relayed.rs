@@ -11,6 +11,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::RoapKind;
 use crate::ids::{SessionId, UserId};
 
 /// Every field the five types know; any other field (kept in `extra` by the full parse) sends
@@ -64,8 +65,7 @@ fn is_string(raw: &RawValue) -> bool {
 /// A relayed ROAP message a client sent, read without building the [`crate::Message`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relayed<'a> {
-    /// `"Offer"`, `"Answer"`, `"Ok"`, `"Candidate"` or `"Shutdown"`.
-    pub kind: &'static str,
+    pub kind: RoapKind,
     pub to: UserId,
     /// The sender's own `from`, if it wrote one (the caller refuses any other than itself).
     pub from: Option<UserId>,
@@ -84,32 +84,32 @@ impl<'a> Relayed<'a> {
         }
         let v: View<'_> = serde_json::from_str(text).ok()?;
         let kind = match v.ty {
-            "Offer" => "Offer",
-            "Answer" => "Answer",
-            "Ok" => "Ok",
-            "Candidate" => "Candidate",
-            "Shutdown" => "Shutdown",
+            "Offer" => RoapKind::Offer,
+            "Answer" => RoapKind::Answer,
+            "Ok" => RoapKind::Ok,
+            "Candidate" => RoapKind::Candidate,
+            "Shutdown" => RoapKind::Shutdown,
             _ => return None,
         };
         // A field of one type is an extra field of the others: taken here only with a value
         // the full parse reads the same way either way.
         match (kind, v.sdp) {
-            ("Offer" | "Answer", None) => return None,
+            (RoapKind::Offer | RoapKind::Answer, None) => return None,
             (_, Some(sdp)) if !is_string(sdp) => return None,
             _ => {}
         }
-        if v.tie_breaker.is_some() && kind != "Offer" {
+        if v.tie_breaker.is_some() && kind != RoapKind::Offer {
             return None;
         }
         match (kind, v.candidate) {
-            ("Candidate", None) => return None,
-            ("Candidate", Some(Some(c))) => {
+            (RoapKind::Candidate, None) => return None,
+            (RoapKind::Candidate, Some(Some(c))) => {
                 if !c.get().starts_with('{') {
                     return None;
                 }
                 serde_json::from_str::<Ice<'_>>(c.get()).ok()?;
             }
-            ("Candidate", Some(None)) => {}
+            (RoapKind::Candidate, Some(None)) => {}
             (_, Some(_)) => return None,
             (_, None) => {}
         }
@@ -165,7 +165,7 @@ mod tests {
             return false;
         };
         let m = Message::parse_client(text).expect("the full parse accepts it too");
-        assert_eq!(r.kind, m.kind(), "{text}");
+        assert_eq!(Some(r.kind), m.roap_kind(), "{text}");
         assert_eq!(Some(&r.to), m.to(), "{text}");
         assert_eq!(r.from.as_ref(), m.from(), "{text}");
         assert_eq!(Some(&r.session_id), m.session_id(), "{text}");

@@ -121,8 +121,9 @@ async fn ws(
 
 /// Read buffer per WebSocket connection: allocated at the upgrade and kept while the socket
 /// idles, so it is most of an idle connection's memory. tungstenite reads at most this much per
-/// syscall and grows the buffer to the size of a larger frame: a 2.5-3 KB SDP offer takes two
-/// reads with 1.5 KiB as with 2 KiB (see docs/benchmarks.md, memory per idle connection).
+/// syscall and grows the buffer to the size of a larger frame: a 2.5 KB SDP offer takes three
+/// reads instead of two with 2 KiB, which measured no slower side by side (docs/benchmarks.md,
+/// "Hot path, third round").
 const WS_BUFFER_BYTES: usize = 1024;
 
 /// Bytes tungstenite gathers before it writes to the socket: the writer feeds a burst of queued

@@ -583,9 +583,14 @@ impl Reader {
         if self.spoofed(r.from.as_ref(), &r.to, &r.session_id) {
             return;
         }
-        let (kind, to, sid) = (r.kind, r.to.clone(), r.session_id.clone());
-        let frame = r.into_frame(&self.user);
-        self.relay_roap(start, kind, to, sid, frame).await;
+        let frame = r.frame(&self.user);
+        let Relayed {
+            kind,
+            to,
+            session_id,
+            ..
+        } = r;
+        self.relay_roap(start, kind, to, session_id, frame).await;
     }
 
     /// Whether the client wrote a `from` other than itself (answered FORBIDDEN).

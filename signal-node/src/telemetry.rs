@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use signal_proto::roap::RoapKind;
+use tracing_subscriber::EnvFilter;
 
 use crate::router::Route;
-use tracing_subscriber::EnvFilter;
 
 /// Relay gRPC calls refused for missing or invalid credentials (label `reason`).
 pub const GRPC_AUTH_REFUSED: &str = "signal_grpc_auth_refused_total";

@@ -134,7 +134,7 @@ impl<'a> Relayed<'a> {
 
     /// The frame to relay, sent by `sender` (the caller has refused any other `from`): the
     /// client's text, with `"from"` spliced in after its `{` when it has none.
-    pub fn into_frame(self, sender: &UserId) -> String {
+    pub fn frame(&self, sender: &UserId) -> String {
         if self.from.is_some() {
             return self.text.to_owned();
         }
@@ -169,11 +169,7 @@ mod tests {
         assert_eq!(Some(&r.to), m.to(), "{text}");
         assert_eq!(r.from.as_ref(), m.from(), "{text}");
         assert_eq!(Some(&r.session_id), m.session_id(), "{text}");
-        assert_eq!(
-            r.into_frame(sender),
-            m.into_relay_frame(text, sender),
-            "{text}"
-        );
+        assert_eq!(r.frame(sender), m.into_relay_frame(text, sender), "{text}");
         true
     }
 

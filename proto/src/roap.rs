@@ -315,6 +315,25 @@ impl RoapKind {
     }
 }
 
+/// Whether `"from":"<from>"` can be spliced into a relayed frame's `text` (an object's text with
+/// no `from`) to give what serialising with `from` set would: a user id has no control
+/// characters (`ids::UserId`), so one without `"` and `\\` is its own JSON string body; and no
+/// `"from"` anywhere in the text (it could be an escaped key).
+fn can_splice_from(text: &str, from: &UserId) -> bool {
+    !from.as_str().contains(['"', '\\']) && !text.contains("\"from\"")
+}
+
+/// `body` (an object's text, starting at its `{`) with `"from":"<from>"` as its first field.
+fn splice_from(body: &str, from: &UserId) -> String {
+    let id = from.as_str();
+    let mut out = String::with_capacity(body.len() + id.len() + 10);
+    out.push_str("{\"from\":\"");
+    out.push_str(id);
+    out.push_str("\",");
+    out.push_str(&body[1..]);
+    out
+}
+
 /// Every frame of the WebSocket protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -672,17 +691,8 @@ impl Message {
                 if h.from.is_some() {
                     return text.to_owned();
                 }
-                // A user id has no control characters (ids::UserId); one without `"` and `\\`
-                // is its own JSON string body.
-                let id = from.as_str();
-                let bare = !id.contains(['"', '\\']);
-                if bare && !text.contains("\"from\"") {
-                    let mut out = String::with_capacity(text.len() + id.len() + 10);
-                    out.push_str("{\"from\":\"");
-                    out.push_str(id);
-                    out.push_str("\",");
-                    out.push_str(&body[1..]);
-                    return out;
+                if can_splice_from(text, from) {
+                    return splice_from(body, from);
                 }
             }
         }

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::RoapKind;
+use super::{can_splice_from, splice_from, RoapKind};
 use crate::ids::{SessionId, UserId};
 
 /// Every field the five types know; any other field (kept in `extra` by the full parse) sends
@@ -26,7 +26,9 @@ struct View<'a> {
     from: Option<&'a str>,
     #[serde(rename = "sessionID")]
     session_id: &'a str,
+    /// Only checked (a number or null), as the full parse reads it.
     #[serde(default)]
+    #[allow(dead_code)]
     seq: Option<u64>,
     #[serde(default, borrow)]
     sdp: Option<&'a RawValue>,
@@ -113,14 +115,11 @@ impl<'a> Relayed<'a> {
             (_, Some(_)) => return None,
             (_, None) => {}
         }
-        let _ = v.seq;
         let from = match v.from {
             Some(f) => Some(UserId::new(f).ok()?),
             // The splice needs a `from` that is its own JSON string body, and no `"from"`
             // anywhere else in the text.
-            None if sender.as_str().contains(['"', '\\']) || text.contains("\"from\"") => {
-                return None
-            }
+            None if !can_splice_from(text, sender) => return None,
             None => None,
         };
         Some(Relayed {
@@ -138,14 +137,7 @@ impl<'a> Relayed<'a> {
         if self.from.is_some() {
             return self.text.to_owned();
         }
-        let body = self.text.trim_start();
-        let id = sender.as_str();
-        let mut out = String::with_capacity(body.len() + id.len() + 10);
-        out.push_str("{\"from\":\"");
-        out.push_str(id);
-        out.push_str("\",");
-        out.push_str(&body[1..]);
-        out
+        splice_from(self.text.trim_start(), sender)
     }
 }
 

@@ -97,6 +97,10 @@ pub struct Args {
     /// answered at most.
     #[arg(long, env = "SIGNAL_FORWARD_QUEUE", default_value_t = crate::peers::DEFAULT_FORWARD_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub forward_queue: u64,
+    /// ROAP frames one connection has sent to other nodes and not had answered at most: the
+    /// connection reads on while they are in flight (their order kept), and past this waits.
+    #[arg(long, env = "SIGNAL_RELAY_INFLIGHT", default_value_t = crate::config::DEFAULT_RELAY_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub relay_inflight: u64,
     /// Messages per second per connection (0 = unlimited).
     #[arg(long, env = "SIGNAL_RATE_LIMIT", default_value_t = 200)]
     pub rate_limit: u32,
@@ -300,6 +304,8 @@ impl Args {
             .map_err(|_| invalid("max-message-bytes", "too large"))?;
         c.forward_queue = usize::try_from(self.forward_queue)
             .map_err(|_| invalid("forward-queue", "too large"))?;
+        c.relay_inflight = usize::try_from(self.relay_inflight)
+            .map_err(|_| invalid("relay-inflight", "too large"))?;
         c.rate_limit = self.rate_limit;
         c.rate_burst = self.rate_burst;
         c.drain = Duration::from_millis(self.drain_ms);

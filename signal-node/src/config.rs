@@ -21,6 +21,8 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default outbound queue size (bytes) per connection.
 pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
 
+/// Default `--relay-inflight`: an Offer or Answer and its candidates go out together.
+pub const DEFAULT_RELAY_INFLIGHT: usize = 16;
 /// Default `--resume-window-ms`.
 pub const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
 /// Default `--takeover-concurrency`.
@@ -67,6 +69,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Frames queued for one peer node at most, and sent to it unanswered at most.
     pub forward_queue: usize,
+    /// ROAP frames one connection has sent to other nodes and not had answered at most
+    /// (`--relay-inflight`): past it the connection's reader waits.
+    pub relay_inflight: usize,
     /// Messages per second per connection (0 = unlimited).
     pub rate_limit: u32,
     /// Token bucket size.
@@ -137,6 +142,8 @@ impl std::fmt::Debug for Config {
             .field("dev_auth", &self.dev_auth)
             .field("weight", &self.weight)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("forward_queue", &self.forward_queue)
+            .field("relay_inflight", &self.relay_inflight)
             .field("rate_limit", &self.rate_limit)
             .field("rate_burst", &self.rate_burst)
             .field("drain", &self.drain)
@@ -178,6 +185,7 @@ impl Config {
             weight: 1,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             forward_queue: crate::peers::DEFAULT_FORWARD_QUEUE,
+            relay_inflight: DEFAULT_RELAY_INFLIGHT,
             rate_limit: 200,
             rate_burst: 400,
             drain: Duration::from_millis(10_000),

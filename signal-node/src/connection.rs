@@ -24,7 +24,7 @@ use crate::outbound::{
     CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
 };
 use crate::ratelimit::TokenBucket;
-use crate::router::Router;
+use crate::router::{Forwarded, Router};
 use crate::session::takeover::Pending;
 use crate::session::{Next, Origin, RoapSender, Session};
 use crate::telemetry::RelayMetrics;
@@ -122,6 +122,7 @@ pub fn serve(socket: WebSocket, mut pending: Pending) -> impl std::future::Futur
         roap: None,
         chats: Ordered::default(),
         chats_to: std::collections::VecDeque::new(),
+        forwards: Ordered::default(),
     };
     run(reader, stream, writer, pending)
 }
@@ -173,8 +174,8 @@ fn run(
 }
 
 /// A `FuturesOrdered` allocated at its first use: an empty one is an `Arc`'d queue of about
-/// 150 B, kept by every connection that never sends a chat message.
-struct Ordered<F: std::future::Future>(Option<FuturesOrdered<F>>);
+/// 150 B (and 64 B inline), kept by every connection that never sends a chat message.
+struct Ordered<F: std::future::Future>(Option<Box<FuturesOrdered<F>>>);
 
 impl<F: std::future::Future> Default for Ordered<F> {
     fn default() -> Self {
@@ -184,15 +185,15 @@ impl<F: std::future::Future> Default for Ordered<F> {
 
 impl<F: std::future::Future> Ordered<F> {
     fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+        self.0.as_deref().is_none_or(FuturesOrdered::is_empty)
     }
 
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesOrdered::len)
+        self.0.as_deref().map_or(0, FuturesOrdered::len)
     }
 
     fn push_back(&mut self, f: F) {
-        self.0.get_or_insert_with(FuturesOrdered::new).push_back(f)
+        self.0.get_or_insert_with(Box::default).push_back(f)
     }
 
     async fn next(&mut self) -> Option<F::Output> {
@@ -221,6 +222,23 @@ struct Reader {
     /// sender's messages in the order sent whatever the Redis connection does (reconnects,
     /// a script reload, a cluster redirect).
     chats_to: std::collections::VecDeque<Option<UserId>>,
+    /// ROAP frames of this connection sent to other nodes and not answered yet (at most
+    /// `--relay-inflight`), oldest first, and the Errors about frames read after them: the
+    /// reader goes on reading while they are in flight, and settles them in this order (see
+    /// [`Router::start`]). Never at the same time as `chats`: each waits for the other.
+    forwards: Ordered<BoxFuture<'static, ForwardStep>>,
+}
+
+/// A frame relayed to another node, or an Error waiting behind such frames.
+#[allow(clippy::large_enum_variant)] // each lives in its own boxed future
+enum ForwardStep {
+    Sent {
+        forwarded: Forwarded,
+        kind: RoapKind,
+        sid: SessionId,
+        start: Instant,
+    },
+    Answer(String),
 }
 
 /// A chat message in flight, once its turn comes.
@@ -235,12 +253,14 @@ impl Reader {
     async fn read_loop(&mut self, stream: SplitStream<WebSocket>) {
         self.read_frames(stream).await;
         // Every message read gets its answer (before a resumed connection reads).
+        self.drain_forwards().await;
         self.drain_chats().await;
     }
 
     async fn read_frames(&mut self, mut stream: SplitStream<WebSocket>) {
         let idle = self.node.config().idle_timeout;
         let window = self.node.mailbox().limits().inflight.max(1);
+        let relay_window = self.node.config().relay_inflight.max(1);
         // Once the node closes the connection, frames the client sent before it saw the close
         // are still read and relayed (until its close frame, or `CLOSE_GRACE`): they are not
         // numbered, so the client could not tell they were lost.
@@ -268,7 +288,12 @@ impl Reader {
                     Box::pin(self.chat_step(step)).await;
                     continue;
                 }
-                next = tokio::time::timeout(wait, stream.next()), if self.chats.len() < window => next,
+                Some(step) = self.forwards.next(), if !self.forwards.is_empty() => {
+                    Box::pin(self.forward_step(step)).await;
+                    continue;
+                }
+                next = tokio::time::timeout(wait, stream.next()),
+                    if self.chats.len() < window && self.forwards.len() < relay_window => next,
             };
             if grace.is_some() {
                 match next {
@@ -405,6 +430,15 @@ impl Reader {
         );
         if !overtakes {
             self.drain_chats().await;
+        }
+        // Only ROAP frames (relayed in order through `forwards`) and Pings and Acks overtake
+        // the ROAP frames in flight; the Error about a frame that cannot be read waits its turn.
+        let relayed = match &parsed {
+            Ok(m) => m.roap_kind().is_some() || matches!(m, Message::Ping | Message::Ack(_)),
+            Err(_) => true,
+        };
+        if !relayed {
+            self.drain_forwards().await;
         }
         let (peer, session) = match &parsed {
             Ok(m) => (m.to().cloned(), m.session_id().cloned()),
@@ -631,12 +665,71 @@ impl Reader {
             }
         };
         let origin = Origin::Roap(sender);
+        // To another node, as the route cache says: sent now, answered later (the reader
+        // reads on meanwhile, within `--relay-inflight`).
+        let (to, frame) = match self.router.start(&origin, to, frame) {
+            Ok(answer) => {
+                self.forwards.push_back(
+                    async move {
+                        ForwardStep::Sent {
+                            forwarded: answer.await,
+                            kind,
+                            sid,
+                            start,
+                        }
+                    }
+                    .boxed(),
+                );
+                return;
+            }
+            Err(back) => back,
+        };
+        // Anything else waits for the frames in flight, so that it cannot overtake them.
+        self.drain_forwards().await;
         match self.router.relay(&origin, &to, &frame).await {
             Ok(route) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
             Err(u) => {
                 tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
-                self.reply_error(Some(to), Some(sid), u.error, u.description);
+                self.push_error(Some(to), Some(sid), u.error, u.description);
             }
+        }
+    }
+
+    /// The oldest frame in flight to another node got its answer: settle it (retried
+    /// elsewhere if its location was stale) and answer its sender if it was not delivered.
+    async fn forward_step(&mut self, step: ForwardStep) {
+        match step {
+            ForwardStep::Answer(frame) => {
+                let _ = self.session.push(&frame, Origin::Node);
+            }
+            ForwardStep::Sent {
+                forwarded,
+                kind,
+                sid,
+                start,
+            } => {
+                let delivered = forwarded.delivered();
+                match self.router.finish(forwarded).await {
+                    (_, Ok(route)) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
+                    (to, Err(u)) => {
+                        tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
+                        self.push_error(Some(to), Some(sid), u.error, u.description);
+                    }
+                }
+                if !delivered {
+                    // Refused (or lost): the frames sent after it may be on their way to the
+                    // same stale location, to be sent on again. Nothing new is relayed before
+                    // they are settled, so none can overtake them at the new location.
+                    self.drain_forwards().await;
+                }
+            }
+        }
+    }
+
+    /// Waits for every frame in flight to another node and settles them (in order).
+    async fn drain_forwards(&mut self) {
+        while let Some(step) = self.forwards.next().await {
+            Box::pin(self.forward_step(step)).await;
         }
     }
 
@@ -800,8 +893,27 @@ impl Reader {
     }
 
     /// Sends a server error to this connection's user (`from` = the peer the message was meant
-    /// for). If even that does not fit in the queue, the connection is being closed (1013).
+    /// for), behind the answers of the frames in flight to other nodes. If even that does not
+    /// fit in the queue, the connection is being closed (1013).
     fn reply_error(
+        &mut self,
+        peer: Option<UserId>,
+        session: Option<SessionId>,
+        error: ErrorType,
+        description: String,
+    ) {
+        if self.forwards.is_empty() {
+            return self.push_error(peer, session, error, description);
+        }
+        metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
+        let m = Message::server_error(self.user.clone(), peer, session, error, description);
+        let frame = m.to_json();
+        self.forwards
+            .push_back(futures::future::ready(ForwardStep::Answer(frame)).boxed());
+    }
+
+    /// Sends a server error to this connection's user now.
+    fn push_error(
         &self,
         peer: Option<UserId>,
         session: Option<SessionId>,

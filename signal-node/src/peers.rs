@@ -283,6 +283,26 @@ impl Peers {
         res.unwrap_or(Err(ForwardError::Timeout(timeout)))
     }
 
+    /// Queues one frame for the node at `loc` now, behind every frame queued for that node
+    /// before it, when its delivery stream has room: the returned future is the node's
+    /// answer, waited for at most `timeout`. What lets a connection relay its next frame
+    /// before this one is answered.
+    pub fn start_deliver(
+        &self,
+        loc: &Location,
+        req: DeliverRequest,
+        timeout: Duration,
+    ) -> Option<impl std::future::Future<Output = Result<DeliverStatus, ForwardError>>> {
+        let answer = self.link(&loc.grpc_url).ok()?.try_deliver(req)?;
+        let start = Instant::now();
+        Some(async move {
+            let res = tokio::time::timeout(timeout, answer).await;
+            metrics::histogram!("signal_grpc_forward_seconds")
+                .record(start.elapsed().as_secs_f64());
+            res.unwrap_or(Err(ForwardError::Timeout(timeout)))
+        })
+    }
+
     /// Asks the node at `loc` to close the user's connection `loc.conn` (4409).
     pub async fn kick(&self, user: &str, loc: &Location) -> Result<bool, ForwardError> {
         let mut client = self.client(&loc.grpc_url)?;

@@ -3,6 +3,7 @@
 //! what the sender sees when that fails (OFFLINE or UNAVAILABLE).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 
 use signal_proto::relay::{DeliverRequest, DeliverStatus, Location};
 use signal_proto::{ErrorType, UserId};
@@ -123,15 +124,87 @@ impl Router {
                 Err(PushError::Closed) => {}
             }
         }
-        let (mut loc, mut cached) = match self.cache.get(to) {
+        let (loc, cached) = match self.cache.get(to) {
             Some(loc) => (loc, true),
             None => (self.lookup(to).await?, false),
         };
+        let first = self.try_deliver(origin, to, frame, &loc).await;
+        self.settle(origin, to, frame, loc, cached, first).await
+    }
+
+    /// Starts relaying `frame` to `to` without waiting for the answer, when that keeps this
+    /// sender's order: `to` is not on this node and the route cache names its remote node,
+    /// whose delivery stream has room. The frame is then queued behind this connection's
+    /// earlier frames for that node, and [`Self::finish`] gets the answer. Otherwise the
+    /// frame is given back for [`Self::relay`] (once the frames in flight are answered).
+    ///
+    /// Order: a frame that the remote node refuses (NOT_HERE: its location is stale) is
+    /// looked up again and sent on by `finish`; the frames after it to that location are
+    /// refused too (a location does not come back once it is stale, and the remote node
+    /// answers in order), and the caller settles all of them, in order, before it relays
+    /// anything else (see [`Forwarded::delivered`]), so none is overtaken.
+    pub fn start(
+        &mut self,
+        origin: &Origin,
+        to: UserId,
+        frame: String,
+    ) -> Result<impl Future<Output = Forwarded> + Send + 'static, (UserId, String)> {
+        if self.node.hub().get(&to).is_some() {
+            return Err((to, frame));
+        }
+        let Some(loc) = self.cache.get(&to) else {
+            return Err((to, frame));
+        };
+        let peers = self.node.peers();
+        let liveness = peers.liveness(&loc);
+        if loc.node_id == self.node.id().as_str() || liveness == Liveness::Gone {
+            return Err((to, frame));
+        }
+        let req = deliver_request(origin, &to, frame.clone(), &loc);
+        let Some(answer) = peers.start_deliver(&loc, req, REQUEST_TIMEOUT) else {
+            return Err((to, frame));
+        };
+        let origin = origin.clone();
+        Ok(async move {
+            let outcome = answer.await;
+            Forwarded {
+                origin,
+                to,
+                frame,
+                loc,
+                liveness,
+                outcome,
+            }
+        })
+    }
+
+    /// Settles a frame [`Self::start`] sent: its answer, or (a stale location, a refused
+    /// connection) the rest of [`Self::relay`]'s steps, from the cached location it went to.
+    /// Returns whom the frame was for, with the outcome.
+    pub async fn finish(&mut self, f: Forwarded) -> (UserId, Result<Route, Undelivered>) {
+        let first = remote_outcome(&f.to, &f.loc.node_id, f.liveness, f.outcome);
+        let r = self
+            .settle(&f.origin, &f.to, &f.frame, f.loc, true, first)
+            .await;
+        (f.to, r)
+    }
+
+    /// What follows a delivery attempt to `loc` (`cached`: taken from the route cache): done,
+    /// or looked up again and retried, as [`Attempt`] says.
+    async fn settle(
+        &mut self,
+        origin: &Origin,
+        to: &UserId,
+        frame: &str,
+        mut loc: Location,
+        mut cached: bool,
+        mut attempt: Result<Route, Attempt>,
+    ) -> Result<Route, Undelivered> {
         // A fresh entry that leads nowhere is looked up once more: the user may have just
         // resumed elsewhere (the new node claims the entry before taking the session over).
         let mut second_look = true;
         loop {
-            match self.try_deliver(origin, to, frame, &loc).await {
+            match attempt {
                 Ok(route) => {
                     self.cache.put(to, loc);
                     return Ok(route);
@@ -155,24 +228,26 @@ impl Router {
                 }
                 Err(Attempt::Stale(u)) => {
                     self.cache.remove(to);
-                    if !cached && second_look {
+                    let again = if !cached && second_look {
                         second_look = false;
-                        let again = self.lookup(to).await?;
-                        if again != loc {
-                            loc = again;
-                            continue;
-                        }
-                    }
-                    if !cached {
+                        Some(self.lookup(to).await?).filter(|again| *again != loc)
+                    } else {
+                        None
+                    };
+                    if let Some(again) = again {
+                        loc = again;
+                    } else if !cached {
                         // A fresh entry that does not lead to the user: remove it (only if
                         // it is still that entry) so that the next sender sees OFFLINE fast.
                         self.release_stale(to, &loc);
                         return Err(u);
+                    } else {
+                        cached = false;
+                        loc = self.lookup(to).await?;
                     }
-                    cached = false;
-                    loc = self.lookup(to).await?;
                 }
             }
+            attempt = self.try_deliver(origin, to, frame, &loc).await;
         }
     }
 
@@ -226,19 +301,7 @@ impl Router {
             return Err(Attempt::Stale(offline(to)));
         }
         let liveness = self.node.peers().liveness(loc);
-        let (from, session_id, mail_entry) = match origin {
-            Origin::Node => (String::new(), String::new(), String::new()),
-            Origin::Roap(r) => (r.sender.to_string(), r.session_id.clone(), String::new()),
-            Origin::Mail(e) => (String::new(), String::new(), e.to_string()),
-        };
-        let req = DeliverRequest {
-            to: to.to_string(),
-            from,
-            session_id,
-            frame: frame.to_owned(),
-            expect: Some(loc.clone()),
-            mail_entry,
-        };
+        let req = deliver_request(origin, to, frame.to_owned(), loc);
         let timeout = if liveness == Liveness::Gone {
             GONE_TIMEOUT
         } else {
@@ -246,6 +309,41 @@ impl Router {
         };
         let outcome = self.node.peers().deliver(loc, req, timeout).await;
         remote_outcome(to, &loc.node_id, liveness, outcome)
+    }
+}
+
+/// A frame [`Router::start`] sent to a remote node, with that node's answer.
+pub struct Forwarded {
+    origin: Origin,
+    to: UserId,
+    frame: String,
+    loc: Location,
+    liveness: Liveness,
+    outcome: Result<DeliverStatus, ForwardError>,
+}
+
+impl Forwarded {
+    /// Whether the node it went to delivered it (else [`Router::finish`] retries or fails it,
+    /// and the frames sent after it must be settled before anything else is relayed).
+    pub fn delivered(&self) -> bool {
+        matches!(self.outcome, Ok(DeliverStatus::Delivered))
+    }
+}
+
+/// The request that asks the node at `loc` to deliver `frame` to `to`'s session there.
+fn deliver_request(origin: &Origin, to: &UserId, frame: String, loc: &Location) -> DeliverRequest {
+    let (from, session_id, mail_entry) = match origin {
+        Origin::Node => (String::new(), String::new(), String::new()),
+        Origin::Roap(r) => (r.sender.to_string(), r.session_id.clone(), String::new()),
+        Origin::Mail(e) => (String::new(), String::new(), e.to_string()),
+    };
+    DeliverRequest {
+        to: to.to_string(),
+        from,
+        session_id,
+        frame,
+        expect: Some(loc.clone()),
+        mail_entry,
     }
 }
 

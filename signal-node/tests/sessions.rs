@@ -161,6 +161,63 @@ async fn five_hundred_frames_across_a_takeover_arrive_complete_and_in_order() {
     stop(nodes).await;
 }
 
+/// A sender on node a relays to a recipient on node b in bursts of 8, each burst in flight at
+/// once (the reader reads on before node b answers, `--relay-inflight`); mid-stream the
+/// recipient's socket dies and it resumes on node `to` (a third node, or the sender's own).
+/// The burst node b refuses once the session has left (NOT_HERE, every frame of it) is sent
+/// on to the new node in its order, none overtaken by a later frame: complete, in order, no
+/// duplicate, no error for the sender.
+async fn frames_in_flight_follow_a_move(to: usize) {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut cfg = dev(id);
+        cfg.directory = DirectoryConfig::Redis(redis.url().into());
+        cfg.rate_limit = 0;
+        cfg.resume_window = Duration::from_secs(3);
+        nodes.push(TestNode::start(cfg).await);
+    }
+    let (mut bob, w) = welcomed(&nodes[1].ws("bob")).await;
+    let tok = token(&w);
+    let mut alice = nodes[0].connect("alice").await;
+    // Paced in bursts of 8 (not a synchronisation): the sender is still sending when the
+    // session moves.
+    const FRAMES: u64 = 1000;
+    let sender = tokio::spawn(async move {
+        for i in 0..FRAMES as usize {
+            alice.send_json(&msg("bob", i)).await;
+            if i % 8 == 7 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        alice
+    });
+    let first = read_numbered(&mut bob, 100).await;
+    let last = first.last().unwrap().0;
+    drop(bob); // no close frame: the session is kept on node b, frames buffered
+    let (mut bob2, w) = welcomed(&resume_url(&nodes[to], "bob", &tok, last)).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    let rest = read_numbered(&mut bob2, FRAMES as usize - 100).await;
+    let all: Vec<u64> = first.iter().chain(rest.iter()).map(|(_, i)| *i).collect();
+    assert_eq!(all, (0..FRAMES).collect::<Vec<_>>());
+    let ns: Vec<u64> = first.iter().chain(rest.iter()).map(|(n, _)| *n).collect();
+    assert_eq!(ns, (1..=FRAMES).collect::<Vec<_>>());
+    let mut alice = sender.await.unwrap();
+    assert_quiet(&mut alice, "no error for alice").await;
+    assert_quiet(&mut bob2, "nothing more for bob").await;
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_follow_a_move_to_a_third_node() {
+    frames_in_flight_follow_a_move(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_follow_a_move_to_the_senders_node() {
+    frames_in_flight_follow_a_move(0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_node_resume_and_refusals() {
     let redis = Redis::start().await;

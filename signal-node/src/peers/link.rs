@@ -49,15 +49,38 @@ impl Link {
     pub async fn deliver(&self, req: DeliverRequest) -> Result<DeliverStatus, ForwardError> {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Item { req, reply }).await.is_err() {
-            return Err(ForwardError::Transient(
-                "the link to the peer stopped".into(),
-            ));
+            return Err(stopped());
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(ForwardError::Transient(
-                "the link to the peer stopped".into(),
-            ))
-        })
+        Answer(answer).await
+    }
+
+    /// Queues one frame now, behind every frame queued before it, if the queue has room;
+    /// the answer comes later, from the returned future.
+    pub fn try_deliver(&self, req: DeliverRequest) -> Option<Answer> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(Item { req, reply }).ok()?;
+        Some(Answer(answer))
+    }
+}
+
+fn stopped() -> ForwardError {
+    ForwardError::Transient("the link to the peer stopped".into())
+}
+
+/// The peer's answer to one queued frame.
+#[derive(Debug)]
+pub struct Answer(oneshot::Receiver<Result<DeliverStatus, ForwardError>>);
+
+impl std::future::Future for Answer {
+    type Output = Result<DeliverStatus, ForwardError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(stopped())))
     }
 }
 

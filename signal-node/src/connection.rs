@@ -229,22 +229,26 @@ struct Reader {
     forwards: Ordered<BoxFuture<'static, ForwardStep>>,
 }
 
-/// A frame relayed to another node, or an Error waiting behind such frames.
-#[allow(clippy::large_enum_variant)] // each lives in its own boxed future
+/// A frame relayed to another node, or an Error waiting behind such frames. Boxed, as
+/// [`ChatStep`]: the reader's wait for the next frame holds room for the largest step, in
+/// every idle connection's task.
 enum ForwardStep {
-    Sent {
-        forwarded: Forwarded,
-        kind: RoapKind,
-        sid: SessionId,
-        start: Instant,
-    },
+    Sent(Box<Sent>),
     Answer(String),
+}
+
+/// A frame relayed to another node, answered.
+struct Sent {
+    forwarded: Forwarded,
+    kind: RoapKind,
+    sid: SessionId,
+    start: Instant,
 }
 
 /// A chat message in flight, once its turn comes.
 enum ChatStep {
     /// Its append finished: push it live, answer.
-    Stored(Prepared, Result<Appended, MailboxError>),
+    Stored(Box<(Prepared, Result<Appended, MailboxError>)>),
     /// An Error about it, already built.
     Answer(String),
 }
@@ -671,12 +675,12 @@ impl Reader {
             Ok(answer) => {
                 self.forwards.push_back(
                     async move {
-                        ForwardStep::Sent {
+                        ForwardStep::Sent(Box::new(Sent {
                             forwarded: answer.await,
                             kind,
                             sid,
                             start,
-                        }
+                        }))
                     }
                     .boxed(),
                 );
@@ -702,12 +706,13 @@ impl Reader {
             ForwardStep::Answer(frame) => {
                 let _ = self.session.push(&frame, Origin::Node);
             }
-            ForwardStep::Sent {
-                forwarded,
-                kind,
-                sid,
-                start,
-            } => {
+            ForwardStep::Sent(sent) => {
+                let Sent {
+                    forwarded,
+                    kind,
+                    sid,
+                    start,
+                } = *sent;
                 let delivered = forwarded.delivered();
                 match self.router.finish(forwarded).await {
                     (_, Ok(route)) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
@@ -810,13 +815,8 @@ impl Reader {
         };
         self.chats_to.push_back(Some(prepared.to.clone()));
         let store = mailbox.store_with(permit, self.user.clone(), prepared);
-        self.chats.push_back(
-            async move {
-                let (prepared, stored) = store.await;
-                ChatStep::Stored(prepared, stored)
-            }
-            .boxed(),
-        );
+        self.chats
+            .push_back(async move { ChatStep::Stored(Box::new(store.await)) }.boxed());
     }
 
     /// The next chat message in flight got its turn: push it live and answer.
@@ -826,7 +826,8 @@ impl Reader {
             ChatStep::Answer(frame) => {
                 let _ = self.session.push(&frame, Origin::Node);
             }
-            ChatStep::Stored(p, stored) => {
+            ChatStep::Stored(stored) => {
+                let (p, stored) = *stored;
                 let (to, id) = (p.to.clone(), p.id.clone());
                 let mailbox = self.node.mailbox().clone();
                 match mailbox

@@ -1,5 +1,7 @@
 //! The all-in-one local cluster: central plus N in-process signal nodes on loopback, sharing
-//! one in-memory directory, with dev login and real gRPC between all of them.
+//! one in-memory directory, with dev login and real gRPC between all of them. Each node runs on
+//! its own runtime (its own threads), as a node process would: a node saturated with work
+//! does not queue the other node's tasks, and central's, behind its own.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -392,11 +394,7 @@ impl NodeBase {
         let ws_url = format!("ws://{}/ws", node_listeners.http.local_addr()?);
         let grpc_url = format!("http://{}", node_listeners.grpc.local_addr()?);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(signal_node::run(
-            nc,
-            node_listeners,
-            stop.clone().cancelled_owned(),
-        ));
+        let task = run_on_own_runtime(&id, nc, node_listeners, stop.clone())?;
         Ok(DevNode {
             id: node_id,
             ws_url,
@@ -405,6 +403,46 @@ impl NodeBase {
             task: Some(task),
         })
     }
+}
+
+/// Runs one node on a runtime of its own, on its own threads (as many workers as the machine
+/// has cores, as a node process would get); the returned task ends with the node.
+fn run_on_own_runtime(
+    id: &str,
+    config: signal_node::Config,
+    listeners: signal_node::Listeners,
+    stop: CancellationToken,
+) -> Result<JoinHandle<Result<(), NodeError>>, CentralError> {
+    // The sockets move to the node's runtime (their readiness is its I/O driver's).
+    let http = listeners.http.into_std()?;
+    let grpc = listeners.grpc.into_std()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("{id}-worker"))
+        .build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(id.to_owned())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listeners = signal_node::Listeners {
+                    http: TcpListener::from_std(http)?,
+                    grpc: TcpListener::from_std(grpc)?,
+                };
+                signal_node::run(config, listeners, stop.cancelled_owned()).await
+            });
+            // What the node left running (a takeover in flight) gets a moment, not forever.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = done_tx.send(result);
+        })?;
+    Ok(tokio::spawn(async move {
+        done_rx.await.unwrap_or_else(|_| {
+            Err(NodeError::Serve {
+                server: "node runtime",
+                reason: "its thread ended without a result".into(),
+            })
+        })
+    }))
 }
 
 impl Drop for DevCluster {

@@ -24,7 +24,7 @@ use crate::outbound::{
     CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
 };
 use crate::ratelimit::TokenBucket;
-use crate::router::{Forwarded, Router};
+use crate::router::{Forwarded, Route, Router, Undelivered};
 use crate::session::takeover::Pending;
 use crate::session::{Next, Origin, RoapSender, Session};
 use crate::telemetry::RelayMetrics;
@@ -691,11 +691,25 @@ impl Reader {
         };
         // Anything else waits for the frames in flight, so that it cannot overtake them.
         self.drain_forwards().await;
-        match self.router.relay(&origin, &to, &frame).await {
+        let relayed = self.router.relay(&origin, &to, &frame).await;
+        self.settled(kind, to, sid, start, relayed);
+    }
+
+    /// Counts a relayed frame, or answers its sender why it was not delivered.
+    fn settled(
+        &self,
+        kind: RoapKind,
+        to: UserId,
+        sid: SessionId,
+        start: Instant,
+        relayed: Result<Route, Undelivered>,
+    ) {
+        match relayed {
             Ok(route) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
             Err(u) => {
                 tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
-                self.push_error(Some(to), Some(sid), u.error, u.description);
+                let frame = self.error_frame(Some(to), Some(sid), u.error, u.description);
+                let _ = self.session.push(&frame, Origin::Node);
             }
         }
     }
@@ -715,13 +729,8 @@ impl Reader {
                     start,
                 } = *sent;
                 let delivered = forwarded.delivered();
-                match self.router.finish(forwarded).await {
-                    (_, Ok(route)) => RelayMetrics::get().relayed(kind, route, start.elapsed()),
-                    (to, Err(u)) => {
-                        tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
-                        self.push_error(Some(to), Some(sid), u.error, u.description);
-                    }
-                }
+                let (to, relayed) = self.router.finish(forwarded).await;
+                self.settled(kind, to, sid, start, relayed);
                 if !delivered {
                     // Refused (or lost): the frames sent after it may be on their way to the
                     // same stale location, to be sent on again. Nothing new is relayed before
@@ -904,27 +913,25 @@ impl Reader {
         error: ErrorType,
         description: String,
     ) {
+        let frame = self.error_frame(peer, session, error, description);
         if self.forwards.is_empty() {
-            return self.push_error(peer, session, error, description);
+            let _ = self.session.push(&frame, Origin::Node);
+        } else {
+            self.forwards
+                .push_back(futures::future::ready(ForwardStep::Answer(frame)).boxed());
         }
-        metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
-        let m = Message::server_error(self.user.clone(), peer, session, error, description);
-        let frame = m.to_json();
-        self.forwards
-            .push_back(futures::future::ready(ForwardStep::Answer(frame)).boxed());
     }
 
-    /// Sends a server error to this connection's user now.
-    fn push_error(
+    /// A server error for this connection's user (counted).
+    fn error_frame(
         &self,
         peer: Option<UserId>,
         session: Option<SessionId>,
         error: ErrorType,
         description: String,
-    ) {
+    ) -> String {
         metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
-        let m = Message::server_error(self.user.clone(), peer, session, error, description);
-        let _ = self.session.push(&m.to_json(), Origin::Node);
+        Message::server_error(self.user.clone(), peer, session, error, description).to_json()
     }
 }
 

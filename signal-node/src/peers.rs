@@ -80,6 +80,17 @@ pub enum Liveness {
     Unknown,
 }
 
+/// A peer's answer to one delivery, waited for at most `timeout` (its time recorded).
+async fn answered(
+    answer: impl std::future::Future<Output = Result<DeliverStatus, ForwardError>>,
+    timeout: Duration,
+) -> Result<DeliverStatus, ForwardError> {
+    let start = Instant::now();
+    let res = tokio::time::timeout(timeout, answer).await;
+    metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
+    res.unwrap_or(Err(ForwardError::Timeout(timeout)))
+}
+
 /// A new node instance id: 16 hex digits, the start time in milliseconds (11 digits, good
 /// until the year 2527) then 20 random bits, so that of two instances of one node id the
 /// later started compares greater (see [`Peers::liveness`]).
@@ -277,10 +288,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<DeliverStatus, ForwardError> {
         let link = self.link(&loc.grpc_url)?;
-        let start = Instant::now();
-        let res = tokio::time::timeout(timeout, link.deliver(req)).await;
-        metrics::histogram!("signal_grpc_forward_seconds").record(start.elapsed().as_secs_f64());
-        res.unwrap_or(Err(ForwardError::Timeout(timeout)))
+        answered(link.deliver(req), timeout).await
     }
 
     /// Queues one frame for the node at `loc` now, behind every frame queued for that node
@@ -294,13 +302,7 @@ impl Peers {
         timeout: Duration,
     ) -> Option<impl std::future::Future<Output = Result<DeliverStatus, ForwardError>>> {
         let answer = self.link(&loc.grpc_url).ok()?.try_deliver(req)?;
-        let start = Instant::now();
-        Some(async move {
-            let res = tokio::time::timeout(timeout, answer).await;
-            metrics::histogram!("signal_grpc_forward_seconds")
-                .record(start.elapsed().as_secs_f64());
-            res.unwrap_or(Err(ForwardError::Timeout(timeout)))
-        })
+        Some(answered(answer, timeout))
     }
 
     /// Asks the node at `loc` to close the user's connection `loc.conn` (4409).

@@ -23,18 +23,15 @@ use crate::outbound::{
     CloseReason, Closer, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SLOW,
     CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
 };
+use crate::outlet::Outlet;
 use crate::ratelimit::TokenBucket;
 use crate::router::{Forwarded, Route, Router, Undelivered};
 use crate::session::takeover::Pending;
-use crate::session::{Next, Origin, RoapSender, Session};
+use crate::session::{Next, Origin, RoapSender, Session, Turn};
 use crate::telemetry::RelayMetrics;
 
 /// Time allowed to write the close frame (and flush what was queued before it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Frames written to the socket with one flush at most (bounds the writer's buffer: 64 frames
-/// of at most `--max-message-bytes` each, past tungstenite's own write buffer it writes out).
-const WRITE_BATCH: usize = 64;
 
 /// How long a resumed connection waits for the old connection's reader to finish.
 const READER_HANDOFF: Duration = Duration::from_secs(3);
@@ -99,6 +96,7 @@ pub fn serve(socket: WebSocket, mut pending: Pending) -> impl std::future::Futur
             session: session.clone(),
             conn,
             closer: pending.closer.clone(),
+            outlet: pending.outlet.clone(),
             welcome: std::mem::take(&mut pending.welcome),
             start: pending.start,
             pongs: pongs.clone(),
@@ -940,15 +938,18 @@ struct Writer {
     session: Session,
     conn: u64,
     closer: Closer,
+    outlet: Outlet,
     welcome: String,
     /// The last frame number the client already has.
     start: u64,
     pongs: Arc<Pongs>,
 }
 
-/// Writes the Welcome, then the session's frames after `start` in order, pongs and pings,
-/// until the connection closes; then (unless the reader is slow) what is still queued, and
-/// the close frame. Returns the last frame number written to the socket.
+/// Writes the Welcome, then shares the socket with the session's producers (see `outlet`) and
+/// writes what they leave to it: bursts, replays, frames the socket could not take at once,
+/// pongs and pings; until the connection closes. Then it takes the socket back and writes
+/// (unless the reader is slow) what is still queued, and the close frame. Returns the last
+/// frame number it knows reached the socket.
 ///
 /// A plain `fn` returning an `async move` block: an `async fn` would keep a second copy of its
 /// arguments in the task (rustc moves them into locals), about 150 B per idle connection.
@@ -959,7 +960,6 @@ fn write_loop(
     ping_interval: Duration,
 ) -> impl std::future::Future<Output = u64> {
     async move {
-        let mut written = w.start;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -970,44 +970,70 @@ fn write_loop(
         let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
         if sink.send(welcome).await.is_err() {
             w.closer.close(CLOSE_NORMAL, "socket write failed");
-            return written;
+            return w.start;
         }
+        w.outlet.install(sink);
         loop {
-            let (msg, n) = tokio::select! {
+            let turn = tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                _ = w.pongs.next() => (WsMessage::Text(Message::Pong.to_json().into()), None),
-                next = w.session.next_frame(w.conn, written) => match next {
-                    Some((n, text)) => (WsMessage::Text(text), Some(n)),
-                    None => {
-                        // The session went on without this connection (resumed elsewhere, ended).
-                        w.closer.close(CLOSE_REPLACED, "replaced by a newer connection");
-                        break;
-                    }
-                },
-                _ = ping.tick() => (WsMessage::Ping(bytes::Bytes::new()), None),
+                t = std::future::poll_fn(|cx| w.session.poll_write(w.conn, cx)) => t,
             };
-            let sent = tokio::select! {
-                biased;
-                _ = &mut closed => break,
-                r = write_batch(&mut sink, &w, msg, n, written) => r,
-            };
-            match sent {
-                Ok(Some(n)) => written = n,
-                Ok(None) => {}
-                Err(_) => {
+            match turn {
+                Turn::More => {
+                    // A long replay or a flood: let the other tasks of this worker run.
+                    tokio::task::consume_budget().await;
+                    continue;
+                }
+                Turn::Idle => {}
+                Turn::Gone => {
+                    // The session went on without this connection (resumed elsewhere, ended).
+                    w.closer
+                        .close(CLOSE_REPLACED, "replaced by a newer connection");
+                    break;
+                }
+                Turn::Failed => {
                     w.closer.close(CLOSE_NORMAL, "socket write failed");
-                    return written;
+                    drop(w.outlet.take());
+                    return w.session.written();
+                }
+            }
+            let mut msg = tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                _ = w.pongs.next() => Some(WsMessage::Text(Message::Pong.to_json().into())),
+                _ = w.session.woken() => None,
+                _ = ping.tick() => Some(WsMessage::Ping(bytes::Bytes::new())),
+            };
+            if msg.is_some() {
+                let sent = tokio::select! {
+                    biased;
+                    _ = &mut closed => break,
+                    ok = std::future::poll_fn(|cx| w.outlet.poll_send(cx, &mut msg)) => ok,
+                };
+                if !sent {
+                    w.closer.close(CLOSE_NORMAL, "socket write failed");
+                    drop(w.outlet.take());
+                    return w.session.written();
                 }
             }
         }
-        let Some(reason) = w.closer.reason() else {
+        let mut written = w.session.written();
+        // From here on producers leave the socket alone.
+        let (Some((mut sink, unflushed)), Some(reason)) = (w.outlet.take(), w.closer.reason())
+        else {
             return written;
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             // What was queued before a drain still goes out; a slow connection gets only the
             // close frame (its session keeps the rest for a resume).
             if reason.code != CLOSE_SLOW {
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                if let Some(u) = unflushed {
+                    written = written.max(u);
+                }
                 while let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) {
                     if sink.send(WsMessage::Text(text)).await.is_err() {
                         return;
@@ -1025,31 +1051,6 @@ fn write_loop(
         .await;
         written
     }
-}
-
-/// Writes `first` and, when it is a session frame, the frames already queued after it (at most
-/// [`WRITE_BATCH`]) with one flush: one `send` syscall for a burst (an Offer and its Candidates)
-/// instead of one per frame. Returns the last frame number written, if any.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-    w: &Writer,
-    first: WsMessage,
-    n: Option<u64>,
-    written: u64,
-) -> Result<Option<u64>, axum::Error> {
-    sink.feed(first).await?;
-    let mut last = n;
-    if n.is_some() {
-        for _ in 1..WRITE_BATCH {
-            let Next::Frame(n, text) = w.session.try_next_frame(w.conn, written) else {
-                break;
-            };
-            sink.feed(WsMessage::Text(text)).await?;
-            last = Some(n);
-        }
-    }
-    sink.flush().await?;
-    Ok(last)
 }
 
 #[cfg(test)]

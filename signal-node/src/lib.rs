@@ -16,6 +16,7 @@ pub mod mailbox;
 pub mod node;
 pub mod origin;
 pub mod outbound;
+pub mod outlet;
 pub mod peers;
 pub mod presence;
 pub mod ratelimit;

@@ -22,7 +22,7 @@ use crate::peers::Peers;
 use crate::presence::Presence;
 use crate::rooms::Rooms;
 use crate::session::expiry::Expiry;
-use crate::session::{Origin, RingLimits, SessionLimits};
+use crate::session::{Flushes, Origin, RingLimits, SessionLimits};
 use crate::tickets::UsedTickets;
 use crate::webhooks::Webhooks;
 
@@ -358,6 +358,7 @@ impl Node {
         frame: &str,
         expect: Option<&Location>,
         origin: Origin,
+        flushes: Option<&mut Flushes>,
     ) -> DeliverStatus {
         let Some(s) = self.inner.hub.get(user) else {
             return DeliverStatus::NotHere;
@@ -367,7 +368,11 @@ impl Node {
                 return DeliverStatus::NotHere;
             }
         }
-        match s.push(frame, origin) {
+        let pushed = match flushes {
+            Some(f) => f.push(&s, frame, origin),
+            None => s.push(frame, origin),
+        };
+        match pushed {
             Ok(_) => DeliverStatus::Delivered,
             Err(PushError::Full) => DeliverStatus::PeerOverloaded,
             Err(PushError::Closed) => DeliverStatus::NotHere,

@@ -21,7 +21,7 @@ use crate::mailbox::EntryId;
 use crate::mailbox::Refused;
 use crate::node::Node;
 use crate::router::Router;
-use crate::session::Origin;
+use crate::session::{Flushes, Origin};
 
 /// The node's side of node-to-node relay.
 pub struct RelayService {
@@ -37,14 +37,18 @@ impl RelayService {
 }
 
 /// Delivers one forwarded frame into the local table.
-fn deliver_one(node: &Node, req: DeliverRequest) -> Result<DeliverStatus, RelayError> {
+fn deliver_one(
+    node: &Node,
+    req: DeliverRequest,
+    flushes: Option<&mut Flushes>,
+) -> Result<DeliverStatus, RelayError> {
     let to = UserId::new(req.to)?;
     let origin = match (UserId::new(req.from), EntryId::parse(&req.mail_entry)) {
         (Ok(sender), _) => Origin::roap(sender, req.session_id),
         (Err(_), Some(e)) => Origin::Mail(e),
         (Err(_), None) => Origin::Node,
     };
-    let status = node.deliver_local(&to, &req.frame, req.expect.as_ref(), origin);
+    let status = node.deliver_local(&to, &req.frame, req.expect.as_ref(), origin, flushes);
     if status == DeliverStatus::Delivered {
         metrics::counter!("signal_grpc_delivered_total").increment(1);
     }
@@ -57,7 +61,7 @@ impl Relay for RelayService {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
-        let status = deliver_one(&self.node, request.into_inner())?;
+        let status = deliver_one(&self.node, request.into_inner(), None)?;
         Ok(Response::new(DeliverResponse {
             status: status as i32,
         }))
@@ -76,10 +80,13 @@ impl Relay for RelayService {
             .take_until(self.stop.clone().cancelled_owned())
             .map(move |batch| {
                 let batch = batch?;
+                // The recipients' sockets are written once the whole batch is queued, by this
+                // task (see `outlet`), before the answer goes back.
+                let mut flushes = Flushes::default();
                 let statuses = batch
                     .frames
                     .into_iter()
-                    .map(|req| match deliver_one(&node, req) {
+                    .map(|req| match deliver_one(&node, req, Some(&mut flushes)) {
                         Ok(s) => s as i32,
                         Err(e) => {
                             tracing::debug!(error = %e, "invalid forwarded frame");

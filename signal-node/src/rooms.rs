@@ -28,7 +28,7 @@ use signal_proto::{Accepted, ChatMessage, ErrorType, Message, RoomId, UserId};
 
 use crate::node::Node;
 use crate::peers::{Liveness, GONE_TIMEOUT, REQUEST_TIMEOUT};
-use crate::session::{Origin, Session};
+use crate::session::{Flushes, Origin, Session};
 pub use local::{EventKind, LocalRooms, GAP_WAIT};
 pub use store::{
     JoinOutcome, LeaveOutcome, MemberEntry, Moved, NodeKey, RoomStore, RoomStoreError,
@@ -404,14 +404,17 @@ impl Rooms {
     }
 
     /// Pushes `frame` to the local members of `room` but `from`; returns how many took it.
+    /// Every member's frame is numbered first, then written (see `outlet`).
     fn deliver_here(&self, room: &RoomId, from: &UserId, frame: &str) -> u64 {
         let mut n = 0;
+        let mut flushes = Flushes::default();
         for s in self.inner.local.recipients(room, from) {
             // A slow member's own bounds apply (1013, session kept); the others go on.
-            if s.push(frame, Origin::Node).is_ok() {
+            if flushes.push(&s, frame, Origin::Node).is_ok() {
                 n += 1;
             }
         }
+        flushes.spread();
         metrics::counter!("signal_room_deliveries_total").increment(n);
         n
     }

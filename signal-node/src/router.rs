@@ -289,7 +289,7 @@ impl Router {
             if self.node.is_ours(loc) {
                 return match self
                     .node
-                    .deliver_local(to, frame, Some(loc), origin.clone())
+                    .deliver_local(to, frame, Some(loc), origin.clone(), None)
                 {
                     DeliverStatus::Delivered => Ok(Route::Local),
                     DeliverStatus::PeerOverloaded => Err(Attempt::Final(unavailable(format!(

@@ -93,6 +93,26 @@ impl RelayMetrics {
     }
 }
 
+/// `signal_frames_written_total{by}`: session frames written to client sockets by the
+/// producer that queued them while the connection's writer was idle (`producer`: a relay, a
+/// room fan-out, the stream from another node) or by the writer (`writer`: a burst, a resume,
+/// a socket that was full). Resolved once, as [`RelayMetrics`].
+pub struct WriteMetrics {
+    pub by_producer: Counter,
+    pub by_writer: Counter,
+}
+
+static WRITES: OnceLock<WriteMetrics> = OnceLock::new();
+
+impl WriteMetrics {
+    pub fn get() -> &'static WriteMetrics {
+        WRITES.get_or_init(|| WriteMetrics {
+            by_producer: metrics::counter!("signal_frames_written_total", "by" => "producer"),
+            by_writer: metrics::counter!("signal_frames_written_total", "by" => "writer"),
+        })
+    }
+}
+
 /// How often buffered histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 

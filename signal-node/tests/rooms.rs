@@ -730,3 +730,120 @@ async fn a_member_on_a_new_node_gets_the_next_message_and_room_acks_send_no_deli
     bob.send_json(&json!({"type":"Ack","n":last})).await;
     expect_silence(&mut alice, Duration::from_millis(300)).await;
 }
+
+/// One member's socket is written three ways: by the room fan-out of its own node and of the
+/// batch from another node (the pushers write it themselves while its writer is idle), and by
+/// its writer (ROAP relayed on its node, and whatever a full socket left over). With four
+/// senders at once and the member not reading until its socket is full, every frame arrives
+/// once, numbered without a gap, each sender's frames in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushers_and_the_writer_share_one_socket_in_frame_order() {
+    const N: usize = 150;
+    let redis = Redis::start().await;
+    let extra = [
+        "--outbound-queue",
+        "4096",
+        "--outbound-queue-bytes",
+        "67108864",
+        "--resume-buffer-frames",
+        "4096",
+        "--resume-buffer-bytes",
+        "67108864",
+        "--max-body-bytes",
+        "32768",
+    ];
+    let a = NodeProc::start("a", &redis, None, &extra).await;
+    let b = NodeProc::start("b", &redis, None, &extra).await;
+    let (mut m, _) = a.connect("m").await;
+    let (mut near, _) = a.connect("near").await;
+    let (mut far, _) = b.connect("far").await;
+    let (local, _) = a.connect("local").await;
+    let (remote, _) = b.connect("remote").await;
+    for c in [&mut m, &mut near, &mut far] {
+        join_ok(c, "r").await;
+    }
+    // Each frame about 20 KB: 600 of them (12 MB) fill the member's socket buffers.
+    let pad = "x".repeat(20_000);
+    let room_sender = |mut c: WsClient, name: &'static str, pad: String| {
+        tokio::spawn(async move {
+            for i in 0..N {
+                c.send_json(&room_msg("r", &format!("{name}-{i}"), &pad))
+                    .await;
+            }
+            let mut accepted = 0;
+            while accepted < N {
+                let (v, _) = until_type(&mut c, "Accepted").await;
+                assert_eq!(v["recipients"], 2, "{v}");
+                accepted += 1;
+            }
+            c
+        })
+    };
+    let roap_sender = |mut c: WsClient, name: &'static str, pad: String| {
+        tokio::spawn(async move {
+            for i in 0..N {
+                let sdp = format!("v=0 {name} {i} {pad}");
+                c.send_json(&json!({"type":"Offer","to":"m","sessionID":name,"sdp":sdp}))
+                    .await;
+            }
+            // Ordered behind the Offers: the node has relayed them all once it answers.
+            c.send_json(&json!({"type":"Ping"})).await;
+            until_type(&mut c, "Pong").await;
+            c
+        })
+    };
+    let senders = [
+        room_sender(near, "near", pad.clone()),
+        room_sender(far, "far", pad.clone()),
+        roap_sender(local, "local", pad.clone()),
+        roap_sender(remote, "remote", pad.clone()),
+    ];
+    // The member reads only once every frame is queued for it (most of them unwritten).
+    let mut done = Vec::new();
+    for s in senders {
+        done.push(s.await.unwrap());
+    }
+    let mut last_n: Option<u64> = None;
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut got = 0;
+    while got < 4 * N {
+        let v = m.next_json().await;
+        let n = v["n"].as_u64().unwrap_or(0);
+        if n == 0 {
+            continue;
+        }
+        if let Some(last) = last_n {
+            assert_eq!(n, last + 1, "numbered without a gap: {}", v["type"]);
+        }
+        last_n = Some(n);
+        let (sender, i) = match v["type"].as_str() {
+            Some("Message") => {
+                let id = v["id"].as_str().unwrap();
+                let (s, i) = id.rsplit_once('-').unwrap();
+                (s.to_owned(), i.parse::<usize>().unwrap())
+            }
+            Some("Offer") => {
+                let sdp = v["sdp"].as_str().unwrap();
+                let mut parts = sdp.split(' ');
+                let _ = parts.next();
+                let s = parts.next().unwrap().to_owned();
+                (s, parts.next().unwrap().parse::<usize>().unwrap())
+            }
+            _ => continue,
+        };
+        let e = next.entry(sender.clone()).or_default();
+        assert_eq!(i, *e, "{sender}'s frames in the order sent");
+        *e += 1;
+        got += 1;
+    }
+    for s in ["near", "far", "local", "remote"] {
+        assert_eq!(next.get(s), Some(&N), "every frame of {s}");
+    }
+    // Some frames went out through the pushers, and the full socket left some to the writer.
+    assert!(
+        a.metric("signal_frames_written_total{by=\"producer\"}")
+            .await
+            > 0.0
+    );
+    assert!(a.metric("signal_frames_written_total{by=\"writer\"}").await > 0.0);
+}

@@ -451,7 +451,7 @@ mod tests {
             window: Duration::from_secs(30),
         };
         let s = Session::new(id, UserId::new(name).unwrap(), limits, false);
-        s.attach_fresh(id, Closer::default());
+        s.attach_fresh(id, Closer::default(), crate::outlet::Outlet::default());
         s
     }
 

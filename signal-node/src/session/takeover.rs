@@ -18,6 +18,7 @@ use super::{Detached, HandedOver, Handover, Origin, Refusal, Session};
 use crate::error::ApiError;
 use crate::node::{Authenticated, Node, CLAIM_STRIPES};
 use crate::outbound::{Closer, CLOSE_APP_DISCONNECT, CLOSE_NORMAL};
+use crate::outlet::Outlet;
 use crate::router::Router;
 
 /// How long a takeover waits for the old connection's reader (within the caller's 1.5 s).
@@ -38,6 +39,8 @@ pub struct Pending {
     pub session: Session,
     pub conn: u64,
     pub closer: Closer,
+    /// The socket's write half once the Welcome is on it, shared with the session.
+    pub outlet: Outlet,
     /// The Welcome frame, written first.
     pub welcome: String,
     /// Number of the last frame the client has (the writer starts after it).
@@ -108,11 +111,12 @@ impl Node {
         let _guard = self.claim_lock(Self::claim_stripe(&user)).lock().await;
         let conn = self.next_id();
         let closer = Closer::default();
+        let outlet = Outlet::default();
         let mut refusal = None;
 
         // A session kept (or still attached) here.
         if let (Some(r), Some(existing)) = (&resume, self.hub().get(&user)) {
-            match existing.resume_here(&r.token, r.last, conn, closer.clone()) {
+            match existing.resume_here(&r.token, r.last, conn, closer.clone(), outlet.clone()) {
                 Ok((replay, acked_mail)) => {
                     self.acknowledged_by_resume(&user, acked_mail);
                     let loc = self.location(existing.id());
@@ -128,7 +132,14 @@ impl Node {
                         .increment(1);
                     metrics::counter!("signal_frames_replayed_total").increment(replay);
                     tracing::info!(%user, session = existing.id(), last = r.last, replay, "session resumed on the same node");
-                    return Ok(self.pending(existing, conn, closer, r.last, true, by_ticket));
+                    return Ok(self.pending(
+                        existing,
+                        conn,
+                        (closer, outlet),
+                        r.last,
+                        true,
+                        by_ticket,
+                    ));
                 }
                 Err(why) => refusal = Some(why),
             }
@@ -187,7 +198,7 @@ impl Node {
             (None, None) => {}
         }
         let (resumed, start) = if resume.is_some() {
-            let (resumed, replay) = session.install(handover, conn, closer.clone());
+            let (resumed, replay) = session.install(handover, conn, closer.clone(), outlet.clone());
             let start = resume
                 .as_ref()
                 .map_or(0, |r| if resumed { r.last } else { 0 });
@@ -210,7 +221,7 @@ impl Node {
             }
             (resumed, start)
         } else {
-            session.attach_fresh(conn, closer.clone());
+            session.attach_fresh(conn, closer.clone(), outlet.clone());
             (false, 0)
         };
         if !resumed {
@@ -221,14 +232,14 @@ impl Node {
                 tracing::info!(%user, reason = why.as_str(), "resume refused: fresh session");
             }
         }
-        Ok(self.pending(session, conn, closer, start, resumed, by_ticket))
+        Ok(self.pending(session, conn, (closer, outlet), start, resumed, by_ticket))
     }
 
     fn pending(
         &self,
         session: Session,
         conn: u64,
-        closer: Closer,
+        (closer, outlet): (Closer, Outlet),
         start: u64,
         resumed: bool,
         by_ticket: bool,
@@ -242,6 +253,7 @@ impl Node {
             session,
             conn,
             closer,
+            outlet,
             start,
             resumed,
             opened: Instant::now(),

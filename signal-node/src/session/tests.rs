@@ -3,6 +3,7 @@
 //! what is owed OFFLINE at the end.
 
 use super::*;
+use crate::outlet::Outlet;
 
 fn limits(frames: usize, unwritten: usize) -> SessionLimits {
     SessionLimits {
@@ -29,16 +30,20 @@ fn n_of(frame: &str) -> u64 {
     v["n"].as_u64().unwrap()
 }
 
-#[tokio::test]
-async fn frames_are_numbered_and_written_in_order() {
+#[test]
+fn frames_are_numbered_and_written_in_order() {
     let s = Session::new(1, user("bob"), limits(100, 100), false);
     assert_eq!(s.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap(), 1);
     let closer = Closer::default();
-    s.attach_fresh(7, closer.clone());
+    s.attach_fresh(7, closer.clone(), Outlet::default());
     assert_eq!(s.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap(), 2);
-    let (n, f) = s.next_frame(7, 0).await.unwrap();
+    let Next::Frame(n, f) = s.try_next_frame(7, 0) else {
+        panic!("frame 1 queued")
+    };
     assert_eq!((n, n_of(&f)), (1, 1));
-    let (n, f) = s.next_frame(7, 1).await.unwrap();
+    let Next::Frame(n, f) = s.try_next_frame(7, 1) else {
+        panic!("frame 2 queued")
+    };
     assert_eq!((n, n_of(&f)), (2, 2));
     // Nothing more: the writer waits; another connection id is not the session's.
     assert!(matches!(s.try_next_frame(7, 2), Next::Wait));
@@ -52,7 +57,7 @@ async fn frames_are_numbered_and_written_in_order() {
 #[test]
 fn resume_checks_token_gap_and_ahead() {
     let s = Session::new(1, user("bob"), limits(3, 100), false);
-    s.attach_fresh(1, Closer::default());
+    s.attach_fresh(1, Closer::default(), Outlet::default());
     for _ in 0..3 {
         s.push(r#"{"type":"Ok"}"#, Origin::Node).unwrap();
     }
@@ -78,12 +83,14 @@ fn resume_checks_token_gap_and_ahead() {
 fn resume_here_replays_after_last_and_closes_the_old_connection() {
     let s = Session::new(1, user("bob"), limits(100, 100), false);
     let old = Closer::default();
-    s.attach_fresh(1, old.clone());
+    s.attach_fresh(1, old.clone(), Outlet::default());
     for _ in 0..5 {
         s.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
     let new = Closer::default();
-    let (replay, acked_mail) = s.resume_here(&s.token(), 2, 2, new).unwrap();
+    let (replay, acked_mail) = s
+        .resume_here(&s.token(), 2, 2, new, Outlet::default())
+        .unwrap();
     assert_eq!(replay, 3);
     assert!(acked_mail.is_empty());
     assert_eq!(old.reason().unwrap().code, CLOSE_REPLACED);
@@ -99,7 +106,7 @@ fn resume_here_replays_after_last_and_closes_the_old_connection() {
 #[test]
 fn detached_sessions_buffer_within_bounds_and_refuse_past_them() {
     let s = Session::new(1, user("bob"), limits(2, 100), false);
-    s.attach_fresh(1, Closer::default());
+    s.attach_fresh(1, Closer::default(), Outlet::default());
     assert_eq!(s.detach(1, true, 0), Detached::Kept);
     s.push(r#"{"type":"Ok"}"#, roap("a")).unwrap();
     s.push(r#"{"type":"Ok"}"#, roap("a")).unwrap();
@@ -118,7 +125,7 @@ fn detached_sessions_buffer_within_bounds_and_refuse_past_them() {
 fn slow_reader_is_closed_1013_and_the_session_kept_buffering() {
     let s = Session::new(1, user("bob"), limits(100, 2), false);
     let c = Closer::default();
-    s.attach_fresh(1, c.clone());
+    s.attach_fresh(1, c.clone(), Outlet::default());
     s.push(r#"{"type":"Ok"}"#, Origin::Node).unwrap();
     s.push(r#"{"type":"Ok"}"#, Origin::Node).unwrap();
     // The third exceeds the unwritten bound: 1013, but the frame is still buffered.
@@ -131,7 +138,7 @@ fn slow_reader_is_closed_1013_and_the_session_kept_buffering() {
 #[test]
 fn hand_over_and_install_continue_the_numbering() {
     let old = Session::new(1, user("bob"), limits(100, 100), false);
-    old.attach_fresh(1, Closer::default());
+    old.attach_fresh(1, Closer::default(), Outlet::default());
     for _ in 0..4 {
         old.push(r#"{"type":"Ok"}"#, roap("alice")).unwrap();
     }
@@ -149,7 +156,12 @@ fn hand_over_and_install_continue_the_numbering() {
     let new = Session::new(9, user("bob"), limits(100, 100), true);
     // A frame arriving during the takeover waits, then follows the handed ones.
     assert_eq!(new.push(r#"{"type":"Ok"}"#, roap("carol")).unwrap(), 0);
-    let (resumed, replay) = new.install(Some((h, 1, "t".into())), 3, Closer::default());
+    let (resumed, replay) = new.install(
+        Some((h, 1, "t".into())),
+        3,
+        Closer::default(),
+        Outlet::default(),
+    );
     assert!(resumed);
     assert_eq!(replay, 4);
     assert_eq!(
@@ -171,7 +183,7 @@ fn hand_over_and_install_continue_the_numbering() {
 fn a_failed_takeover_installs_a_fresh_stream() {
     let new = Session::new(9, user("bob"), limits(100, 100), true);
     new.push(r#"{"type":"Ok"}"#, roap("carol")).unwrap();
-    let (resumed, replay) = new.install(None, 3, Closer::default());
+    let (resumed, replay) = new.install(None, 3, Closer::default(), Outlet::default());
     assert!(!resumed);
     assert_eq!(replay, 1);
     let Next::Frame(n, _) = new.try_next_frame(3, 0) else {
@@ -204,7 +216,7 @@ fn written_ids(s: &Session, conn: u64, w: &mut u64) -> Vec<String> {
 #[test]
 fn the_end_of_the_push_at_connect_delivers_each_message_once_and_in_order() {
     let s = Session::new(1, user("bob"), limits(100, 100), false);
-    s.attach_fresh(1, Closer::default());
+    s.attach_fresh(1, Closer::default(), Outlet::default());
     let mut w = 0;
     // The pager reads m1, m2. A live copy of m2 arrives while it pushes m1: it waits.
     assert!(s.push_stored(1, Some(&mail("a", "m1")), entry(1)).unwrap());
@@ -224,7 +236,7 @@ fn the_end_of_the_push_at_connect_delivers_each_message_once_and_in_order() {
 #[test]
 fn a_live_message_that_cannot_wait_makes_the_pager_read_again() {
     let s = Session::new(1, user("bob"), limits(2, 100), false);
-    s.attach_fresh(1, Closer::default());
+    s.attach_fresh(1, Closer::default(), Outlet::default());
     let mut w = 0;
     for i in 1..=3 {
         s.push(&mail("a", &format!("m{i}")), Origin::Mail(entry(i)))
@@ -246,7 +258,7 @@ fn a_live_message_that_cannot_wait_makes_the_pager_read_again() {
 #[test]
 fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
     let s = Session::new(1, user("bob"), limits(100, 100), false);
-    s.attach_fresh(1, Closer::default());
+    s.attach_fresh(1, Closer::default(), Outlet::default());
     s.push_stored(1, Some(&mail("a", "m1")), entry(1)).unwrap();
     // The connection drops mid-push and the session resumes on a new one.
     assert_eq!(s.detach(1, true, 1), Detached::Kept);
@@ -255,7 +267,9 @@ fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
         Err(PushError::Closed),
         "the old pager stops"
     );
-    let (_, acked) = s.resume_here(&s.token(), 1, 2, Closer::default()).unwrap();
+    let (_, acked) = s
+        .resume_here(&s.token(), 1, 2, Closer::default(), Outlet::default())
+        .unwrap();
     // The acknowledged frame carries its mailbox entry (deleted by id, one XDEL).
     assert_eq!(
         acked,
@@ -273,7 +287,7 @@ fn a_second_pager_and_a_resume_continue_after_the_last_entry_delivered() {
 #[test]
 fn a_handover_carries_the_push_at_connect_and_the_acked_mail() {
     let old = Session::new(1, user("bob"), limits(100, 100), false);
-    old.attach_fresh(1, Closer::default());
+    old.attach_fresh(1, Closer::default(), Outlet::default());
     old.push_stored(1, Some(&mail("a", "m1")), entry(1))
         .unwrap();
     old.push_stored(1, Some(&mail("a", "m2")), entry(2))
@@ -285,7 +299,12 @@ fn a_handover_carries_the_push_at_connect_and_the_acked_mail() {
     let new = Session::new(9, user("bob"), limits(100, 100), true);
     // A live copy of m2 reaching the new node during the takeover is dropped at install.
     new.push(&mail("a", "m2"), Origin::Mail(entry(2))).unwrap();
-    let (resumed, replay) = new.install(Some((h, 1, "t".into())), 3, Closer::default());
+    let (resumed, replay) = new.install(
+        Some((h, 1, "t".into())),
+        3,
+        Closer::default(),
+        Outlet::default(),
+    );
     assert!(resumed);
     assert_eq!(replay, 1);
     assert_eq!(new.mail_upto(), Some(entry(2)));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::future::BoxFuture;
-use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures::stream::{FuturesOrdered, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use signal_proto::roap::{Relayed, RoapKind};
 use signal_proto::{ChatMessage, ErrorType, Message, ParseError, RoomId, SessionId, UserId};
@@ -89,9 +89,9 @@ pub fn serve(socket: WebSocket, mut pending: Pending) -> impl std::future::Futur
     metrics::gauge!("signal_connections").increment(1.0);
     node.connection_count(1);
     let (sink, stream) = socket.split();
+    pending.outlet.install(sink);
     let pongs = Arc::new(Pongs::default());
     let writer = tokio::spawn(write_loop(
-        sink,
         Writer {
             session: session.clone(),
             conn,
@@ -954,11 +954,7 @@ struct Writer {
 /// A plain `fn` returning an `async move` block: an `async fn` would keep a second copy of its
 /// arguments in the task (rustc moves them into locals), about 150 B per idle connection.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut w: Writer,
-    ping_interval: Duration,
-) -> impl std::future::Future<Output = u64> {
+fn write_loop(mut w: Writer, ping_interval: Duration) -> impl std::future::Future<Output = u64> {
     async move {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -967,12 +963,15 @@ fn write_loop(
         let closer = w.closer.clone();
         let closed = closer.closed();
         tokio::pin!(closed);
-        let welcome = WsMessage::Text(std::mem::take(&mut w.welcome).into());
-        if sink.send(welcome).await.is_err() {
+        let mut welcome = Some(WsMessage::Text(std::mem::take(&mut w.welcome).into()));
+        // Written whatever comes: a connection closed at once still gets its Welcome first
+        // (then the close frame with its code).
+        if !std::future::poll_fn(|cx| w.outlet.poll_send(cx, &mut welcome)).await {
             w.closer.close(CLOSE_NORMAL, "socket write failed");
+            drop(w.outlet.take());
             return w.start;
         }
-        w.outlet.install(sink);
+        w.outlet.open();
         loop {
             let turn = tokio::select! {
                 biased;

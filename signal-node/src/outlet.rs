@@ -22,9 +22,9 @@ use futures::Sink;
 
 type WsSink = SplitSink<WebSocket, WsMessage>;
 
-/// The shared write half of one connection. A cheap `Clone` handle; empty until the writer
-/// has sent the Welcome ([`Outlet::install`]) and again once it takes the socket back to close
-/// it ([`Outlet::take`]).
+/// The shared write half of one connection. A cheap `Clone` handle; pushers leave it alone
+/// until the writer has sent the Welcome ([`Outlet::open`]) and once it has taken the socket
+/// back to close it ([`Outlet::take`]).
 #[derive(Clone, Default, Debug)]
 pub struct Outlet {
     inner: Arc<Mutex<Slot>>,
@@ -33,6 +33,8 @@ pub struct Outlet {
 #[derive(Default)]
 struct Slot {
     sink: Option<WsSink>,
+    /// The Welcome is on the socket: pushers may write.
+    open: bool,
     /// Session frames up to this number are in the sink but not flushed (a write that could
     /// not complete): only the writer writes until it has flushed them.
     unflushed: Option<u64>,
@@ -44,7 +46,8 @@ struct Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("open", &self.sink.is_some())
+            .field("socket", &self.sink.is_some())
+            .field("open", &self.open)
             .field("unflushed", &self.unflushed)
             .field("writer_waiting", &self.writer_waiting)
             .finish()
@@ -80,9 +83,15 @@ impl Outlet {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Shares the socket once the Welcome is on it.
+    /// Hands the socket to the writer (the outlet holds it from the start, so that the
+    /// writer's task does not keep a second place for it).
     pub fn install(&self, sink: WsSink) {
         self.lock().sink = Some(sink);
+    }
+
+    /// The Welcome is on the socket: pushers may write from now on.
+    pub fn open(&self) {
+        self.lock().open = true;
     }
 
     /// Takes the socket back to close it; pushers write no more. Returns it and the last
@@ -98,7 +107,7 @@ impl Outlet {
     /// the writer being woken for anything left over.
     pub fn write_direct(&self, frames: &mut dyn Iterator<Item = (u64, Utf8Bytes)>) -> Direct {
         let mut slot = self.lock();
-        if slot.writer_waiting || slot.unflushed.is_some() || slot.sink.is_none() {
+        if !slot.open || slot.writer_waiting || slot.unflushed.is_some() || slot.sink.is_none() {
             return Direct::NotNow;
         }
         // Outside tokio's cooperative budget: a fan-out writes hundreds of sockets in one poll

@@ -178,10 +178,10 @@ impl Flushes {
         r
     }
 
-    /// Flushes now, spread over the runtime's workers when there are many recipients (parts
-    /// of at least [`WRITE_BATCH`]): all parts but the first in tasks of their own, the first
-    /// here. A room message's 500 local members are written by two workers at once, as their
-    /// writers would have been.
+    /// Flushes now, spread over the runtime's workers when there are many recipients (one
+    /// part per [`WRITE_BATCH`] recipients begun, at most one per worker): all parts but the
+    /// first in tasks of their own, the first here. A room message's 500 local members are
+    /// written by two workers at once, as their writers would have been.
     pub fn spread(mut self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;

@@ -261,9 +261,25 @@ async fn exercise(s: &Setup, mailbox_to: &str) -> (WsClient, WsClient, String) {
     (alice, bob, na)
 }
 
-/// The mailbox message is pushed when its recipient logs in (through central).
+/// The mailbox message is pushed when its recipient logs in (through central). The login is
+/// retried on 503 for a while, as clients do: after a failover the nodes' registry entries may
+/// have expired during the outage, and logins find no node until their next heartbeat
+/// registers them again.
 async fn mailbox_delivered(s: &Setup, user: &str) {
-    let (_, url) = s.central.login(user).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let url = loop {
+        match s.central.login(user).await {
+            Ok((_, url)) => break url,
+            Err(status) => {
+                assert_eq!(status, 503, "login of {user}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{user} could not log in: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     let (mut c, _) = WsClient::connect_welcomed(&url).await;
     let m = next_of(&mut c, "Message").await;
     assert_eq!(

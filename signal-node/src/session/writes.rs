@@ -9,7 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::{Attachment, Origin, Phase, Ring, Session, State};
 use crate::outbound::{PushError, CLOSE_NORMAL};
-use crate::outlet::{Direct, Flushed};
+use crate::outlet::{Direct, Flushed, Outlet};
 use crate::telemetry::WriteMetrics;
 
 /// Frames written to a socket with one flush at most, by its writer or a pusher (bounds the
@@ -46,20 +46,7 @@ impl Session {
         if a.conn != conn {
             return Poll::Ready(Turn::Gone);
         }
-        // Frames below the ring's start were dropped while unwritten (cannot happen: the
-        // bounds close a slow reader first); skip them rather than stall.
-        a.cursor = a.cursor.max(ring.first_n().saturating_sub(1));
-        let Attachment {
-            outlet,
-            cursor,
-            unwritten_bytes,
-            ..
-        } = a;
-        let mut fed = 0;
-        let r = {
-            let mut frames = claim(ring, cursor, unwritten_bytes, WRITE_BATCH, &mut fed);
-            outlet.poll_write(cx, &mut frames)
-        };
+        let (r, fed) = a.write_next(ring, |outlet, frames| outlet.poll_write(cx, frames));
         if fed > 0 {
             WriteMetrics::get().by_writer.increment(fed);
         }
@@ -70,7 +57,7 @@ impl Session {
                 if let Some(u) = upto {
                     *written = (*written).max(u);
                 }
-                if *cursor < ring.last_n() {
+                if a.cursor < ring.last_n() {
                     Poll::Ready(Turn::More)
                 } else {
                     Poll::Ready(Turn::Idle)
@@ -105,56 +92,53 @@ impl Session {
             // A closing connection's writer writes what is left itself.
             return false;
         }
-        a.cursor = a.cursor.max(ring.first_n().saturating_sub(1));
-        let Attachment {
-            outlet,
-            cursor,
-            unwritten_bytes,
-            closer,
-            ..
-        } = a;
-        let mut fed = 0;
-        let direct = {
-            let mut frames = claim(ring, cursor, unwritten_bytes, WRITE_BATCH, &mut fed);
-            outlet.write_direct(&mut frames)
-        };
+        let (direct, fed) = a.write_next(ring, |outlet, frames| outlet.write_direct(frames));
         if fed > 0 {
             WriteMetrics::get().by_producer.increment(fed);
         }
         match direct {
             Direct::Written(upto) => {
                 *written = (*written).max(upto);
-                *cursor < ring.last_n()
+                a.cursor < ring.last_n()
             }
             Direct::Queued | Direct::NotNow => true,
             Direct::Failed => {
-                closer.close(CLOSE_NORMAL, "socket write failed");
+                a.closer.close(CLOSE_NORMAL, "socket write failed");
                 true
             }
         }
     }
 }
 
-/// The frames after `cursor` for a writer, at most `batch` of them; each one yielded is
-/// claimed (the cursor moves past it) and counted in `fed`.
-fn claim<'a>(
-    ring: &'a Ring,
-    cursor: &'a mut u64,
-    unwritten_bytes: &'a mut usize,
-    mut batch: usize,
-    fed: &'a mut u64,
-) -> impl Iterator<Item = (u64, Utf8Bytes)> + 'a {
-    std::iter::from_fn(move || {
-        if batch == 0 {
-            return None;
-        }
-        let e = ring.get(*cursor + 1)?;
-        batch -= 1;
-        *fed += 1;
-        *cursor = e.n;
-        *unwritten_bytes = unwritten_bytes.saturating_sub(e.frame.len());
-        Some((e.n, e.frame.clone()))
-    })
+impl Attachment {
+    /// Hands `write` the connection's outlet and the frames after the cursor, at most
+    /// [`WRITE_BATCH`], each claimed (the cursor moves past it) as it is taken; returns what
+    /// `write` returned and how many frames it took. Used by the writer and by a pusher alike.
+    fn write_next<R>(
+        &mut self,
+        ring: &Ring,
+        write: impl FnOnce(&Outlet, &mut dyn Iterator<Item = (u64, Utf8Bytes)>) -> R,
+    ) -> (R, u64) {
+        // Frames below the ring's start were dropped while unwritten (cannot happen: the
+        // bounds close a slow reader first); skip them rather than stall.
+        self.cursor = self.cursor.max(ring.first_n().saturating_sub(1));
+        let (cursor, unwritten_bytes) = (&mut self.cursor, &mut self.unwritten_bytes);
+        let mut fed = 0;
+        let mut batch = WRITE_BATCH;
+        let mut frames = std::iter::from_fn(|| {
+            if batch == 0 {
+                return None;
+            }
+            let e = ring.get(*cursor + 1)?;
+            batch -= 1;
+            fed += 1;
+            *cursor = e.n;
+            *unwritten_bytes = unwritten_bytes.saturating_sub(e.frame.len());
+            Some((e.n, e.frame.clone()))
+        });
+        let r = write(&self.outlet, &mut frames);
+        (r, fed)
+    }
 }
 
 /// Sessions pushed to with [`Session::push_unflushed`], each flushed once when this is

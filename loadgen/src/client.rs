@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::arrival::Stream;
 use crate::config::{BindIps, Target};
 
 /// Name of the extra field carrying the sender's clock (µs), relayed untouched by the nodes.
@@ -40,6 +41,7 @@ pub struct Connector {
     timeout: Duration,
     permits: Semaphore,
     read_buffer: usize,
+    stamps: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -167,6 +169,7 @@ impl Connector {
             timeout,
             permits: Semaphore::new(concurrency.max(1)),
             read_buffer: READ_BUFFER,
+            stamps: false,
         })
     }
 
@@ -175,6 +178,12 @@ impl Connector {
     /// message, a 4 KiB buffer made that memset the client's largest cost).
     pub fn with_read_buffer(mut self, bytes: usize) -> Connector {
         self.read_buffer = bytes;
+        self
+    }
+
+    /// Keeps the kernel's receive timestamp of every read ([`Conn::arrival`]).
+    pub fn with_arrival_stamps(mut self) -> Connector {
+        self.stamps = true;
         self
     }
 
@@ -220,6 +229,11 @@ impl Connector {
             url = with_query(&url, "last", &last.to_string());
         }
         let stream = self.dial(&url).await?;
+        let stream = if self.stamps {
+            Stream::stamped(stream).context("receive timestamps")?
+        } else {
+            Stream::Plain(stream)
+        };
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             url.as_str(),
             stream,
@@ -337,7 +351,7 @@ pub enum Frame {
 
 /// An open, welcomed connection of one user.
 pub struct Conn {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Stream>,
     pub user: UserId,
     /// The node that sent the Welcome.
     pub node: String,
@@ -404,6 +418,13 @@ impl Conn {
                 Some(Err(_)) | None => Err(None),
             };
         }
+    }
+
+    /// When the bytes of the last read reached this connection's socket (with
+    /// [`Connector::with_arrival_stamps`]; a frame read together with a later one gets the
+    /// later one's stamp).
+    pub fn arrival(&self) -> Option<std::time::SystemTime> {
+        self.ws.get_ref().arrival()
     }
 
     /// The next text frame as it came, with the moment it was read (`Err` with the close

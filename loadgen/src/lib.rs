@@ -2,6 +2,7 @@
 //! of them set up calls on an open-loop schedule (or closed loop), and the run reports call
 //! setup latency per route, throughput and failures. `run(config)` is the whole run.
 
+pub mod arrival;
 pub mod client;
 pub mod config;
 pub mod embedded;

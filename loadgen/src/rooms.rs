@@ -1,12 +1,14 @@
 //! `--scenario rooms`: `--rooms` R rooms of `--room-members` M users each, spread over the
 //! nodes; each room gets `--room-rate` messages per second (open loop, senders in turn). Every
-//! member checks per-sender order; the run reports send -> last member received (p50/p99/max),
-//! send -> each member, deliveries per second, lost, reordered and duplicated deliveries.
+//! member checks per-sender order; the run reports send -> last member (p50/p99/max) and
+//! send -> each member, both as read by this client and as arrived at the member's socket (the
+//! kernel's receive timestamp, see `arrival`), deliveries per second, lost, reordered and
+//! duplicated deliveries.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use signal_proto::rooms::Join;
@@ -62,6 +64,10 @@ struct Light<'a> {
 struct InFlight {
     sender: u32,
     sent: Instant,
+    /// The same moment on the wall clock (the kernel stamps arrivals with it).
+    sent_wall: SystemTime,
+    /// The latest arrival at a member's socket so far.
+    arrived: Option<SystemTime>,
     remaining: usize,
     measured: bool,
 }
@@ -75,6 +81,9 @@ struct Tally {
     open: usize,
     last_member: Option<Hist>,
     each_member: Option<Hist>,
+    /// As above, to the arrival at the member's socket.
+    last_arrived: Option<Hist>,
+    each_arrived: Option<Hist>,
     sent: u64,
     accepted: u64,
     refused: u64,
@@ -99,7 +108,7 @@ impl Tracker {
         self.tally.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn sending(&self, room: u32, sender: u32, seq: u64, at: Instant) {
+    fn sending(&self, room: u32, sender: u32, seq: u64, at: Instant, wall: SystemTime) {
         let mut t = self.lock();
         let t = &mut *t;
         t.sent += 1;
@@ -109,6 +118,8 @@ impl Tracker {
         let fresh = InFlight {
             sender,
             sent: at,
+            sent_wall: wall,
+            arrived: None,
             remaining: self.members - 1,
             measured: at >= self.measure_from && at < self.measure_until,
         };
@@ -117,7 +128,7 @@ impl Tracker {
         }
     }
 
-    fn received(&self, room: u32, sender: u32, seq: u64, at: Instant) {
+    fn received(&self, room: u32, sender: u32, seq: u64, at: Instant, arrival: Option<SystemTime>) {
         let mut t = self.lock();
         let t = &mut *t;
         let Some(room) = t.in_flight.get_mut(room as usize) else {
@@ -130,11 +141,18 @@ impl Tracker {
         };
         t.delivered += 1;
         let took = at.saturating_duration_since(f.sent);
+        let arrived = arrival.map(|a| a.duration_since(f.sent_wall).unwrap_or_default());
+        f.arrived = f.arrived.max(arrival);
         if f.measured {
             t.delivered_measured += 1;
             t.each_member
                 .get_or_insert_with(hist)
                 .saturating_record(us(took));
+            if let Some(a) = arrived {
+                t.each_arrived
+                    .get_or_insert_with(hist)
+                    .saturating_record(us(a));
+            }
         }
         f.remaining = f.remaining.saturating_sub(1);
         if f.remaining == 0 {
@@ -142,6 +160,12 @@ impl Tracker {
                 t.last_member
                     .get_or_insert_with(hist)
                     .saturating_record(us(took));
+                if let Some(last) = f.arrived {
+                    let a = last.duration_since(f.sent_wall).unwrap_or_default();
+                    t.last_arrived
+                        .get_or_insert_with(hist)
+                        .saturating_record(us(a));
+                }
             }
             room.remove(&seq);
             t.open -= 1;
@@ -173,6 +197,13 @@ pub struct RoomsReport {
     pub last_member_max_ms: f64,
     pub each_member_p50_ms: f64,
     pub each_member_p99_ms: f64,
+    /// Send -> arrival at the member's socket (kernel receive timestamp): the server's part,
+    /// without the time this client takes to read a thousand sockets on shared cores.
+    pub last_member_arrived_p50_ms: f64,
+    pub last_member_arrived_p99_ms: f64,
+    pub last_member_arrived_max_ms: f64,
+    pub each_member_arrived_p50_ms: f64,
+    pub each_member_arrived_p99_ms: f64,
 }
 
 impl RoomsReport {
@@ -203,6 +234,15 @@ impl std::fmt::Display for RoomsReport {
             f,
             "  send -> each member: p50 {:.2} ms  p99 {:.2} ms",
             self.each_member_p50_ms, self.each_member_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  arrived at the socket: last member p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms; each member p50 {:.2} ms  p99 {:.2} ms",
+            self.last_member_arrived_p50_ms,
+            self.last_member_arrived_p99_ms,
+            self.last_member_arrived_max_ms,
+            self.each_member_arrived_p50_ms,
+            self.each_member_arrived_p99_ms
         )?;
         write!(
             f,
@@ -272,7 +312,8 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
             config.timeout,
             config.connect_concurrency,
         )?
-        .with_read_buffer(ROOM_READ_BUFFER),
+        .with_read_buffer(ROOM_READ_BUFFER)
+        .with_arrival_stamps(),
     );
     let run = crate::run_id();
     let now = Instant::now();
@@ -359,7 +400,13 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
             while at < end {
                 tokio::time::sleep_until(at).await;
                 let sender = (seq as usize) % room_senders.len();
-                tracker.sending(r as u32, sender as u32, seq, Instant::now());
+                tracker.sending(
+                    r as u32,
+                    sender as u32,
+                    seq,
+                    Instant::now(),
+                    SystemTime::now(),
+                );
                 if room_senders[sender].send(Cmd::Send(seq)).await.is_err() {
                     break;
                 }
@@ -406,6 +453,11 @@ async fn drive(config: &Config, target: &Target, label: String) -> anyhow::Resul
         last_member_max_ms: ms(&t.last_member, 1.0),
         each_member_p50_ms: ms(&t.each_member, 0.5),
         each_member_p99_ms: ms(&t.each_member, 0.99),
+        last_member_arrived_p50_ms: ms(&t.last_arrived, 0.5),
+        last_member_arrived_p99_ms: ms(&t.last_arrived, 0.99),
+        last_member_arrived_max_ms: ms(&t.last_arrived, 1.0),
+        each_member_arrived_p50_ms: ms(&t.each_arrived, 0.5),
+        each_member_arrived_p99_ms: ms(&t.each_arrived, 0.99),
     })
 }
 
@@ -571,7 +623,7 @@ impl Member {
                                         } else {
                                             *e = seq + 1;
                                         }
-                                        tracker.received(self.room_ix, sender, seq, at);
+                                        tracker.received(self.room_ix, sender, seq, at, conn.arrival());
                                     }
                                     _ => tracker.lock().stray += 1,
                                 }

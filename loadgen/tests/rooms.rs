@@ -31,4 +31,13 @@ async fn rooms_scenario_delivers_everything_in_order_over_both_nodes() {
         r.deliveries_per_s > 0.0 && r.last_member_p99_ms >= r.last_member_p50_ms,
         "{r}"
     );
+    // Every delivery has the kernel's arrival stamp, and a frame arrives before it is read
+    // (slack for the histogram's precision and the two clocks read one after the other).
+    assert!(r.each_member_arrived_p50_ms > 0.0, "{r}");
+    assert!(
+        r.last_member_arrived_p99_ms >= r.last_member_arrived_p50_ms
+            && r.last_member_arrived_max_ms <= r.last_member_max_ms + 0.5
+            && r.each_member_arrived_p99_ms <= r.each_member_p99_ms + 0.5,
+        "{r}"
+    );
 }

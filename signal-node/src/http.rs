@@ -120,10 +120,9 @@ async fn ws(
 }
 
 /// Read buffer per WebSocket connection: allocated at the upgrade and kept while the socket
-/// idles, so it is most of an idle connection's memory. tungstenite reads at most this much per
-/// syscall and grows the buffer to the size of a larger frame: a 2.5 KB SDP offer takes three
-/// reads instead of two with 2 KiB, which measured no slower side by side (docs/benchmarks.md,
-/// "Hot path, third round").
+/// idles, so it is most of an idle connection's memory. tungstenite asks for at most this much
+/// per read and grows the buffer to the size of a larger frame; the socket itself is read up to
+/// 8 KiB at a time by `readahead`, so a small buffer no longer costs syscalls.
 const WS_BUFFER_BYTES: usize = 1024;
 
 /// Bytes tungstenite gathers before it writes to the socket: the writer feeds a burst of queued

@@ -20,6 +20,7 @@ pub mod outlet;
 pub mod peers;
 pub mod presence;
 pub mod ratelimit;
+pub mod readahead;
 pub mod redis_link;
 pub mod registration;
 pub mod relay;
@@ -33,7 +34,6 @@ pub mod webhooks;
 use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use signal_proto::grpc_auth::AuthLayer;
 use signal_proto::relay::relay_server::RelayServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -173,9 +173,7 @@ pub async fn run(
         };
     let http_stop = CancellationToken::new();
     let app = http::router(node.clone(), metrics);
-    let listener = listeners.http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = readahead::Listener(listeners.http);
     let http = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(http_stop.clone().cancelled_owned())

@@ -945,6 +945,14 @@ struct Writer {
     pongs: Arc<Pongs>,
 }
 
+impl Writer {
+    /// The socket failed: the connection closes, and producers leave the socket alone.
+    fn socket_failed(&self) {
+        self.closer.close(CLOSE_NORMAL, "socket write failed");
+        drop(self.outlet.take());
+    }
+}
+
 /// Writes the Welcome, then shares the socket with the session's producers (see `outlet`) and
 /// writes what they leave to it: bursts, replays, frames the socket could not take at once,
 /// pongs and pings; until the connection closes. Then it takes the socket back and writes
@@ -967,8 +975,7 @@ fn write_loop(mut w: Writer, ping_interval: Duration) -> impl std::future::Futur
         // Written whatever comes: a connection closed at once still gets its Welcome first
         // (then the close frame with its code).
         if !std::future::poll_fn(|cx| w.outlet.poll_send(cx, &mut welcome)).await {
-            w.closer.close(CLOSE_NORMAL, "socket write failed");
-            drop(w.outlet.take());
+            w.socket_failed();
             return w.start;
         }
         w.outlet.open();
@@ -992,8 +999,7 @@ fn write_loop(mut w: Writer, ping_interval: Duration) -> impl std::future::Futur
                     break;
                 }
                 Turn::Failed => {
-                    w.closer.close(CLOSE_NORMAL, "socket write failed");
-                    drop(w.outlet.take());
+                    w.socket_failed();
                     return w.session.written();
                 }
             }
@@ -1011,8 +1017,7 @@ fn write_loop(mut w: Writer, ping_interval: Duration) -> impl std::future::Futur
                     ok = std::future::poll_fn(|cx| w.outlet.poll_send(cx, &mut msg)) => ok,
                 };
                 if !sent {
-                    w.closer.close(CLOSE_NORMAL, "socket write failed");
-                    drop(w.outlet.take());
+                    w.socket_failed();
                     return w.session.written();
                 }
             }

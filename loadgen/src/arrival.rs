@@ -48,7 +48,8 @@ impl Stream {
         }))
     }
 
-    /// When the bytes of the last read reached the socket (stamped streams only).
+    /// When the bytes of the last read reached the socket (stamped streams only; `None` for
+    /// bytes the kernel did not stamp).
     pub fn arrival(&self) -> Option<SystemTime> {
         match self {
             Stream::Plain(_) => None,
@@ -95,7 +96,9 @@ impl Stamped {
                         guard.clear_ready();
                     }
                     buf.advance(n);
-                    if at.is_some() {
+                    // `None` when the kernel did not stamp these bytes (it turns stamping on
+                    // shortly after the first socket asks), never an older read's stamp.
+                    if n > 0 {
                         self.last = at;
                     }
                     return Poll::Ready(Ok(()));
@@ -176,13 +179,23 @@ mod tests {
         let (mut server, _) = listener.accept().await.unwrap();
         let mut client = Stream::stamped(client).unwrap();
         assert!(client.arrival().is_none());
-        let before = SystemTime::now();
-        server.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 16];
-        let n = client.read(&mut got).await.unwrap();
-        let after = SystemTime::now();
-        assert_eq!(&got[..n], b"hello");
-        let at = client.arrival().unwrap();
+        // The kernel turns stamping on (a static key, set from a work queue) a moment after
+        // the first socket of the machine asks for it: the first bytes may come unstamped.
+        let mut stamped = None;
+        for _ in 0..200 {
+            let before = SystemTime::now();
+            server.write_all(b"hello").await.unwrap();
+            let n = client.read(&mut got).await.unwrap();
+            let after = SystemTime::now();
+            assert_eq!(&got[..n], b"hello");
+            if let Some(at) = client.arrival() {
+                stamped = Some((before, at, after));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (before, at, after) = stamped.expect("the kernel stamps received bytes");
         assert!(
             before <= at && at <= after,
             "{before:?} <= {at:?} <= {after:?}"

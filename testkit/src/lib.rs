@@ -19,8 +19,41 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port free on 127.0.0.1 for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), so that no outgoing
+/// connection takes it between this pick and the server's bind (a port from `bind(0)` is an
+/// ephemeral one, and the tests open thousands of connections: `Address already in use` now
+/// and then), each port once per test process (a counter from a random start), and checked
+/// free. Falls back to `bind(0)` when the ephemeral range leaves no room below it.
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+
+    const LOW: u32 = 10_000;
+    static RANGE: OnceLock<(u32, u32, AtomicU32)> = OnceLock::new();
+    let (low, span, next) = RANGE.get_or_init(|| {
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32_768);
+        let span = ephemeral.saturating_sub(LOW);
+        let start = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        (
+            LOW,
+            span,
+            AtomicU32::new((start % u64::from(span.max(1))) as u32),
+        )
+    });
+    for _ in 0..*span.min(&4096) {
+        let port = low + next.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

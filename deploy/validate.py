@@ -1080,9 +1080,31 @@ def flags_checks(r: Report, compose: dict[str, Any], chart_objs: list[dict[str, 
 # Smoke run: the compose topology as real processes on loopback (no Docker engine here)
 # ---------------------------------------------------------------------------------------------
 
+_PORTS: list[int] = []
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1, below the kernel's ephemeral range (as testkit's free_port):
+    an outgoing connection cannot take it before the process started on it binds."""
+    import random
     import socket
 
+    if not _PORTS:
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                ephemeral = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral = 32768
+        _PORTS.extend(range(10000, max(10000, ephemeral)))
+        random.shuffle(_PORTS)
+    while _PORTS:
+        port = _PORTS.pop()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -206,15 +206,15 @@ impl User {
                     }
                 }
                 self.conn = Some(conn);
-                if !self.session_resumed_last() {
-                    // The answers to what was in flight went with the old session: send again
-                    // with the same ids (the node answers a duplicate with its first Accepted).
-                    let mut again: Vec<Inflight> = self.inflight.values().cloned().collect();
-                    again.sort_by_key(|i| i.order);
-                    for i in again {
-                        if !self.send_frame(&i.frame).await {
-                            break;
-                        }
+                // What is still unanswered is sent again with the same ids, after a resume too
+                // (as the browser client does): a frame written just before the connection went
+                // may never have reached the node, and nothing numbers what a client sends. The
+                // node answers a duplicate with its first Accepted and stores it once.
+                let mut again: Vec<Inflight> = self.inflight.values().cloned().collect();
+                again.sort_by_key(|i| i.order);
+                for i in again {
+                    if !self.send_frame(&i.frame).await {
+                        break;
                     }
                 }
                 true
@@ -229,10 +229,6 @@ impl User {
                 false
             }
         }
-    }
-
-    fn session_resumed_last(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.resumed)
     }
 
     /// Sends a frame; a failure loses the connection (the user reconnects).

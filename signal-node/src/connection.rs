@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use crate::mailbox::{Appended, MailboxError, Prepared};
 use crate::node::Node;
 use crate::outbound::{
-    CloseReason, Closer, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SLOW,
-    CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
+    CloseReason, Closer, PushError, CLOSE_BAD_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REPLACED,
+    CLOSE_SLOW, CLOSE_TOO_LARGE, REASON_CLIENT_CLOSED,
 };
 use crate::outlet::Outlet;
 use crate::ratelimit::TokenBucket;
@@ -707,7 +707,7 @@ impl Reader {
             Err(u) => {
                 tracing::debug!(user = %self.user, %to, error = %u.error, "{}", u.description);
                 let frame = self.error_frame(Some(to), Some(sid), u.error, u.description);
-                let _ = self.session.push(&frame, Origin::Node);
+                self.answer(&frame);
             }
         }
     }
@@ -717,7 +717,7 @@ impl Reader {
     async fn forward_step(&mut self, step: ForwardStep) {
         match step {
             ForwardStep::Answer(frame) => {
-                let _ = self.session.push(&frame, Origin::Node);
+                self.answer(&frame);
             }
             ForwardStep::Sent(sent) => {
                 let Sent {
@@ -771,9 +771,7 @@ impl Reader {
                 .await
             {
                 Ok(a) => {
-                    let _ = self
-                        .session
-                        .push(&Message::Accepted(a).to_json(), Origin::Node);
+                    self.answer(&Message::Accepted(a).to_json());
                 }
                 Err(r) => {
                     tracing::debug!(user = %self.user, %room, %id, error = %r.error, "{}", r.description);
@@ -832,7 +830,7 @@ impl Reader {
         self.chats_to.pop_front();
         match step {
             ChatStep::Answer(frame) => {
-                let _ = self.session.push(&frame, Origin::Node);
+                self.answer(&frame);
             }
             ChatStep::Stored(stored) => {
                 let (p, stored) = *stored;
@@ -843,9 +841,7 @@ impl Reader {
                     .await
                 {
                     Ok(a) => {
-                        let _ = self
-                            .session
-                            .push(&Message::Accepted(a).to_json(), Origin::Node);
+                        self.answer(&Message::Accepted(a).to_json());
                     }
                     Err(r) => {
                         tracing::debug!(user = %self.user, %id, error = %r.error, "{}", r.description);
@@ -875,7 +871,22 @@ impl Reader {
             tracing::debug!(user = %self.user, %room, error = %r.error, "{}", r.description);
             metrics::counter!("signal_errors_total", "error_type" => r.error.as_str()).increment(1);
             let m = Message::room_error(self.user.clone(), room, r.error, r.description);
-            let _ = self.session.push(&m.to_json(), Origin::Node);
+            self.answer(&m.to_json());
+        }
+    }
+
+    /// Queues an answer (Accepted, an Error) to this connection's user. One that finds the
+    /// session gone (ended, or handed over to another node before this reader finished: a
+    /// takeover waits for it at most 800 ms) is counted; the client sends every unanswered
+    /// message again after it reconnects, and the node answers the copy.
+    fn answer(&self, frame: &str) {
+        if let Err(e) = self.session.push(frame, Origin::Node) {
+            let reason = match e {
+                PushError::Full => "full",
+                PushError::Closed => "session_gone",
+            };
+            metrics::counter!("signal_answers_dropped_total", "reason" => reason).increment(1);
+            tracing::debug!(user = %self.user, reason, "answer dropped");
         }
     }
 
@@ -892,7 +903,7 @@ impl Reader {
         metrics::counter!("signal_errors_total", "error_type" => error.as_str()).increment(1);
         let m = Message::chat_error(self.user.clone(), peer, id, room, error, description);
         if self.chats.is_empty() {
-            let _ = self.session.push(&m.to_json(), Origin::Node);
+            self.answer(&m.to_json());
         } else {
             let frame = m.to_json();
             self.chats_to.push_back(None);
@@ -913,7 +924,7 @@ impl Reader {
     ) {
         let frame = self.error_frame(peer, session, error, description);
         if self.forwards.is_empty() {
-            let _ = self.session.push(&frame, Origin::Node);
+            self.answer(&frame);
         } else {
             self.forwards
                 .push_back(futures::future::ready(ForwardStep::Answer(frame)).boxed());

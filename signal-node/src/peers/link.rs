@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use signal_proto::relay::{DeliverBatch, DeliverRequest, DeliverStatus};
+use signal_proto::relay::{DeliverBatch, DeliverRequest, DeliverStatus, ProbeRequest};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -20,6 +20,8 @@ const OUT_BATCHES: usize = 8;
 /// How long a link stays on unary calls before it tries the stream again (the peer may have
 /// been upgraded meanwhile).
 const UNARY_RETRY: Duration = Duration::from_secs(30);
+/// How long a broken stream's link asks whether its peer still accepts connections.
+const GONE_PROBE: Duration = Duration::from_millis(300);
 
 type Reply = oneshot::Sender<Result<DeliverStatus, ForwardError>>;
 
@@ -199,9 +201,35 @@ async fn run(mut client: PeerClient, url: String, mut rx: mpsc::Receiver<Item>, 
             ForwardError::Unreachable(m) => ForwardError::Transient(m),
             e => e,
         };
+        // Unless nothing listens at the peer's address any more: a killed node took what it
+        // was sent with it, and its users are offline (the router answers OFFLINE, at once
+        // rather than after central's node timeout).
+        let e = if pending.is_empty() || !matches!(e, ForwardError::Transient(_)) {
+            e
+        } else if let Some(refused) = refused_now(&mut client).await {
+            ForwardError::Unreachable(format!("{e} ({refused})"))
+        } else {
+            e
+        };
         tracing::debug!(peer = %url, error = %e, unanswered = pending.len(), "delivery stream ended");
         fail_all(pending.drain(..), &e);
     }
+}
+
+/// Whether the peer now refuses connections (a process killed, not a dropped connection):
+/// one `Probe` (two if the first only reports the old connection's end), within [`GONE_PROBE`].
+async fn refused_now(client: &mut PeerClient) -> Option<String> {
+    let start = tokio::time::Instant::now();
+    for _ in 0..2 {
+        let left = GONE_PROBE.saturating_sub(start.elapsed());
+        let res = tokio::time::timeout(left, client.probe(ProbeRequest {})).await;
+        match classify(res, left) {
+            Err(ForwardError::Unreachable(m)) => return Some(m),
+            Err(ForwardError::Transient(_)) => {}
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The fallback for a peer without `DeliverStream`: one `Deliver` per frame, each on its own
@@ -242,10 +270,13 @@ mod tests {
 
     use super::*;
 
-    /// A peer of an older version: it answers `Deliver` and knows no `DeliverStream`.
+    /// A peer of an older version: it answers `Deliver` and knows no `DeliverStream`. With
+    /// `stream`, it opens the stream, says when the first batch came, and never answers it
+    /// (`end`: it ends the stream with an error right after, and stays up).
     #[derive(Clone, Default)]
     struct OlderPeer {
         got: Arc<Mutex<Vec<(String, String)>>>,
+        stream: Option<(mpsc::UnboundedSender<()>, bool)>,
     }
 
     fn no<T>() -> Result<T, Status> {
@@ -264,12 +295,27 @@ mod tests {
                 status: DeliverStatus::Delivered as i32,
             }))
         }
-        type DeliverStreamStream = tokio_stream::Empty<Result<DeliverAcks, Status>>;
+        type DeliverStreamStream = ReceiverStream<Result<DeliverAcks, Status>>;
         async fn deliver_stream(
             &self,
-            _: Request<tonic::Streaming<DeliverBatch>>,
+            req: Request<tonic::Streaming<DeliverBatch>>,
         ) -> Result<Response<Self::DeliverStreamStream>, Status> {
-            no()
+            let Some((got, end)) = self.stream.clone() else {
+                return no();
+            };
+            let mut inbound = req.into_inner();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                if let Ok(Some(_)) = inbound.message().await {
+                    let _ = got.send(());
+                }
+                if end {
+                    let _ = tx.send(Err(Status::unavailable("stream ended"))).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
         }
         async fn kick(&self, _: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
             no()
@@ -363,5 +409,73 @@ mod tests {
             assert_eq!(frames, (0..FRAMES).collect::<Vec<_>>(), "sender s{s}");
         }
         server.abort();
+    }
+
+    fn frame() -> DeliverRequest {
+        DeliverRequest {
+            to: "bob".into(),
+            from: "alice".into(),
+            frame: "{}".into(),
+            ..DeliverRequest::default()
+        }
+    }
+
+    /// Serves `peer` on its own runtime (dropping it closes every socket, as a SIGKILL does).
+    fn serve_apart(peer: OlderPeer) -> (String, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(RelayServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        (url, rt)
+    }
+
+    /// A frame sent on the stream when the peer is killed: nothing listens there any more,
+    /// so it is `Unreachable` (its sender is told OFFLINE), not "maybe delivered".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_in_flight_to_a_killed_peer_is_unreachable() {
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let peer = OlderPeer {
+            stream: Some((got_tx, false)),
+            ..OlderPeer::default()
+        };
+        let (url, rt) = serve_apart(peer);
+        let client = crate::peers::Peers::default().client(&url).unwrap();
+        let link = Link::spawn(client, url, 16);
+        let answer = link.try_deliver(frame()).unwrap();
+        got.recv().await.expect("the peer got the frame");
+        rt.shutdown_background();
+        let out = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("answered in time");
+        assert!(matches!(out, Err(ForwardError::Unreachable(_))), "{out:?}");
+    }
+
+    /// The stream ends but the peer is still there: the frame may have been delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_on_a_broken_stream_to_a_live_peer_stays_transient() {
+        let (got_tx, _got) = mpsc::unbounded_channel();
+        let peer = OlderPeer {
+            stream: Some((got_tx, true)),
+            ..OlderPeer::default()
+        };
+        let (url, rt) = serve_apart(peer);
+        let client = crate::peers::Peers::default().client(&url).unwrap();
+        let link = Link::spawn(client, url, 16);
+        let out = tokio::time::timeout(Duration::from_secs(5), link.deliver(frame()))
+            .await
+            .expect("answered in time");
+        assert!(matches!(out, Err(ForwardError::Transient(_))), "{out:?}");
+        rt.shutdown_background();
     }
 }

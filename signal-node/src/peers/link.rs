@@ -22,6 +22,8 @@ const OUT_BATCHES: usize = 8;
 const UNARY_RETRY: Duration = Duration::from_secs(30);
 /// How long a broken stream's link asks whether its peer still accepts connections.
 const GONE_PROBE: Duration = Duration::from_millis(300);
+/// Between two probes of [`GONE_PROBE`].
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
 
 type Reply = oneshot::Sender<Result<DeliverStatus, ForwardError>>;
 
@@ -217,19 +219,23 @@ async fn run(mut client: PeerClient, url: String, mut rx: mpsc::Receiver<Item>, 
 }
 
 /// Whether the peer now refuses connections (a process killed, not a dropped connection):
-/// one `Probe` (two if the first only reports the old connection's end), within [`GONE_PROBE`].
+/// `Probe` until it answers (alive), is refused (gone) or [`GONE_PROBE`] has passed. A probe
+/// that only meets the old connection's end, or a listener the dying process has not closed
+/// yet, is tried again after [`PROBE_PAUSE`].
 async fn refused_now(client: &mut PeerClient) -> Option<String> {
-    let start = tokio::time::Instant::now();
-    for _ in 0..2 {
-        let left = GONE_PROBE.saturating_sub(start.elapsed());
+    let until = tokio::time::Instant::now() + GONE_PROBE;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
         let res = tokio::time::timeout(left, client.probe(ProbeRequest {})).await;
         match classify(res, left) {
             Err(ForwardError::Unreachable(m)) => return Some(m),
-            Err(ForwardError::Transient(_)) => {}
+            Err(ForwardError::Transient(_)) => tokio::time::sleep(PROBE_PAUSE).await,
             _ => return None,
         }
     }
-    None
 }
 
 /// The fallback for a peer without `DeliverStream`: one `Deliver` per frame, each on its own
@@ -454,7 +460,10 @@ mod tests {
         let link = Link::spawn(client, url, 16);
         let answer = link.try_deliver(frame()).unwrap();
         got.recv().await.expect("the peer got the frame");
-        rt.shutdown_background();
+        // Every socket of the peer closed, listener included, as at a process exit.
+        tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
         let out = tokio::time::timeout(Duration::from_secs(5), answer)
             .await
             .expect("answered in time");

@@ -446,18 +446,26 @@ mod tests {
         (url, rt)
     }
 
-    /// A frame sent on the stream when the peer is killed: nothing listens there any more,
-    /// so it is `Unreachable` (its sender is told OFFLINE), not "maybe delivered".
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_frame_in_flight_to_a_killed_peer_is_unreachable() {
-        let (got_tx, mut got) = mpsc::unbounded_channel();
+    /// A link to a peer that opens the stream and never answers (`end`: ends it at once),
+    /// served apart; and the peer's word when the first batch came.
+    fn link_to_stream_peer(
+        end: bool,
+    ) -> (Link, mpsc::UnboundedReceiver<()>, tokio::runtime::Runtime) {
+        let (got_tx, got) = mpsc::unbounded_channel();
         let peer = OlderPeer {
-            stream: Some((got_tx, false)),
+            stream: Some((got_tx, end)),
             ..OlderPeer::default()
         };
         let (url, rt) = serve_apart(peer);
         let client = crate::peers::Peers::default().client(&url).unwrap();
-        let link = Link::spawn(client, url, 16);
+        (Link::spawn(client, url, 16), got, rt)
+    }
+
+    /// A frame sent on the stream when the peer is killed: nothing listens there any more,
+    /// so it is `Unreachable` (its sender is told OFFLINE), not "maybe delivered".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_in_flight_to_a_killed_peer_is_unreachable() {
+        let (link, mut got, rt) = link_to_stream_peer(false);
         let answer = link.try_deliver(frame()).unwrap();
         got.recv().await.expect("the peer got the frame");
         // Every socket of the peer closed, listener included, as at a process exit.
@@ -473,14 +481,7 @@ mod tests {
     /// The stream ends but the peer is still there: the frame may have been delivered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_frame_on_a_broken_stream_to_a_live_peer_stays_transient() {
-        let (got_tx, _got) = mpsc::unbounded_channel();
-        let peer = OlderPeer {
-            stream: Some((got_tx, true)),
-            ..OlderPeer::default()
-        };
-        let (url, rt) = serve_apart(peer);
-        let client = crate::peers::Peers::default().client(&url).unwrap();
-        let link = Link::spawn(client, url, 16);
+        let (link, _got, rt) = link_to_stream_peer(true);
         let out = tokio::time::timeout(Duration::from_secs(5), link.deliver(frame()))
             .await
             .expect("answered in time");
